@@ -1,0 +1,62 @@
+//! The KV service: reads are served from the local state machine, writes are proposed.
+
+use std::sync::Arc;
+
+use proto::etcdserverpb::{
+    kv_server::Kv, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use proto::raftkvpb::internal_request::Request as Rq;
+use tonic::{Request, Response, Status};
+
+use super::expect_response;
+use crate::server::EtcdServer;
+use crate::state_machine::{is_txn_readonly, validate};
+
+pub struct KvService(pub Arc<EtcdServer>);
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let r = req.into_inner();
+        validate::range(&r)?;
+        let mut resp = self.0.sm.range(&r)?;
+        self.0.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let r = req.into_inner();
+        validate::put(&r)?;
+        let mut resp = expect_response!(self.0.propose(Rq::Put(r)).await?, Put);
+        self.0.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+        let r = req.into_inner();
+        validate::delete(&r)?;
+        let mut resp = expect_response!(self.0.propose(Rq::DeleteRange(r)).await?, DeleteRange);
+        self.0.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let r = req.into_inner();
+        validate::txn(&r, self.0.limits.max_txn_ops)?;
+        let mut resp = if is_txn_readonly(&r) {
+            self.0.sm.read_txn(&r)?
+        } else {
+            expect_response!(self.0.propose(Rq::Txn(r)).await?, Txn)
+        };
+        self.0.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn compact(&self, req: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        // Compaction is always physical here: it finishes before the response.
+        let mut resp = expect_response!(self.0.propose(Rq::Compaction(req.into_inner())).await?, Compaction);
+        self.0.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+}

@@ -1,0 +1,87 @@
+//! The Lease service. Grants and revocations are proposed; keep-alives renew the local
+//! deadline only, as etcd's leader does.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use proto::etcdserverpb::{
+    lease_server::Lease, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use proto::raftkvpb::internal_request::Request as Rq;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::expect_response;
+use crate::lease::LeaseError;
+use crate::server::EtcdServer;
+
+pub struct LeaseService(pub Arc<EtcdServer>);
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        let mut r = req.into_inner();
+        while r.id == 0 {
+            // Positive IDs only, like etcd's request ID generator.
+            r.id = (rand::random::<u64>() >> 1) as i64;
+        }
+        let mut resp = expect_response!(self.0.propose(Rq::LeaseGrant(r)).await?, LeaseGrant);
+        self.0.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let mut resp = expect_response!(self.0.propose(Rq::LeaseRevoke(req.into_inner())).await?, LeaseRevoke);
+        self.0.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let server = self.0.clone();
+        let out = req.into_inner().map(move |r| {
+            let r = r?;
+            let ttl = match server.sm.read().lessor.renew(r.id) {
+                Ok(ttl) => ttl,
+                Err(LeaseError::NotFound) => 0,
+                Err(e) => return Err(crate::error::ServerError::from(e).into()),
+            };
+            Ok(LeaseKeepAliveResponse { header: server.header(0), id: r.id, ttl })
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let r = req.into_inner();
+        let info = self.0.sm.read().lessor.info(r.id, r.keys);
+        let resp = match info {
+            Some(i) => LeaseTimeToLiveResponse {
+                header: self.0.header(0),
+                id: r.id,
+                ttl: i.remaining_secs,
+                granted_ttl: i.granted_ttl,
+                keys: i.keys,
+            },
+            // etcd answers an unknown lease with TTL -1, not an error.
+            None => LeaseTimeToLiveResponse { header: self.0.header(0), id: r.id, ttl: -1, granted_ttl: 0, keys: Vec::new() },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_leases(&self, _: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let leases = self.0.sm.read().lessor.ids().into_iter().map(|id| LeaseStatus { id }).collect();
+        Ok(Response::new(LeaseLeasesResponse { header: self.0.header(0), leases }))
+    }
+}

@@ -1,0 +1,42 @@
+//! gRPC services with etcd's service paths (`/etcdserverpb.KV/Range`, ...). Each module turns
+//! wire requests into reads of the state machine or proposals, and fills response headers.
+
+pub mod cluster;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod watch;
+
+use std::sync::Arc;
+
+use proto::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use tonic::service::Routes;
+
+use crate::server::EtcdServer;
+
+/// etcd accepts messages up to `--max-request-bytes` plus this much gRPC overhead.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// All services, ready to be served.
+pub fn routes(server: Arc<EtcdServer>) -> Routes {
+    let max_recv = server.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    Routes::new(KvServer::new(kv::KvService(server.clone())).max_decoding_message_size(max_recv).max_encoding_message_size(usize::MAX))
+        .add_service(WatchServer::new(watch::WatchService(server.clone())).max_decoding_message_size(max_recv).max_encoding_message_size(usize::MAX))
+        .add_service(LeaseServer::new(lease::LeaseService(server.clone())).max_decoding_message_size(max_recv))
+        .add_service(MaintenanceServer::new(maintenance::MaintenanceService(server.clone())).max_decoding_message_size(max_recv).max_encoding_message_size(usize::MAX))
+        .add_service(ClusterServer::new(cluster::ClusterService(server)).max_decoding_message_size(max_recv))
+}
+
+/// Extracts the response variant a proposal of a given kind yields.
+macro_rules! expect_response {
+    ($resp:expr, $variant:ident) => {
+        match $resp.response {
+            Some(proto::raftkvpb::internal_response::Response::$variant(r)) => r,
+            other => unreachable!("{} proposal answered with {other:?}", stringify!($variant)),
+        }
+    };
+}
+pub(crate) use expect_response;

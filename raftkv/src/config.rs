@@ -1,0 +1,171 @@
+//! Command-line configuration. Flag names, defaults and list syntax are etcd's, so an etcd
+//! command line starts raftkv unchanged.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid URL {0:?}: expected http://host:port")]
+    BadUrl(String),
+    #[error("URL {0:?}: TLS (https) is not supported yet")]
+    Tls(String),
+    #[error("cannot resolve {0:?}: {1}")]
+    Resolve(String, std::io::Error),
+    #[error("--heartbeat-interval must be > 0 and at most --election-timeout / 5")]
+    Timing,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Path to the data directory (default: <name>.etcd).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic (gRPC and HTTP), comma-separated.
+    #[arg(long, default_value = "http://localhost:2379", value_delimiter = ',')]
+    pub listen_client_urls: Vec<String>,
+    /// Client URLs advertised to the cluster, comma-separated.
+    #[arg(long, default_value = "http://localhost:2379", value_delimiter = ',')]
+    pub advertise_client_urls: Vec<String>,
+    /// URLs to listen on for peer traffic (used once Raft replication lands).
+    #[arg(long, default_value = "http://localhost:2380", value_delimiter = ',')]
+    pub listen_peer_urls: Vec<String>,
+    /// Peer URLs advertised to the cluster.
+    #[arg(long, default_value = "http://localhost:2380", value_delimiter = ',')]
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// Initial cluster configuration (name=peer-url,...).
+    #[arg(long, default_value = "default=http://localhost:2380")]
+    pub initial_cluster: String,
+    /// Initial cluster state: new or existing.
+    #[arg(long, default_value = "new")]
+    pub initial_cluster_state: String,
+    /// Initial cluster token; part of the member and cluster IDs.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Additional URLs serving /metrics and /health, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub listen_metrics_urls: Vec<String>,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Number of committed transactions to trigger a snapshot (used once Raft lands).
+    #[arg(long, default_value_t = 100_000)]
+    pub snapshot_count: u64,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, default_value_t = 1536 * 1024)]
+    pub max_request_bytes: usize,
+    /// Raise alarms when backend size exceeds the given quota (0 = the 2 GiB default).
+    #[arg(long, default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+    /// Duration of periodic watch progress notifications (e.g. 10m, 500ms).
+    #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
+    pub watch_progress_notify_interval: Duration,
+}
+
+/// Parses Go-style durations: a number followed by ms, s, m or h.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').ok_or_else(|| format!("{s:?}: missing unit"))?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?}: bad number"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl ServerArgs {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)))
+    }
+
+    /// etcd's minimum lease TTL: 1.5 election timeouts, rounded up to whole seconds.
+    pub fn min_lease_ttl(&self) -> Result<i64, ConfigError> {
+        if self.heartbeat_interval == 0 || self.election_timeout < 5 * self.heartbeat_interval {
+            return Err(ConfigError::Timing);
+        }
+        let election_ticks = self.election_timeout / self.heartbeat_interval;
+        let min_ttl_ms = (3 * election_ticks / 2) * self.heartbeat_interval;
+        Ok(min_ttl_ms.div_ceil(1000) as i64)
+    }
+
+    pub fn quota(&self) -> u64 {
+        if self.quota_backend_bytes == 0 {
+            2 * 1024 * 1024 * 1024
+        } else {
+            self.quota_backend_bytes
+        }
+    }
+}
+
+/// Resolves an `http://host:port` URL to socket addresses.
+pub async fn resolve(url: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    if url.starts_with("https://") {
+        return Err(ConfigError::Tls(url.to_string()));
+    }
+    let hostport = url
+        .strip_prefix("http://")
+        .map(|s| s.trim_end_matches('/'))
+        .filter(|s| s.contains(':'))
+        .ok_or_else(|| ConfigError::BadUrl(url.to_string()))?;
+    let addrs: Vec<SocketAddr> =
+        tokio::net::lookup_host(hostport).await.map_err(|e| ConfigError::Resolve(url.to_string(), e))?.collect();
+    Ok(addrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let cases = [("10m", Some(600.0)), ("500ms", Some(0.5)), ("1.5s", Some(1.5)), ("2h", Some(7200.0)), ("5", None), ("3d", None)];
+        for (s, want) in cases {
+            assert_eq!(parse_duration(s).ok().map(|d| d.as_secs_f64()), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn min_lease_ttl_as_etcd() {
+        // (heartbeat ms, election ms, min TTL s)
+        for (hb, el, want) in [(100, 1000, 2), (100, 500, 1), (50, 1000, 2), (500, 5000, 8)] {
+            let mut a = ServerArgs {
+                name: "x".into(),
+                data_dir: None,
+                listen_client_urls: vec![],
+                advertise_client_urls: vec![],
+                listen_peer_urls: vec![],
+                initial_advertise_peer_urls: vec![],
+                initial_cluster: String::new(),
+                initial_cluster_state: "new".into(),
+                initial_cluster_token: String::new(),
+                listen_metrics_urls: vec![],
+                heartbeat_interval: hb,
+                election_timeout: el,
+                snapshot_count: 0,
+                max_txn_ops: 128,
+                max_request_bytes: 0,
+                quota_backend_bytes: 0,
+                watch_progress_notify_interval: Duration::from_secs(1),
+            };
+            assert_eq!(a.min_lease_ttl().unwrap(), want, "{hb}/{el}");
+            a.heartbeat_interval = 0;
+            assert!(a.min_lease_ttl().is_err());
+        }
+    }
+}

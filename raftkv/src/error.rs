@@ -1,0 +1,107 @@
+//! Request errors and their gRPC form. The messages are etcd 3.4's, byte for byte
+//! (`etcdserver/api/v3rpc/rpctypes/error.go`), because clients match on them.
+
+use tonic::{Code, Status};
+
+use crate::lease::LeaseError;
+use crate::mvcc::{BackendError, MvccError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: storage failure: {0}")]
+    Storage(#[from] BackendError),
+}
+
+impl From<MvccError> for ServerError {
+    fn from(e: MvccError) -> Self {
+        match e {
+            MvccError::Compacted => ServerError::Compacted,
+            MvccError::FutureRev => ServerError::FutureRev,
+            MvccError::Backend(b) => ServerError::Storage(b),
+        }
+    }
+}
+
+impl From<LeaseError> for ServerError {
+    fn from(e: LeaseError) -> Self {
+        match e {
+            LeaseError::NotFound => ServerError::LeaseNotFound,
+            LeaseError::Exists => ServerError::LeaseExists,
+            LeaseError::TtlTooLarge => ServerError::LeaseTtlTooLarge,
+        }
+    }
+}
+
+impl ServerError {
+    pub fn code(&self) -> Code {
+        use ServerError::*;
+        match self {
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+            | RequestTooLarge => Code::InvalidArgument,
+            Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
+            NoSpace => Code::ResourceExhausted,
+            LeaseNotFound | MemberNotFound => Code::NotFound,
+            LeaseExists => Code::FailedPrecondition,
+            Stopped => Code::Unavailable,
+            Storage(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<ServerError> for Status {
+    fn from(e: ServerError) -> Self {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_form_matches_etcd() {
+        let cases = [
+            (ServerError::EmptyKey, Code::InvalidArgument, "etcdserver: key is not provided"),
+            (ServerError::Compacted, Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"),
+            (ServerError::FutureRev, Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision"),
+            (ServerError::LeaseNotFound, Code::NotFound, "etcdserver: requested lease not found"),
+            (ServerError::LeaseExists, Code::FailedPrecondition, "etcdserver: lease already exists"),
+            (ServerError::NoSpace, Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"),
+            (ServerError::DuplicateKey, Code::InvalidArgument, "etcdserver: duplicate key given in txn request"),
+        ];
+        for (err, code, msg) in cases {
+            let s = Status::from(err);
+            assert_eq!((s.code(), s.message()), (code, msg));
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Plain HTTP endpoints served beside gRPC on every client URL (and on `--listen-metrics-urls`):
+//! `/health`, `/version`, `/metrics`, with etcd 3.4's response bodies.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+
+use crate::server::EtcdServer;
+
+/// The etcd release whose API and version strings raftkv reproduces.
+pub const ETCD_VERSION: &str = "3.4.23";
+pub const ETCD_CLUSTER_VERSION: &str = "3.4.0";
+
+pub fn router(server: Arc<EtcdServer>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics))
+        .with_state(server)
+}
+
+async fn health(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
+    // Healthy means the apply path answers; NOSPACE makes etcd report unhealthy too.
+    let alarmed = !s.sm.read().alarms.is_empty();
+    let (code, body) = if alarmed {
+        (StatusCode::SERVICE_UNAVAILABLE, r#"{"health":"false"}"#)
+    } else {
+        (StatusCode::OK, r#"{"health":"true"}"#)
+    };
+    (code, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+async fn version() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!(r#"{{"etcdserver":"{ETCD_VERSION}","etcdcluster":"{ETCD_CLUSTER_VERSION}"}}"#),
+    )
+}
+
+async fn metrics(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
+    {
+        let st = s.sm.read();
+        let m = &s.metrics;
+        m.current_revision.set(st.mvcc.current_rev());
+        m.compact_revision.set(st.mvcc.compact_rev());
+        m.keys.set(st.mvcc.key_count() as i64);
+        m.leases.set(st.lessor.len() as i64);
+        m.has_leader.set(1);
+    }
+    let (synced, unsynced) = s.sm.hub().watcher_count();
+    s.metrics.watchers.set((synced + unsynced) as i64);
+    s.metrics.slow_watchers.set(unsynced as i64);
+    s.metrics.db_size.set(s.sm.backend().size() as i64);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
+}

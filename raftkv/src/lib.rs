@@ -1,0 +1,18 @@
+//! raftkv: an etcd v3-compatible key-value server. Unmodified etcd clients (etcdctl, the
+//! `etcd-client` crate, python-etcd3) talk to it over etcd's gRPC API.
+//!
+//! Layers, bottom up: [`mvcc`] (revisions, key index, RocksDB backend, watchers) and [`lease`]
+//! know nothing of requests; [`state_machine`] applies log entries to them; [`server`] turns
+//! requests into proposals and runs the background loops; [`api`] and [`http`] are the wire.
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod lease;
+pub mod metrics;
+pub mod mvcc;
+pub mod server;
+pub mod snapshot;
+pub mod state_machine;
