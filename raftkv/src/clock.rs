@@ -25,7 +25,9 @@ pub struct ManualClock {
 
 impl Default for ManualClock {
     fn default() -> Self {
-        Self { now: Mutex::new(Instant::now()) }
+        Self {
+            now: Mutex::new(Instant::now()),
+        }
     }
 }
 

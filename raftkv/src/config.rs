@@ -76,7 +76,9 @@ pub struct ServerArgs {
 
 /// Parses Go-style durations: a number followed by ms, s, m or h.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').ok_or_else(|| format!("{s:?}: missing unit"))?;
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(|| format!("{s:?}: missing unit"))?;
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().map_err(|_| format!("{s:?}: bad number"))?;
     let secs = match unit {
@@ -91,7 +93,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 impl ServerArgs {
     pub fn data_dir(&self) -> PathBuf {
-        self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)))
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)))
     }
 
     /// etcd's minimum lease TTL: 1.5 election timeouts, rounded up to whole seconds.
@@ -123,8 +127,10 @@ pub async fn resolve(url: &str) -> Result<Vec<SocketAddr>, ConfigError> {
         .map(|s| s.trim_end_matches('/'))
         .filter(|s| s.contains(':'))
         .ok_or_else(|| ConfigError::BadUrl(url.to_string()))?;
-    let addrs: Vec<SocketAddr> =
-        tokio::net::lookup_host(hostport).await.map_err(|e| ConfigError::Resolve(url.to_string(), e))?.collect();
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(hostport)
+        .await
+        .map_err(|e| ConfigError::Resolve(url.to_string(), e))?
+        .collect();
     Ok(addrs)
 }
 
@@ -134,7 +140,14 @@ mod tests {
 
     #[test]
     fn durations() {
-        let cases = [("10m", Some(600.0)), ("500ms", Some(0.5)), ("1.5s", Some(1.5)), ("2h", Some(7200.0)), ("5", None), ("3d", None)];
+        let cases = [
+            ("10m", Some(600.0)),
+            ("500ms", Some(0.5)),
+            ("1.5s", Some(1.5)),
+            ("2h", Some(7200.0)),
+            ("5", None),
+            ("3d", None),
+        ];
         for (s, want) in cases {
             assert_eq!(parse_duration(s).ok().map(|d| d.as_secs_f64()), want, "{s}");
         }

@@ -91,13 +91,41 @@ mod tests {
     #[test]
     fn grpc_form_matches_etcd() {
         let cases = [
-            (ServerError::EmptyKey, Code::InvalidArgument, "etcdserver: key is not provided"),
-            (ServerError::Compacted, Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"),
-            (ServerError::FutureRev, Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision"),
-            (ServerError::LeaseNotFound, Code::NotFound, "etcdserver: requested lease not found"),
-            (ServerError::LeaseExists, Code::FailedPrecondition, "etcdserver: lease already exists"),
-            (ServerError::NoSpace, Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"),
-            (ServerError::DuplicateKey, Code::InvalidArgument, "etcdserver: duplicate key given in txn request"),
+            (
+                ServerError::EmptyKey,
+                Code::InvalidArgument,
+                "etcdserver: key is not provided",
+            ),
+            (
+                ServerError::Compacted,
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            (
+                ServerError::FutureRev,
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            (
+                ServerError::LeaseNotFound,
+                Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+            (
+                ServerError::LeaseExists,
+                Code::FailedPrecondition,
+                "etcdserver: lease already exists",
+            ),
+            (
+                ServerError::NoSpace,
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
+            (
+                ServerError::DuplicateKey,
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
         ];
         for (err, code, msg) in cases {
             let s = Status::from(err);

@@ -55,5 +55,8 @@ async fn metrics(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
     s.metrics.watchers.set((synced + unsynced) as i64);
     s.metrics.slow_watchers.set(unsynced as i64);
     s.metrics.db_size.set(s.sm.backend().size() as i64);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
 }

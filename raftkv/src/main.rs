@@ -14,7 +14,11 @@ use raftkv::state_machine::StateMachine;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "raftkv", version, about = "An etcd v3-compatible key-value server")]
+#[command(
+    name = "raftkv",
+    version,
+    about = "An etcd v3-compatible key-value server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -48,12 +52,16 @@ fn kv_dir(data_dir: &std::path::Path) -> PathBuf {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Snapshot { action: SnapshotAction::Restore { file, data_dir } }) => restore(&file, &data_dir),
+        Some(Command::Snapshot {
+            action: SnapshotAction::Restore { file, data_dir },
+        }) => restore(&file, &data_dir),
         None => tokio::runtime::Runtime::new()?.block_on(serve(cli.server)),
     }
 }
@@ -75,7 +83,8 @@ async fn serve(args: ServerArgs) -> Result<()> {
     let data_dir = args.data_dir();
     let dir = kv_dir(&data_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let backend = Backend::open(&dir).with_context(|| format!("open store in {}", dir.display()))?;
+    let backend =
+        Backend::open(&dir).with_context(|| format!("open store in {}", dir.display()))?;
     let identity = Identity::load_or_create(
         &backend,
         &args.name,
@@ -100,11 +109,15 @@ async fn serve(args: ServerArgs) -> Result<()> {
         "raftkv starting"
     );
 
-    let app = raftkv::api::routes(server.clone()).into_axum_router().merge(raftkv::http::router(server.clone()));
+    let app = raftkv::api::routes(server.clone())
+        .into_axum_router()
+        .merge(raftkv::http::router(server.clone()));
     let mut tasks = tokio::task::JoinSet::new();
     for url in &args.listen_client_urls {
         for addr in resolve(url).await? {
-            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen on {addr}"))?;
             tracing::info!(%addr, "serving client requests (gRPC + HTTP)");
             let app = app.clone();
             tasks.spawn(async move { axum::serve(listener, app).await });
@@ -112,7 +125,9 @@ async fn serve(args: ServerArgs) -> Result<()> {
     }
     for url in &args.listen_metrics_urls {
         for addr in resolve(url).await? {
-            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen on {addr}"))?;
             tracing::info!(%addr, "serving metrics");
             let router = raftkv::http::router(server.clone());
             tasks.spawn(async move { axum::serve(listener, router).await });

@@ -1,6 +1,9 @@
 //! Prometheus metrics, named after etcd's where one exists so existing dashboards apply.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 
 pub struct Metrics {
     registry: Registry,
@@ -29,36 +32,73 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
-            r.register(Box::new(c.clone())).expect("metric names are unique");
+            r.register(Box::new(c.clone()))
+                .expect("metric names are unique");
             c
         }
-        let counter = |name: &str, help: &str| reg(&registry, IntCounter::new(name, help).expect("valid metric"));
-        let gauge = |name: &str, help: &str| reg(&registry, IntGauge::new(name, help).expect("valid metric"));
+        let counter = |name: &str, help: &str| {
+            reg(
+                &registry,
+                IntCounter::new(name, help).expect("valid metric"),
+            )
+        };
+        let gauge = |name: &str, help: &str| {
+            reg(&registry, IntGauge::new(name, help).expect("valid metric"))
+        };
         Self {
             proposals_applied: counter("etcd_server_proposals_applied_total", "Proposals applied."),
-            proposals_failed: counter("etcd_server_proposals_failed_total", "Proposals that applied with a request error."),
-            leases_expired: counter("etcd_debugging_server_lease_expired_total", "Leases revoked because they expired."),
+            proposals_failed: counter(
+                "etcd_server_proposals_failed_total",
+                "Proposals that applied with a request error.",
+            ),
+            leases_expired: counter(
+                "etcd_debugging_server_lease_expired_total",
+                "Leases revoked because they expired.",
+            ),
             apply_duration: reg(
                 &registry,
                 Histogram::with_opts(
-                    HistogramOpts::new("etcd_disk_backend_commit_duration_seconds", "Time to apply and fsync one group of proposals.")
-                        .buckets(prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")),
+                    HistogramOpts::new(
+                        "etcd_disk_backend_commit_duration_seconds",
+                        "Time to apply and fsync one group of proposals.",
+                    )
+                    .buckets(
+                        prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets"),
+                    ),
                 )
                 .expect("valid metric"),
             ),
             grpc_requests: reg(
                 &registry,
-                IntCounterVec::new(Opts::new("grpc_server_handled_total", "gRPC calls by method and code."), &["grpc_method", "grpc_code"])
-                    .expect("valid metric"),
+                IntCounterVec::new(
+                    Opts::new(
+                        "grpc_server_handled_total",
+                        "gRPC calls by method and code.",
+                    ),
+                    &["grpc_method", "grpc_code"],
+                )
+                .expect("valid metric"),
             ),
             db_size: gauge("etcd_mvcc_db_total_size_in_bytes", "Backend size in bytes."),
-            current_revision: gauge("etcd_debugging_mvcc_current_revision", "Current store revision."),
-            compact_revision: gauge("etcd_debugging_mvcc_compact_revision", "Last compacted revision."),
+            current_revision: gauge(
+                "etcd_debugging_mvcc_current_revision",
+                "Current store revision.",
+            ),
+            compact_revision: gauge(
+                "etcd_debugging_mvcc_compact_revision",
+                "Last compacted revision.",
+            ),
             keys: gauge("etcd_debugging_mvcc_keys_total", "Live keys."),
             watchers: gauge("etcd_debugging_mvcc_watcher_total", "Watchers."),
-            slow_watchers: gauge("etcd_debugging_mvcc_slow_watcher_total", "Watchers catching up from storage."),
+            slow_watchers: gauge(
+                "etcd_debugging_mvcc_slow_watcher_total",
+                "Watchers catching up from storage.",
+            ),
             leases: gauge("etcd_debugging_lease_total", "Live leases."),
-            has_leader: gauge("etcd_server_has_leader", "Whether a leader exists (1) or not (0)."),
+            has_leader: gauge(
+                "etcd_server_has_leader",
+                "Whether a leader exists (1) or not (0).",
+            ),
             registry,
         }
     }

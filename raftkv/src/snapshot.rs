@@ -79,7 +79,9 @@ pub fn unpack(mut src: impl Read, dir: &Path) -> Result<(), SnapshotError> {
         if name_len == 0 {
             break;
         }
-        let name = std::str::from_utf8(take(name_len)?).map_err(|_| SnapshotError::Corrupt("file name"))?.to_string();
+        let name = std::str::from_utf8(take(name_len)?)
+            .map_err(|_| SnapshotError::Corrupt("file name"))?
+            .to_string();
         if name.contains('/') || name == ".." || name == "." {
             return Err(SnapshotError::Corrupt("file name"));
         }
@@ -107,7 +109,10 @@ mod tests {
         assert_eq!(fs::read(dst.path().join("out/b")).unwrap().len(), 10_000);
         let mut bad = packed.clone();
         bad[10] ^= 1;
-        assert!(matches!(unpack(bad.as_slice(), &dst.path().join("x")), Err(SnapshotError::Corrupt(_))));
+        assert!(matches!(
+            unpack(bad.as_slice(), &dst.path().join("x")),
+            Err(SnapshotError::Corrupt(_))
+        ));
         assert!(unpack(&packed[..packed.len() - 1], &dst.path().join("y")).is_err());
     }
 }

@@ -11,19 +11,24 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use proto::etcdserverpb::{
     alarm_request::AlarmAction, compare, range_request, request_op, response_op, AlarmMember,
     AlarmRequest, AlarmResponse, AlarmType, CompactionRequest, CompactionResponse, Compare,
-    DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse,
-    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeRequest,
+    LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use proto::mvccpb::{Event, KeyValue};
-use proto::raftkvpb::{internal_request, internal_response, Empty, InternalRequest, InternalResponse};
+use proto::raftkvpb::{
+    internal_request, internal_response, Empty, InternalRequest, InternalResponse,
+};
 
 use crate::clock::Clock;
 use crate::error::ServerError;
 use crate::lease::Lessor;
 use crate::mvcc::backend::META_CONSISTENT_INDEX;
 use crate::mvcc::watch::WatchHub;
-use crate::mvcc::{Backend, BackendError, Batch, KeyRange, MvccError, MvccState, RangeOptions, RangeResult, WriteTxn};
+use crate::mvcc::{
+    Backend, BackendError, Batch, KeyRange, MvccError, MvccState, RangeOptions, RangeResult,
+    WriteTxn,
+};
 
 /// Everything the lock protects.
 pub struct State {
@@ -87,12 +92,19 @@ impl ReadView for TxnView<'_, '_> {
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
-    Some(ResponseHeader { revision, ..Default::default() })
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
 }
 
 impl StateMachine {
     /// Opens the store and restores the index, leases and alarms from it.
-    pub fn open(backend: Backend, min_lease_ttl: i64, clock: Arc<dyn Clock>) -> Result<Self, ServerError> {
+    pub fn open(
+        backend: Backend,
+        min_lease_ttl: i64,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ServerError> {
         let restored = MvccState::restore(&backend)?;
         let mut lessor = Lessor::new(min_lease_ttl, clock);
         lessor.restore(backend.leases()?, restored.key_leases);
@@ -100,7 +112,12 @@ impl StateMachine {
         let alarms = backend.alarms()?.into_iter().collect();
         Ok(Self {
             backend,
-            state: RwLock::new(State { mvcc: restored.state, lessor, applied_index, alarms }),
+            state: RwLock::new(State {
+                mvcc: restored.state,
+                lessor,
+                applied_index,
+                alarms,
+            }),
             hub: WatchHub::default(),
         })
     }
@@ -114,24 +131,34 @@ impl StateMachine {
     }
 
     pub fn read(&self) -> RwLockReadGuard<'_, State> {
-        self.state.read().expect("state lock poisoned: an apply panicked")
+        self.state
+            .read()
+            .expect("state lock poisoned: an apply panicked")
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().expect("state lock poisoned: an apply panicked")
+        self.state
+            .write()
+            .expect("state lock poisoned: an apply panicked")
     }
 
     /// Serves a Range outside the log (etcd's read path).
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ServerError> {
         let st = self.read();
-        let view = StoreView { mvcc: &st.mvcc, backend: &self.backend };
+        let view = StoreView {
+            mvcc: &st.mvcc,
+            backend: &self.backend,
+        };
         Ok(range(&view, req)?)
     }
 
     /// Serves a read-only Txn outside the log.
     pub fn read_txn(&self, rt: &TxnRequest) -> Result<TxnResponse, ServerError> {
         let st = self.read();
-        let view = StoreView { mvcc: &st.mvcc, backend: &self.backend };
+        let view = StoreView {
+            mvcc: &st.mvcc,
+            backend: &self.backend,
+        };
         let path = compare_to_path(&view, rt);
         check_requests(rt, &path, &mut 0, &mut |op| check_range(&view, op))?;
         let mut exec = ReadOnly(&view);
@@ -143,13 +170,17 @@ impl StateMachine {
     /// Applies log entries `(index, request)` in order, durably, as one RocksDB batch. The
     /// outer error is a storage failure: the state in memory may then be ahead of the disk,
     /// so the caller must stop serving (a restart recovers from the last durable entry).
-    pub fn apply_batch(&self, entries: Vec<(u64, InternalRequest)>) -> Result<Vec<ApplyResult>, BackendError> {
+    pub fn apply_batch(
+        &self,
+        entries: Vec<(u64, InternalRequest)>,
+    ) -> Result<Vec<ApplyResult>, BackendError> {
         let mut st = self.write();
         let mut batch = Batch::default();
         let mut results = Vec::with_capacity(entries.len());
         let mut notifications: Vec<(i64, Vec<Event>)> = Vec::new();
         for (index, req) in entries {
-            let is_compaction = matches!(req.request, Some(internal_request::Request::Compaction(_)));
+            let is_compaction =
+                matches!(req.request, Some(internal_request::Request::Compaction(_)));
             if is_compaction && !batch.is_empty() {
                 // Compaction scans stored rows: earlier entries of the group must be there.
                 self.backend.write(mem::take(&mut batch), false)?;
@@ -159,7 +190,11 @@ impl StateMachine {
             if let Err(ServerError::Storage(e)) = res {
                 return Err(e);
             }
-            if let Some(rev) = events.first().and_then(|e| e.kv.as_ref()).map(|kv| kv.mod_revision) {
+            if let Some(rev) = events
+                .first()
+                .and_then(|e| e.kv.as_ref())
+                .map(|kv| kv.mod_revision)
+            {
                 notifications.push((rev, events));
             }
             batch.put_meta_u64(META_CONSISTENT_INDEX, index);
@@ -184,11 +219,22 @@ fn apply_one(
 ) -> ApplyResult {
     use internal_request::Request as Rq;
     use internal_response::Response as Rs;
-    let no_space = st.alarms.iter().any(|&(_, a)| a == AlarmType::Nospace as i32);
+    let no_space = st
+        .alarms
+        .iter()
+        .any(|&(_, a)| a == AlarmType::Nospace as i32);
     let Some(request) = req.request else {
-        return Ok(InternalResponse { response: Some(Rs::Empty(Empty {})), events: Vec::new() });
+        return Ok(InternalResponse {
+            response: Some(Rs::Empty(Empty {})),
+            events: Vec::new(),
+        });
     };
-    let State { mvcc, lessor, alarms, .. } = st;
+    let State {
+        mvcc,
+        lessor,
+        alarms,
+        ..
+    } = st;
     let response = match request {
         Rq::Put(p) => {
             if no_space {
@@ -240,7 +286,9 @@ fn apply_one(
             }
             *events = txn.end();
             batch.delete_lease(id);
-            Rs::LeaseRevoke(LeaseRevokeResponse { header: header(mvcc.current_rev()) })
+            Rs::LeaseRevoke(LeaseRevokeResponse {
+                header: header(mvcc.current_rev()),
+            })
         }
         Rq::LeaseCheckpoint(cp) => {
             for c in cp.checkpoints {
@@ -252,11 +300,22 @@ fn apply_one(
         }
         Rq::Alarm(a) => Rs::Alarm(alarm(alarms, batch, &a, mvcc.current_rev())),
     };
-    Ok(InternalResponse { response: Some(response), events: Vec::new() })
+    Ok(InternalResponse {
+        response: Some(response),
+        events: Vec::new(),
+    })
 }
 
-fn alarm(alarms: &mut BTreeSet<(u64, i32)>, batch: &mut Batch, a: &AlarmRequest, rev: i64) -> AlarmResponse {
-    let member = |&(m, a): &(u64, i32)| AlarmMember { member_id: m, alarm: a };
+fn alarm(
+    alarms: &mut BTreeSet<(u64, i32)>,
+    batch: &mut Batch,
+    a: &AlarmRequest,
+    rev: i64,
+) -> AlarmResponse {
+    let member = |&(m, a): &(u64, i32)| AlarmMember {
+        member_id: m,
+        alarm: a,
+    };
     let alarm_type = a.alarm;
     let matching = |set: &BTreeSet<(u64, i32)>| -> Vec<AlarmMember> {
         set.iter()
@@ -284,10 +343,18 @@ fn alarm(alarms: &mut BTreeSet<(u64, i32)>, batch: &mut Batch, a: &AlarmRequest,
         Ok(AlarmAction::Get) => matching(alarms),
         _ => Vec::new(),
     };
-    AlarmResponse { header: header(rev), alarms: alarms_out }
+    AlarmResponse {
+        header: header(rev),
+        alarms: alarms_out,
+    }
 }
 
-fn compact(mvcc: &mut MvccState, backend: &Backend, batch: &mut Batch, c: &CompactionRequest) -> Result<CompactionResponse, ServerError> {
+fn compact(
+    mvcc: &mut MvccState,
+    backend: &Backend,
+    batch: &mut Batch,
+    c: &CompactionRequest,
+) -> Result<CompactionResponse, ServerError> {
     if c.revision <= mvcc.compact_rev() {
         return Err(ServerError::Compacted);
     }
@@ -295,7 +362,9 @@ fn compact(mvcc: &mut MvccState, backend: &Backend, batch: &mut Batch, c: &Compa
         return Err(ServerError::FutureRev);
     }
     mvcc.compact(backend, batch, c.revision)?;
-    Ok(CompactionResponse { header: header(mvcc.current_rev()) })
+    Ok(CompactionResponse {
+        header: header(mvcc.current_rev()),
+    })
 }
 
 /// etcd's `applierV3backend.Range`.
@@ -317,7 +386,11 @@ fn range(view: &dyn ReadView, r: &RangeRequest) -> Result<RangeResponse, MvccErr
     };
     let rr = view.range(
         &KeyRange::new(&r.key, &r.range_end),
-        RangeOptions { limit, rev: r.revision, count_only: r.count_only },
+        RangeOptions {
+            limit,
+            rev: r.revision,
+            count_only: r.count_only,
+        },
     )?;
     let mut kvs = rr.kvs;
     kvs.retain(|kv| {
@@ -343,7 +416,7 @@ fn range(view: &dyn ReadView, r: &RangeRequest) -> Result<RangeResponse, MvccErr
             }
         };
         match order {
-            SortOrder::Descend => kvs.sort_by(|a, b| key(b).cmp(&key(a))),
+            SortOrder::Descend => kvs.sort_by_key(|kv| std::cmp::Reverse(key(kv))),
             _ => kvs.sort_by_key(key),
         }
     }
@@ -357,14 +430,26 @@ fn range(view: &dyn ReadView, r: &RangeRequest) -> Result<RangeResponse, MvccErr
             kv.value.clear();
         }
     }
-    Ok(RangeResponse { header: header(rr.rev), kvs, more, count: rr.count })
+    Ok(RangeResponse {
+        header: header(rr.rev),
+        kvs,
+        more,
+        count: rr.count,
+    })
 }
 
 /// etcd's `applierV3backend.Put` on a txn; the lease was checked by the caller.
-fn put(txn: &mut WriteTxn, lessor: &mut Lessor, p: &PutRequest) -> Result<PutResponse, ServerError> {
+fn put(
+    txn: &mut WriteTxn,
+    lessor: &mut Lessor,
+    p: &PutRequest,
+) -> Result<PutResponse, ServerError> {
     let needs_prev = p.ignore_value || p.ignore_lease || p.prev_kv;
     let prev = if needs_prev {
-        txn.range(&KeyRange::single(&p.key), RangeOptions::default())?.kvs.into_iter().next()
+        txn.range(&KeyRange::single(&p.key), RangeOptions::default())?
+            .kvs
+            .into_iter()
+            .next()
     } else {
         None
     };
@@ -387,7 +472,11 @@ fn put(txn: &mut WriteTxn, lessor: &mut Lessor, p: &PutRequest) -> Result<PutRes
     })
 }
 
-fn delete_range(txn: &mut WriteTxn, lessor: &mut Lessor, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse, ServerError> {
+fn delete_range(
+    txn: &mut WriteTxn,
+    lessor: &mut Lessor,
+    d: &DeleteRangeRequest,
+) -> Result<DeleteRangeResponse, ServerError> {
     let range = KeyRange::new(&d.key, &d.range_end);
     let prev_kvs = if d.prev_kv {
         txn.range(&range, RangeOptions::default())?.kvs
@@ -406,14 +495,23 @@ fn delete_range(txn: &mut WriteTxn, lessor: &mut Lessor, d: &DeleteRangeRequest)
 }
 
 pub fn is_txn_readonly(t: &TxnRequest) -> bool {
-    t.success.iter().chain(&t.failure).all(|op| match &op.request {
-        Some(request_op::Request::RequestPut(_)) | Some(request_op::Request::RequestDeleteRange(_)) => false,
-        Some(request_op::Request::RequestTxn(t)) => is_txn_readonly(t),
-        _ => true,
-    })
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestPut(_))
+            | Some(request_op::Request::RequestDeleteRange(_)) => false,
+            Some(request_op::Request::RequestTxn(t)) => is_txn_readonly(t),
+            _ => true,
+        })
 }
 
-fn write_txn(txn: &mut WriteTxn, compact_rev: i64, lessor: &mut Lessor, rt: &TxnRequest) -> Result<TxnResponse, ServerError> {
+fn write_txn(
+    txn: &mut WriteTxn,
+    compact_rev: i64,
+    lessor: &mut Lessor,
+    rt: &TxnRequest,
+) -> Result<TxnResponse, ServerError> {
     let path = {
         let view = TxnView { txn, compact_rev };
         let path = compare_to_path(&view, rt);
@@ -423,7 +521,11 @@ fn write_txn(txn: &mut WriteTxn, compact_rev: i64, lessor: &mut Lessor, rt: &Txn
         check_requests(rt, &path, &mut 0, &mut |op| check_range(&view, op))?;
         path
     };
-    let mut exec = Writer { txn, lessor, compact_rev };
+    let mut exec = Writer {
+        txn,
+        lessor,
+        compact_rev,
+    };
     let mut resp = apply_txn(&mut exec, rt, &path, &mut 0)?;
     resp.header = header(exec.txn.read_rev());
     Ok(resp)
@@ -447,7 +549,10 @@ fn compare_to_path(view: &dyn ReadView, rt: &TxnRequest) -> Vec<bool> {
 }
 
 fn apply_compare(view: &dyn ReadView, c: &Compare) -> bool {
-    let Ok(rr) = view.range(&KeyRange::new(&c.key, &c.range_end), RangeOptions::default()) else {
+    let Ok(rr) = view.range(
+        &KeyRange::new(&c.key, &c.range_end),
+        RangeOptions::default(),
+    ) else {
         return false;
     };
     if rr.kvs.is_empty() {
@@ -516,7 +621,9 @@ fn check_requests(
 }
 
 fn check_put(view: &dyn ReadView, lessor: &Lessor, op: &RequestOp) -> Result<(), ServerError> {
-    let Some(request_op::Request::RequestPut(p)) = &op.request else { return Ok(()) };
+    let Some(request_op::Request::RequestPut(p)) = &op.request else {
+        return Ok(());
+    };
     if p.ignore_value || p.ignore_lease {
         let rr = view.range(&KeyRange::single(&p.key), RangeOptions::default())?;
         if rr.kvs.is_empty() {
@@ -530,7 +637,9 @@ fn check_put(view: &dyn ReadView, lessor: &Lessor, op: &RequestOp) -> Result<(),
 }
 
 fn check_range(view: &dyn ReadView, op: &RequestOp) -> Result<(), ServerError> {
-    let Some(request_op::Request::RequestRange(r)) = &op.request else { return Ok(()) };
+    let Some(request_op::Request::RequestRange(r)) = &op.request else {
+        return Ok(());
+    };
     match r.revision {
         0 => Ok(()),
         rev if rev > view.rev() => Err(ServerError::FutureRev),
@@ -568,7 +677,13 @@ struct Writer<'t, 'a, 'l> {
 
 impl TxnExec for Writer<'_, '_, '_> {
     fn range(&self, r: &RangeRequest) -> Result<RangeResponse, ServerError> {
-        Ok(range(&TxnView { txn: self.txn, compact_rev: self.compact_rev }, r)?)
+        Ok(range(
+            &TxnView {
+                txn: self.txn,
+                compact_rev: self.compact_rev,
+            },
+            r,
+        )?)
     }
     fn put(&mut self, p: &PutRequest) -> Result<PutResponse, ServerError> {
         put(self.txn, self.lessor, p)
@@ -578,7 +693,12 @@ impl TxnExec for Writer<'_, '_, '_> {
     }
 }
 
-fn apply_txn(exec: &mut dyn TxnExec, rt: &TxnRequest, path: &[bool], pos: &mut usize) -> Result<TxnResponse, ServerError> {
+fn apply_txn(
+    exec: &mut dyn TxnExec,
+    rt: &TxnRequest,
+    path: &[bool],
+    pos: &mut usize,
+) -> Result<TxnResponse, ServerError> {
     use request_op::Request as Op;
     use response_op::Response as R;
     let succeeded = path[*pos];
@@ -600,7 +720,11 @@ fn apply_txn(exec: &mut dyn TxnExec, rt: &TxnRequest, path: &[bool], pos: &mut u
         };
         responses.push(ResponseOp { response });
     }
-    Ok(TxnResponse { header: None, succeeded, responses })
+    Ok(TxnResponse {
+        header: None,
+        succeeded,
+        responses,
+    })
 }
 
 /// Request validation done before proposing (etcd's `v3rpc/key.go`).
@@ -690,14 +814,19 @@ pub mod validate {
         let mut dels: Vec<Del> = reqs
             .iter()
             .filter_map(|r| match &r.request {
-                Some(request_op::Request::RequestDeleteRange(d)) => Some(Del { key: d.key.clone(), end: d.range_end.clone() }),
+                Some(request_op::Request::RequestDeleteRange(d)) => Some(Del {
+                    key: d.key.clone(),
+                    end: d.range_end.clone(),
+                }),
                 _ => None,
             })
             .collect();
         let hits = |dels: &[Del], k: &[u8]| dels.iter().any(|d| d.contains(k));
         let mut puts: HashSet<Vec<u8>> = HashSet::new();
         for r in reqs {
-            let Some(request_op::Request::RequestTxn(t)) = &r.request else { continue };
+            let Some(request_op::Request::RequestTxn(t)) = &r.request else {
+                continue;
+            };
             let (puts_then, dels_then) = check_intervals(&t.success)?;
             let (puts_else, dels_else) = check_intervals(&t.failure)?;
             for k in &puts_then {
@@ -716,7 +845,9 @@ pub mod validate {
             dels.extend(dels_else);
         }
         for r in reqs {
-            let Some(request_op::Request::RequestPut(p)) = &r.request else { continue };
+            let Some(request_op::Request::RequestPut(p)) = &r.request else {
+                continue;
+            };
             if puts.contains(&p.key) || hits(&dels, &p.key) {
                 return Err(ServerError::DuplicateKey);
             }

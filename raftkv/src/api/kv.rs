@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use proto::etcdserverpb::{
-    kv_server::Kv, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    kv_server::Kv, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use proto::raftkvpb::internal_request::Request as Rq;
 use tonic::{Request, Response, Status};
@@ -33,7 +33,10 @@ impl Kv for KvService {
         Ok(Response::new(resp))
     }
 
-    async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+    async fn delete_range(
+        &self,
+        req: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
         let r = req.into_inner();
         validate::delete(&r)?;
         let mut resp = expect_response!(self.0.propose(Rq::DeleteRange(r)).await?, DeleteRange);
@@ -53,9 +56,15 @@ impl Kv for KvService {
         Ok(Response::new(resp))
     }
 
-    async fn compact(&self, req: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+    async fn compact(
+        &self,
+        req: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
         // Compaction is always physical here: it finishes before the response.
-        let mut resp = expect_response!(self.0.propose(Rq::Compaction(req.into_inner())).await?, Compaction);
+        let mut resp = expect_response!(
+            self.0.propose(Rq::Compaction(req.into_inner())).await?,
+            Compaction
+        );
         self.0.fill(&mut resp.header);
         Ok(Response::new(resp))
     }

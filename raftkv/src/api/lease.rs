@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use futures::Stream;
 use proto::etcdserverpb::{
-    lease_server::Lease, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
-    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
-    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    lease_server::Lease, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
+    LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest,
+    LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use proto::raftkvpb::internal_request::Request as Rq;
 use tokio_stream::StreamExt;
@@ -24,7 +24,10 @@ type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, 
 
 #[tonic::async_trait]
 impl Lease for LeaseService {
-    async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+    async fn lease_grant(
+        &self,
+        req: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
         let mut r = req.into_inner();
         while r.id == 0 {
             // Positive IDs only, like etcd's request ID generator.
@@ -35,8 +38,14 @@ impl Lease for LeaseService {
         Ok(Response::new(resp))
     }
 
-    async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let mut resp = expect_response!(self.0.propose(Rq::LeaseRevoke(req.into_inner())).await?, LeaseRevoke);
+    async fn lease_revoke(
+        &self,
+        req: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let mut resp = expect_response!(
+            self.0.propose(Rq::LeaseRevoke(req.into_inner())).await?,
+            LeaseRevoke
+        );
         self.0.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -55,7 +64,11 @@ impl Lease for LeaseService {
                 Err(LeaseError::NotFound) => 0,
                 Err(e) => return Err(crate::error::ServerError::from(e).into()),
             };
-            Ok(LeaseKeepAliveResponse { header: server.header(0), id: r.id, ttl })
+            Ok(LeaseKeepAliveResponse {
+                header: server.header(0),
+                id: r.id,
+                ttl,
+            })
         });
         Ok(Response::new(Box::pin(out)))
     }
@@ -75,13 +88,33 @@ impl Lease for LeaseService {
                 keys: i.keys,
             },
             // etcd answers an unknown lease with TTL -1, not an error.
-            None => LeaseTimeToLiveResponse { header: self.0.header(0), id: r.id, ttl: -1, granted_ttl: 0, keys: Vec::new() },
+            None => LeaseTimeToLiveResponse {
+                header: self.0.header(0),
+                id: r.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            },
         };
         Ok(Response::new(resp))
     }
 
-    async fn lease_leases(&self, _: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
-        let leases = self.0.sm.read().lessor.ids().into_iter().map(|id| LeaseStatus { id }).collect();
-        Ok(Response::new(LeaseLeasesResponse { header: self.0.header(0), leases }))
+    async fn lease_leases(
+        &self,
+        _: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let leases = self
+            .0
+            .sm
+            .read()
+            .lessor
+            .ids()
+            .into_iter()
+            .map(|id| LeaseStatus { id })
+            .collect();
+        Ok(Response::new(LeaseLeasesResponse {
+            header: self.0.header(0),
+            leases,
+        }))
     }
 }

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use futures::Stream;
 use proto::etcdserverpb::{
-    maintenance_server::Maintenance, AlarmRequest, AlarmResponse, AlarmType,
-    DefragmentRequest, DefragmentResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
-    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    maintenance_server::Maintenance, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest,
+    DefragmentResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
+    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse,
 };
 use proto::raftkvpb::internal_request::Request as Rq;
 use tonic::{Request, Response, Status};
@@ -65,13 +66,18 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn defragment(&self, _: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(
+        &self,
+        _: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
         let server = self.0.clone();
         tokio::task::spawn_blocking(move || server.sm.backend().defragment())
             .await
             .map_err(storage)?
             .map_err(ServerError::from)?;
-        Ok(Response::new(DefragmentResponse { header: self.0.header(0) }))
+        Ok(Response::new(DefragmentResponse {
+            header: self.0.header(0),
+        }))
     }
 
     /// Digest of the whole key space at the current revision (our backend's bytes are not
@@ -79,27 +85,53 @@ impl Maintenance for MaintenanceService {
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         let (hash, rev, _) = {
             let st = self.0.sm.read();
-            st.mvcc.hash_kv(self.0.sm.backend(), 0).map_err(ServerError::from)?
+            st.mvcc
+                .hash_kv(self.0.sm.backend(), 0)
+                .map_err(ServerError::from)?
         };
-        Ok(Response::new(HashResponse { header: self.0.header(rev), hash }))
+        Ok(Response::new(HashResponse {
+            header: self.0.header(rev),
+            hash,
+        }))
     }
 
-    async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
         let rev = req.into_inner().revision;
         let (hash, current, compact) = {
             let st = self.0.sm.read();
-            st.mvcc.hash_kv(self.0.sm.backend(), rev).map_err(ServerError::from)?
+            st.mvcc
+                .hash_kv(self.0.sm.backend(), rev)
+                .map_err(ServerError::from)?
         };
-        Ok(Response::new(HashKvResponse { header: self.0.header(current), hash, compact_revision: compact }))
+        Ok(Response::new(HashKvResponse {
+            header: self.0.header(current),
+            hash,
+            compact_revision: compact,
+        }))
     }
 
     type SnapshotStream = SnapshotStream;
 
-    async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        _: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
         let server = self.0.clone();
         let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, Status> {
-            let parent = server.sm.backend().path().parent().map(|p| p.to_path_buf()).unwrap_or_default();
-            let tmp = tempfile::Builder::new().prefix("snapshot-").tempdir_in(parent).map_err(storage)?;
+            let parent = server
+                .sm
+                .backend()
+                .path()
+                .parent()
+                .map(|p| p.to_path_buf())
+                .unwrap_or_default();
+            let tmp = tempfile::Builder::new()
+                .prefix("snapshot-")
+                .tempdir_in(parent)
+                .map_err(storage)?;
             let dir = tmp.path().join("db");
             server.sm.backend().checkpoint(&dir).map_err(storage)?;
             crate::snapshot::pack(&dir).map_err(storage)
@@ -113,18 +145,28 @@ impl Maintenance for MaintenanceService {
             .enumerate()
             .map(|(i, c)| {
                 let sent = (i * SNAPSHOT_CHUNK + c.len()) as u64;
-                Ok(SnapshotResponse { header: header.clone(), remaining_bytes: total as u64 - sent, blob: c.to_vec() })
+                Ok(SnapshotResponse {
+                    header,
+                    remaining_bytes: total as u64 - sent,
+                    blob: c.to_vec(),
+                })
             })
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
-    async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+    async fn move_leader(
+        &self,
+        req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
         // With one member the only valid transferee is the leader itself: nothing to do.
         if req.into_inner().target_id != self.0.identity.member_id {
-            return Err(Status::failed_precondition("etcdserver: bad leader transferee"));
+            return Err(Status::failed_precondition(
+                "etcdserver: bad leader transferee",
+            ));
         }
-        Ok(Response::new(MoveLeaderResponse { header: self.0.header(0) }))
+        Ok(Response::new(MoveLeaderResponse {
+            header: self.0.header(0),
+        }))
     }
 }
-

@@ -23,11 +23,27 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// All services, ready to be served.
 pub fn routes(server: Arc<EtcdServer>) -> Routes {
     let max_recv = server.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    Routes::new(KvServer::new(kv::KvService(server.clone())).max_decoding_message_size(max_recv).max_encoding_message_size(usize::MAX))
-        .add_service(WatchServer::new(watch::WatchService(server.clone())).max_decoding_message_size(max_recv).max_encoding_message_size(usize::MAX))
-        .add_service(LeaseServer::new(lease::LeaseService(server.clone())).max_decoding_message_size(max_recv))
-        .add_service(MaintenanceServer::new(maintenance::MaintenanceService(server.clone())).max_decoding_message_size(max_recv).max_encoding_message_size(usize::MAX))
-        .add_service(ClusterServer::new(cluster::ClusterService(server)).max_decoding_message_size(max_recv))
+    Routes::new(
+        KvServer::new(kv::KvService(server.clone()))
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        WatchServer::new(watch::WatchService(server.clone()))
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        LeaseServer::new(lease::LeaseService(server.clone())).max_decoding_message_size(max_recv),
+    )
+    .add_service(
+        MaintenanceServer::new(maintenance::MaintenanceService(server.clone()))
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        ClusterServer::new(cluster::ClusterService(server)).max_decoding_message_size(max_recv),
+    )
 }
 
 /// Extracts the response variant a proposal of a given kind yields.

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use futures::Stream;
 use prost::Message;
 use proto::etcdserverpb::{
-    watch_create_request::FilterType, watch_request, watch_server::Watch, RangeRequest, WatchCreateRequest, WatchRequest,
-    WatchResponse,
+    watch_create_request::FilterType, watch_request, watch_server::Watch, RangeRequest,
+    WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use proto::mvccpb::{event::EventType, Event};
 use tokio::sync::mpsc;
@@ -34,7 +34,10 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Se
 impl Watch for WatchService {
     type WatchStream = WatchStream;
 
-    async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<WatchStream>, Status> {
         let (out, rx) = mpsc::channel(128);
         let stream = StreamTask::new(self.0.clone(), out);
         tokio::spawn(stream.run(req.into_inner()));
@@ -64,7 +67,14 @@ struct StreamTask {
 impl StreamTask {
     fn new(server: Arc<EtcdServer>, out: mpsc::Sender<Result<WatchResponse, Status>>) -> Self {
         let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
-        Self { server, out, events_tx, events_rx, watches: HashMap::new(), next_id: 0 }
+        Self {
+            server,
+            out,
+            events_tx,
+            events_rx,
+            watches: HashMap::new(),
+            next_id: 0,
+        }
     }
 
     async fn run(mut self, mut input: Streaming<WatchRequest>) {
@@ -96,14 +106,25 @@ impl StreamTask {
         match req.request_union {
             Some(watch_request::RequestUnion::CreateRequest(c)) => self.create(c).await,
             Some(watch_request::RequestUnion::CancelRequest(c)) => {
-                let Some(w) = self.watches.remove(&c.watch_id) else { return true };
+                let Some(w) = self.watches.remove(&c.watch_id) else {
+                    return true;
+                };
                 self.server.sm.hub().cancel(w.key);
-                let resp = WatchResponse { header: self.server.header(0), watch_id: c.watch_id, canceled: true, ..Default::default() };
+                let resp = WatchResponse {
+                    header: self.server.header(0),
+                    watch_id: c.watch_id,
+                    canceled: true,
+                    ..Default::default()
+                };
                 self.send(resp).await
             }
             Some(watch_request::RequestUnion::ProgressRequest(_)) => {
                 // Not tied to one watch: clients deliver it to all of theirs.
-                let resp = WatchResponse { header: self.server.header(0), watch_id: INVALID_WATCH_ID, ..Default::default() };
+                let resp = WatchResponse {
+                    header: self.server.header(0),
+                    watch_id: INVALID_WATCH_ID,
+                    ..Default::default()
+                };
                 self.send(resp).await
             }
             None => true,
@@ -111,7 +132,11 @@ impl StreamTask {
     }
 
     async fn create(&mut self, c: WatchCreateRequest) -> bool {
-        let key = if c.key.is_empty() { vec![0] } else { c.key.clone() };
+        let key = if c.key.is_empty() {
+            vec![0]
+        } else {
+            c.key.clone()
+        };
         let range = KeyRange::new(&key, &c.range_end);
         let id = match self.pick_id(&c, &range) {
             Ok(id) => id,
@@ -137,14 +162,29 @@ impl StreamTask {
         let (key, rev, needs_sync) = {
             let st = self.server.sm.read();
             let rev = st.mvcc.current_rev();
-            let (key, needs_sync) = self.server.sm.hub().watch(rev, spec, self.events_tx.clone());
+            let (key, needs_sync) = self
+                .server
+                .sm
+                .hub()
+                .watch(rev, spec, self.events_tx.clone());
             (key, rev, needs_sync)
         };
         self.watches.insert(
             id,
-            WatchState { key, prev_kv: c.prev_kv, fragment: c.fragment, progress_notify: c.progress_notify, quiet: false },
+            WatchState {
+                key,
+                prev_kv: c.prev_kv,
+                fragment: c.fragment,
+                progress_notify: c.progress_notify,
+                quiet: false,
+            },
         );
-        let created = WatchResponse { header: self.server.header(rev), watch_id: id, created: true, ..Default::default() };
+        let created = WatchResponse {
+            header: self.server.header(rev),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        };
         let ok = self.send(created).await;
         if needs_sync {
             self.server.kick_watch_sync();
@@ -183,7 +223,9 @@ impl StreamTask {
     }
 
     async fn deliver(&mut self, ev: WatchEvents) -> bool {
-        let Some(w) = self.watches.get_mut(&ev.watch_id) else { return true };
+        let Some(w) = self.watches.get_mut(&ev.watch_id) else {
+            return true;
+        };
         if !ev.events.is_empty() {
             w.quiet = false;
         }
@@ -225,7 +267,11 @@ impl StreamTask {
         if is_create {
             return;
         }
-        let req = RangeRequest { key: kv.key.clone(), revision: kv.mod_revision - 1, ..Default::default() };
+        let req = RangeRequest {
+            key: kv.key.clone(),
+            revision: kv.mod_revision - 1,
+            ..Default::default()
+        };
         if let Ok(r) = self.server.sm.range(&req) {
             e.prev_kv = r.kvs.into_iter().next();
         }
@@ -239,7 +285,11 @@ fn fragments(resp: WatchResponse, max_bytes: usize) -> Vec<WatchResponse> {
         return vec![resp];
     }
     let mut parts = Vec::new();
-    let template = WatchResponse { events: Vec::new(), fragment: true, ..resp.clone() };
+    let template = WatchResponse {
+        events: Vec::new(),
+        fragment: true,
+        ..resp.clone()
+    };
     let mut cur = template.clone();
     for ev in resp.events {
         cur.events.push(ev);
@@ -261,8 +311,19 @@ mod tests {
 
     #[test]
     fn fragments_split_and_flag() {
-        let ev = |n: u8| Event { kv: Some(KeyValue { key: vec![n], value: vec![n; 100], ..Default::default() }), ..Default::default() };
-        let resp = WatchResponse { watch_id: 3, events: (0..10).map(ev).collect(), ..Default::default() };
+        let ev = |n: u8| Event {
+            kv: Some(KeyValue {
+                key: vec![n],
+                value: vec![n; 100],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let resp = WatchResponse {
+            watch_id: 3,
+            events: (0..10).map(ev).collect(),
+            ..Default::default()
+        };
         // (limit, expected number of parts)
         for (limit, parts) in [(10_000, 1), (250, 5), (1, 10)] {
             let got = fragments(resp.clone(), limit);

@@ -80,9 +80,21 @@ impl Lessor {
         let mut d = Deadlines::default();
         for r in records {
             let ttl = r.ttl.max(self.min_ttl);
-            let left = if r.remaining_ttl > 0 { r.remaining_ttl } else { ttl };
-            d.expiry.insert(r.id, now + Duration::from_secs(left as u64));
-            self.leases.insert(r.id, Lease { ttl, remaining_ttl: r.remaining_ttl, keys: BTreeSet::new() });
+            let left = if r.remaining_ttl > 0 {
+                r.remaining_ttl
+            } else {
+                ttl
+            };
+            d.expiry
+                .insert(r.id, now + Duration::from_secs(left as u64));
+            self.leases.insert(
+                r.id,
+                Lease {
+                    ttl,
+                    remaining_ttl: r.remaining_ttl,
+                    keys: BTreeSet::new(),
+                },
+            );
         }
         for (key, id) in key_leases {
             if let Some(l) = self.leases.get_mut(&id) {
@@ -107,10 +119,21 @@ impl Lessor {
             return Err(LeaseError::Exists);
         }
         let ttl = ttl.max(self.min_ttl);
-        self.leases.insert(id, Lease { ttl, remaining_ttl: 0, keys: BTreeSet::new() });
+        self.leases.insert(
+            id,
+            Lease {
+                ttl,
+                remaining_ttl: 0,
+                keys: BTreeSet::new(),
+            },
+        );
         let deadline = self.clock.now() + Duration::from_secs(ttl as u64);
         self.deadlines().expiry.insert(id, deadline);
-        Ok(LeaseRecord { id, ttl, remaining_ttl: 0 })
+        Ok(LeaseRecord {
+            id,
+            ttl,
+            remaining_ttl: 0,
+        })
     }
 
     /// Forgets a lease; returns its keys in sorted order, for the caller to delete.
@@ -129,7 +152,11 @@ impl Lessor {
     pub fn checkpoint(&mut self, id: i64, remaining_ttl: i64) -> Option<LeaseRecord> {
         let l = self.leases.get_mut(&id)?;
         l.remaining_ttl = remaining_ttl;
-        Some(LeaseRecord { id, ttl: l.ttl, remaining_ttl })
+        Some(LeaseRecord {
+            id,
+            ttl: l.ttl,
+            remaining_ttl,
+        })
     }
 
     /// Pushes the deadline out by a full TTL; returns the TTL.
@@ -161,7 +188,11 @@ impl Lessor {
             id,
             granted_ttl: l.ttl,
             remaining_secs: remaining.as_secs() as i64,
-            keys: if with_keys { l.keys.iter().cloned().collect() } else { Vec::new() },
+            keys: if with_keys {
+                l.keys.iter().cloned().collect()
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -258,8 +289,15 @@ mod tests {
         assert_eq!(l.info(1, false).unwrap().remaining_secs, 5);
         clock.advance(Duration::from_secs(6));
         assert_eq!(l.take_expired(10), vec![1, 2], "oldest deadline first");
-        assert!(l.take_expired(10).is_empty(), "no second proposal before the retry interval");
-        assert_eq!(l.renew(1), Err(LeaseError::NotFound), "an expired lease cannot be renewed");
+        assert!(
+            l.take_expired(10).is_empty(),
+            "no second proposal before the retry interval"
+        );
+        assert_eq!(
+            l.renew(1),
+            Err(LeaseError::NotFound),
+            "an expired lease cannot be renewed"
+        );
         clock.advance(EXPIRED_RETRY);
         assert_eq!(l.take_expired(1), vec![1]);
     }

@@ -80,8 +80,11 @@ pub struct Batch {
 
 impl Batch {
     pub fn put_kv(&mut self, rev: Revision, tombstone: bool, kv: &KeyValue) {
-        self.ops
-            .push(BatchOp::Put(CF_KV, rev.to_bytes(tombstone), kv.encode_to_vec()));
+        self.ops.push(BatchOp::Put(
+            CF_KV,
+            rev.to_bytes(tombstone),
+            kv.encode_to_vec(),
+        ));
         if !tombstone {
             self.pending.insert(rev, kv.clone());
         }
@@ -101,13 +104,18 @@ impl Batch {
     }
 
     pub fn delete_lease(&mut self, id: i64) {
-        self.ops
-            .push(BatchOp::Delete(CF_LEASE, (id as u64).to_be_bytes().to_vec()));
+        self.ops.push(BatchOp::Delete(
+            CF_LEASE,
+            (id as u64).to_be_bytes().to_vec(),
+        ));
     }
 
     pub fn put_meta_u64(&mut self, key: &[u8], v: u64) {
-        self.ops
-            .push(BatchOp::Put(CF_META, key.to_vec(), v.to_be_bytes().to_vec()));
+        self.ops.push(BatchOp::Put(
+            CF_META,
+            key.to_vec(),
+            v.to_be_bytes().to_vec(),
+        ));
     }
 
     pub fn put_meta_rev(&mut self, key: &[u8], rev: Revision) {
@@ -116,11 +124,13 @@ impl Batch {
     }
 
     pub fn put_alarm(&mut self, member: u64, alarm: i32) {
-        self.ops.push(BatchOp::Put(CF_META, alarm_key(member, alarm), Vec::new()));
+        self.ops
+            .push(BatchOp::Put(CF_META, alarm_key(member, alarm), Vec::new()));
     }
 
     pub fn delete_alarm(&mut self, member: u64, alarm: i32) {
-        self.ops.push(BatchOp::Delete(CF_META, alarm_key(member, alarm)));
+        self.ops
+            .push(BatchOp::Delete(CF_META, alarm_key(member, alarm)));
     }
 
     pub fn pending_kv(&self, rev: Revision) -> Option<&KeyValue> {
@@ -168,7 +178,9 @@ impl Backend {
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column families are created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
     }
 
     /// Writes a batch atomically; with `sync` the call returns only once it is on disk.
@@ -195,7 +207,8 @@ impl Backend {
             .into_iter()
             .zip(revs)
             .map(|(res, rev)| {
-                let bytes = res?.ok_or_else(|| corrupt(CF_KV, format!("indexed revision {rev} has no row")))?;
+                let bytes = res?
+                    .ok_or_else(|| corrupt(CF_KV, format!("indexed revision {rev} has no row")))?;
                 KeyValue::decode(bytes.as_slice()).map_err(|e| corrupt(CF_KV, e))
             })
             .collect()
@@ -222,9 +235,10 @@ impl Backend {
     ) -> Result<(), BackendError> {
         let start = from.to_bytes(false);
         let end = to.to_bytes(false);
-        let it = self
-            .db
-            .iterator_cf(self.cf(CF_KV), IteratorMode::From(&start, Direction::Forward));
+        let it = self.db.iterator_cf(
+            self.cf(CF_KV),
+            IteratorMode::From(&start, Direction::Forward),
+        );
         for item in it {
             let (k, v) = item?;
             if k.as_ref() >= end.as_slice() {
@@ -253,7 +267,9 @@ impl Backend {
         );
         for item in it {
             let (k, _) = item?;
-            let Some(rest) = k.strip_prefix(META_ALARM_PREFIX) else { break };
+            let Some(rest) = k.strip_prefix(META_ALARM_PREFIX) else {
+                break;
+            };
             if rest.len() != 12 {
                 return Err(corrupt(CF_META, "alarm key"));
             }
@@ -268,7 +284,10 @@ impl Backend {
         match self.db.get_cf(self.cf(CF_META), key)? {
             None => Ok(None),
             Some(v) => {
-                let b: [u8; 8] = v.as_slice().try_into().map_err(|_| corrupt(CF_META, "u64 value"))?;
+                let b: [u8; 8] = v
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt(CF_META, "u64 value"))?;
                 Ok(Some(u64::from_be_bytes(b)))
             }
         }
@@ -324,7 +343,8 @@ impl Backend {
     pub fn defragment(&self) -> Result<(), BackendError> {
         self.db.flush()?;
         for cf in [CF_KV, CF_LEASE, CF_META] {
-            self.db.compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
+            self.db
+                .compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())
     }
@@ -355,21 +375,37 @@ mod tests {
                 lease: 0,
             };
             batch.put_kv(Revision::new(2, 0), false, &kv);
-            batch.put_kv(Revision::new(3, 0), true, &KeyValue { key: b"k".to_vec(), ..Default::default() });
+            batch.put_kv(
+                Revision::new(3, 0),
+                true,
+                &KeyValue {
+                    key: b"k".to_vec(),
+                    ..Default::default()
+                },
+            );
             batch.put_meta_u64(META_CONSISTENT_INDEX, 7);
-            batch.put_lease(&LeaseRecord { id: 5, ttl: 10, remaining_ttl: 0 });
+            batch.put_lease(&LeaseRecord {
+                id: 5,
+                ttl: 10,
+                remaining_ttl: 0,
+            });
             batch.put_alarm(1, 1);
             assert_eq!(batch.pending_kv(Revision::new(2, 0)), Some(&kv));
             b.write(batch, true).unwrap();
         }
         let b = Backend::open(dir.path()).unwrap();
-        let rows = b.scan_kv(Revision::new(1, 0), Revision::new(10, 0)).unwrap();
+        let rows = b
+            .scan_kv(Revision::new(1, 0), Revision::new(10, 0))
+            .unwrap();
         assert_eq!(rows.len(), 2);
         assert!(!rows[0].tombstone && rows[1].tombstone);
         assert_eq!(b.get_kvs(&[Revision::new(2, 0)]).unwrap()[0].value, b"v");
         assert_eq!(b.get_meta_u64(META_CONSISTENT_INDEX).unwrap(), Some(7));
         assert_eq!(b.leases().unwrap()[0].ttl, 10);
         assert_eq!(b.alarms().unwrap(), vec![(1, 1)]);
-        assert!(b.get_kvs(&[Revision::new(9, 0)]).is_err(), "a missing indexed row is corruption");
+        assert!(
+            b.get_kvs(&[Revision::new(9, 0)]).is_err(),
+            "a missing indexed row is corruption"
+        );
     }
 }

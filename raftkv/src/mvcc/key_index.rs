@@ -109,7 +109,10 @@ impl Default for KeyIndex {
 impl KeyIndex {
     fn put(&mut self, rev: Revision) {
         debug_assert!(rev > self.modified, "put {rev} not after {}", self.modified);
-        let g = self.generations.last_mut().expect("a key index has a generation");
+        let g = self
+            .generations
+            .last_mut()
+            .expect("a key index has a generation");
         if g.is_empty() {
             g.created = rev;
         }
@@ -121,7 +124,10 @@ impl KeyIndex {
     /// Rebuilds a key's live generation from one stored row (start-up restore).
     fn restore(&mut self, created: Revision, modified: Revision, ver: i64) {
         self.modified = modified;
-        let g = self.generations.last_mut().expect("a key index has a generation");
+        let g = self
+            .generations
+            .last_mut()
+            .expect("a key index has a generation");
         *g = Generation {
             ver,
             created,
@@ -177,7 +183,11 @@ impl KeyIndex {
     fn do_compact(&self, at_rev: i64, available: &mut HashSet<Revision>) -> (usize, Option<usize>) {
         let mut gen_idx = 0;
         while gen_idx < self.generations.len() - 1 {
-            let tomb = self.generations[gen_idx].revs.last().expect("closed generation").main;
+            let tomb = self.generations[gen_idx]
+                .revs
+                .last()
+                .expect("closed generation")
+                .main;
             if tomb > at_rev {
                 break;
             }
@@ -244,7 +254,14 @@ impl TreeIndex {
     }
 
     /// Start-up restore of one stored row; see etcd's `restoreIntoIndex`.
-    pub fn restore_row(&mut self, key: &[u8], rev: Revision, tombstone: bool, created: i64, ver: i64) {
+    pub fn restore_row(
+        &mut self,
+        key: &[u8],
+        rev: Revision,
+        tombstone: bool,
+        created: i64,
+        ver: i64,
+    ) {
         match self.keys.get_mut(key) {
             Some(ki) if tombstone => {
                 ki.tombstone(rev);
@@ -344,7 +361,9 @@ mod tests {
     fn get_at_every_revision() {
         let ki = fixture();
         // (at, expected (modified, created, version))
-        let cases: &[(i64, Option<(i64, i64, i64)>)] = &[
+        // (modified, created, version)
+        type At = Option<(i64, i64, i64)>;
+        let cases: &[(i64, At)] = &[
             (1, None),
             (2, Some((2, 2, 1))),
             (3, Some((2, 2, 1))),
@@ -360,7 +379,9 @@ mod tests {
             (100, Some((14, 14, 1))),
         ];
         for &(at, want) in cases {
-            let got = ki.get(at).map(|k| (k.modified.main, k.created.main, k.version));
+            let got = ki
+                .get(at)
+                .map(|k| (k.modified.main, k.created.main, k.version));
             assert_eq!(got, want, "at {at}");
         }
     }
@@ -403,7 +424,11 @@ mod tests {
             assert_eq!(kept, avail, "keep at {at}");
             // Reads at or after the compaction point are unchanged.
             for read_at in at..=16 {
-                assert_eq!(ki.get(read_at), before.get(read_at), "compact {at} read {read_at}");
+                assert_eq!(
+                    ki.get(read_at),
+                    before.get(read_at),
+                    "compact {at} read {read_at}"
+                );
             }
         }
     }
@@ -415,12 +440,28 @@ mod tests {
         t.put(b"b", r(3));
         t.put(b"c", r(4));
         assert!(t.tombstone(b"b", r(5)));
-        let keys = |v: Vec<(&[u8], KeyAt)>| v.into_iter().map(|(k, _)| k.to_vec()).collect::<Vec<_>>();
-        assert_eq!(keys(t.range(&KeyRange::new(b"a", b"\0"), 4)), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
-        assert_eq!(keys(t.range(&KeyRange::new(b"a", b"\0"), 5)), vec![b"a".to_vec(), b"c".to_vec()]);
-        assert_eq!(keys(t.range(&KeyRange::new(b"b", b"c"), 4)), vec![b"b".to_vec()]);
-        assert_eq!(keys(t.range(&KeyRange::new(b"c", b"a"), 4)), Vec::<Vec<u8>>::new());
-        assert_eq!(keys(t.range(&KeyRange::single(b"c"), 4)), vec![b"c".to_vec()]);
+        let keys =
+            |v: Vec<(&[u8], KeyAt)>| v.into_iter().map(|(k, _)| k.to_vec()).collect::<Vec<_>>();
+        assert_eq!(
+            keys(t.range(&KeyRange::new(b"a", b"\0"), 4)),
+            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+        );
+        assert_eq!(
+            keys(t.range(&KeyRange::new(b"a", b"\0"), 5)),
+            vec![b"a".to_vec(), b"c".to_vec()]
+        );
+        assert_eq!(
+            keys(t.range(&KeyRange::new(b"b", b"c"), 4)),
+            vec![b"b".to_vec()]
+        );
+        assert_eq!(
+            keys(t.range(&KeyRange::new(b"c", b"a"), 4)),
+            Vec::<Vec<u8>>::new()
+        );
+        assert_eq!(
+            keys(t.range(&KeyRange::single(b"c"), 4)),
+            vec![b"c".to_vec()]
+        );
         t.compact(5);
         assert_eq!(t.len(), 2, "b is gone after compacting past its deletion");
     }
@@ -442,7 +483,8 @@ mod tests {
         fn matches_naive_history(ops in proptest::collection::vec(op(), 1..60), compact_frac in 0.0f64..1.0) {
             let mut idx = TreeIndex::default();
             // model[rev] = state of every key after rev: key -> (created, mod, version)
-            let mut model: Vec<BTreeMap<u8, (i64, i64, i64)>> = vec![BTreeMap::new()];
+            // Revisions 0 and 1 exist before any write (a fresh store is at revision 1).
+            let mut model: Vec<BTreeMap<u8, (i64, i64, i64)>> = vec![BTreeMap::new(), BTreeMap::new()];
             let mut rev = 1i64;
             for o in &ops {
                 let mut state = model.last().unwrap().clone();

@@ -102,7 +102,12 @@ mod tests {
 
     #[test]
     fn rejects_malformed_keys() {
-        for bad in [&b""[..], b"12345678_1234567", b"12345678_12345678x", b"12345678x12345678"] {
+        for bad in [
+            &b""[..],
+            b"12345678_1234567",
+            b"12345678_12345678x",
+            b"12345678x12345678",
+        ] {
             assert!(Revision::from_bytes(bad).is_err(), "{bad:?}");
         }
     }

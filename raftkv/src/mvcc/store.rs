@@ -58,8 +58,12 @@ pub struct Restored {
 impl MvccState {
     /// Rebuilds the index from the backend (etcd's `store.restore`).
     pub fn restore(backend: &Backend) -> Result<Restored, MvccError> {
-        let compact_rev = backend.get_meta_rev(META_FINISHED_COMPACT)?.map_or(0, |r| r.main);
-        let scheduled = backend.get_meta_rev(META_SCHEDULED_COMPACT)?.map_or(0, |r| r.main);
+        let compact_rev = backend
+            .get_meta_rev(META_FINISHED_COMPACT)?
+            .map_or(0, |r| r.main);
+        let scheduled = backend
+            .get_meta_rev(META_SCHEDULED_COMPACT)?
+            .map_or(0, |r| r.main);
         let mut state = MvccState {
             index: TreeIndex::default(),
             current_rev: 1,
@@ -69,9 +73,13 @@ impl MvccState {
         for row in backend.scan_kv(Revision::new(1, 0), Revision::new(i64::MAX, 0))? {
             state.current_rev = row.rev.main;
             let kv = &row.kv;
-            state
-                .index
-                .restore_row(&kv.key, row.rev, row.tombstone, kv.create_revision, kv.version);
+            state.index.restore_row(
+                &kv.key,
+                row.rev,
+                row.tombstone,
+                kv.create_revision,
+                kv.version,
+            );
             if row.tombstone || kv.lease == 0 {
                 key_leases.remove(&kv.key);
             } else {
@@ -130,7 +138,11 @@ impl MvccState {
         let found = self.index.range(range, rev);
         let count = found.len() as i64;
         if found.is_empty() || opts.count_only {
-            return Ok(RangeResult { kvs: Vec::new(), count, rev: cur_rev });
+            return Ok(RangeResult {
+                kvs: Vec::new(),
+                count,
+                rev: cur_rev,
+            });
         }
         let limit = if opts.limit <= 0 || opts.limit as usize > found.len() {
             found.len()
@@ -148,12 +160,24 @@ impl MvccState {
                 .collect::<Result<Vec<_>, MvccError>>()?,
             _ => backend.get_kvs(&revs)?,
         };
-        Ok(RangeResult { kvs, count, rev: cur_rev })
+        Ok(RangeResult {
+            kvs,
+            count,
+            rev: cur_rev,
+        })
     }
 
     /// Events of revisions `[from, to]` read back from storage, for watchers catching up.
-    pub fn events_between(&self, backend: &Backend, from: i64, to: i64) -> Result<Vec<Event>, MvccError> {
-        let rows = backend.scan_kv(Revision::new(from, 0), Revision::new(to.saturating_add(1), 0))?;
+    pub fn events_between(
+        &self,
+        backend: &Backend,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<Event>, MvccError> {
+        let rows = backend.scan_kv(
+            Revision::new(from, 0),
+            Revision::new(to.saturating_add(1), 0),
+        )?;
         Ok(rows
             .into_iter()
             .map(|row| {
@@ -165,14 +189,23 @@ impl MvccState {
                 } else {
                     EventType::Put
                 };
-                Event { r#type: r#type as i32, kv: Some(kv), prev_kv: None }
+                Event {
+                    r#type: r#type as i32,
+                    kv: Some(kv),
+                    prev_kv: None,
+                }
             })
             .collect())
     }
 
     /// Physically drops history before `rev` in `batch` (etcd's `store.compact`, done in one
     /// batch so a crash can never leave it half done). Validation is the caller's.
-    pub fn compact(&mut self, backend: &Backend, batch: &mut Batch, rev: i64) -> Result<(), MvccError> {
+    pub fn compact(
+        &mut self,
+        backend: &Backend,
+        batch: &mut Batch,
+        rev: i64,
+    ) -> Result<(), MvccError> {
         batch.put_meta_rev(META_SCHEDULED_COMPACT, Revision::new(rev, 0));
         let keep = self.index.compact(rev);
         backend.for_each_kv_raw(Revision::new(0, 0), Revision::new(rev + 1, 0), |raw, _| {
@@ -200,15 +233,19 @@ impl MvccState {
         let keep = self.index.keep(rev);
         let lower = Revision::new(self.compact_rev + 1, 0);
         let mut digest = crc32c::crc32c(b"key");
-        backend.for_each_kv_raw(Revision::new(0, 0), Revision::new(rev + 1, 0), |raw, value| {
-            let (r, _) = Revision::from_bytes(raw)?;
-            if r < lower && !keep.is_empty() && !keep.contains(&r) {
-                return Ok(());
-            }
-            digest = crc32c::crc32c_append(digest, raw);
-            digest = crc32c::crc32c_append(digest, value);
-            Ok(())
-        })?;
+        backend.for_each_kv_raw(
+            Revision::new(0, 0),
+            Revision::new(rev + 1, 0),
+            |raw, value| {
+                let (r, _) = Revision::from_bytes(raw)?;
+                if r < lower && !keep.is_empty() && !keep.contains(&r) {
+                    return Ok(());
+                }
+                digest = crc32c::crc32c_append(digest, raw);
+                digest = crc32c::crc32c_append(digest, value);
+                Ok(())
+            },
+        )?;
         Ok((digest, self.current_rev, self.compact_rev))
     }
 }
@@ -226,7 +263,13 @@ pub struct WriteTxn<'a> {
 impl<'a> WriteTxn<'a> {
     pub fn begin(state: &'a mut MvccState, backend: &'a Backend, batch: &'a mut Batch) -> Self {
         let begin_rev = state.current_rev;
-        Self { state, backend, batch, begin_rev, changes: Vec::new() }
+        Self {
+            state,
+            backend,
+            batch,
+            begin_rev,
+            changes: Vec::new(),
+        }
     }
 
     /// The store revision before this txn.
@@ -249,7 +292,8 @@ impl<'a> WriteTxn<'a> {
 
     pub fn range(&self, range: &KeyRange, opts: RangeOptions) -> Result<RangeResult, MvccError> {
         let rev = self.read_rev();
-        self.state.range_at(self.backend, Some(self.batch), range, rev, opts)
+        self.state
+            .range_at(self.backend, Some(self.batch), range, rev, opts)
     }
 
     /// Writes `key`; returns the new row.
@@ -285,7 +329,10 @@ impl<'a> WriteTxn<'a> {
             .collect();
         for key in &keys {
             let idx_rev = Revision::new(self.begin_rev + 1, self.changes.len() as i64);
-            let kv = KeyValue { key: key.clone(), ..Default::default() };
+            let kv = KeyValue {
+                key: key.clone(),
+                ..Default::default()
+            };
             self.batch.put_kv(idx_rev, true, &kv);
             let alive = self.state.index.tombstone(key, idx_rev);
             debug_assert!(alive, "range returned a dead key");
@@ -310,7 +357,11 @@ impl<'a> WriteTxn<'a> {
                 } else {
                     EventType::Put
                 };
-                Event { r#type: r#type as i32, kv: Some(kv), prev_kv: None }
+                Event {
+                    r#type: r#type as i32,
+                    kv: Some(kv),
+                    prev_kv: None,
+                }
             })
             .collect()
     }

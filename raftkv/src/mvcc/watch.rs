@@ -85,12 +85,21 @@ impl WatchHub {
 
     /// Registers a watcher; `current_rev` must be read under the same state lock the caller
     /// holds. Returns its key and whether it needs catching up.
-    pub fn watch(&self, current_rev: i64, spec: WatchSpec, tx: mpsc::Sender<WatchEvents>) -> (WatcherKey, bool) {
+    pub fn watch(
+        &self,
+        current_rev: i64,
+        spec: WatchSpec,
+        tx: mpsc::Sender<WatchEvents>,
+    ) -> (WatcherKey, bool) {
         let mut g = self.groups();
         let key = g.next_key;
         g.next_key += 1;
         let synced = spec.start_rev == 0 || spec.start_rev > current_rev;
-        let min_rev = if synced { (current_rev + 1).max(spec.start_rev) } else { spec.start_rev };
+        let min_rev = if synced {
+            (current_rev + 1).max(spec.start_rev)
+        } else {
+            spec.start_rev
+        };
         let w = Watcher { spec, min_rev, tx };
         if synced {
             g.synced.insert(key, w);
@@ -121,7 +130,12 @@ impl WatchHub {
             if evs.is_empty() {
                 return true;
             }
-            let resp = WatchEvents { watch_id: w.spec.watch_id, events: evs, revision: rev, compact_revision: 0 };
+            let resp = WatchEvents {
+                watch_id: w.spec.watch_id,
+                events: evs,
+                revision: rev,
+                compact_revision: 0,
+            };
             match w.tx.try_send(resp) {
                 Ok(()) => {
                     w.min_rev = rev + 1;
@@ -166,7 +180,12 @@ impl WatchHub {
         for key in keys {
             let w = g.unsynced.get_mut(&key).expect("listed");
             if w.min_rev < compact {
-                let resp = WatchEvents { watch_id: w.spec.watch_id, events: Vec::new(), revision: 0, compact_revision: compact };
+                let resp = WatchEvents {
+                    watch_id: w.spec.watch_id,
+                    events: Vec::new(),
+                    revision: 0,
+                    compact_revision: compact,
+                };
                 if !matches!(w.tx.try_send(resp), Err(mpsc::error::TrySendError::Full(_))) {
                     g.unsynced.remove(&key);
                 }
@@ -179,7 +198,12 @@ impl WatchHub {
                 .filter(|e| w.wants(e))
                 .collect();
             let delivered = evs.is_empty()
-                || match w.tx.try_send(WatchEvents { watch_id: w.spec.watch_id, events: evs, revision: cur, compact_revision: 0 }) {
+                || match w.tx.try_send(WatchEvents {
+                    watch_id: w.spec.watch_id,
+                    events: evs,
+                    revision: cur,
+                    compact_revision: 0,
+                }) {
                     Ok(()) => true,
                     Err(mpsc::error::TrySendError::Full(_)) => false,
                     Err(mpsc::error::TrySendError::Closed(_)) => {

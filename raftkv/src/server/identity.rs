@@ -57,6 +57,13 @@ impl Identity {
         // A fresh single-member etcd reports term 2 after electing itself.
         let term = backend.get_meta_u64(META_TERM)?.map_or(2, |t| t + 1);
         backend.put_meta_u64_now(META_TERM, term)?;
-        Ok(Self { name: name.to_string(), member_id, cluster_id, term, peer_urls, client_urls })
+        Ok(Self {
+            name: name.to_string(),
+            member_id,
+            cluster_id,
+            term,
+            peer_urls,
+            client_urls,
+        })
     }
 }

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message;
 use proto::etcdserverpb::{LeaseRevokeRequest, ResponseHeader};
 use proto::raftkvpb::{internal_request, InternalRequest, InternalResponse, RequestHeader};
-use prost::Message;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::error::ServerError;
@@ -142,7 +142,11 @@ impl EtcdServer {
 
     /// A response header as of `revision` (0 = the current revision).
     pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
-        let revision = if revision == 0 { self.sm.read().mvcc.current_rev() } else { revision };
+        let revision = if revision == 0 {
+            self.sm.read().mvcc.current_rev()
+        } else {
+            revision
+        };
         Some(ResponseHeader {
             cluster_id: self.identity.cluster_id,
             member_id: self.identity.member_id,
@@ -158,9 +162,14 @@ impl EtcdServer {
     }
 
     /// Commits `request` through the log and waits for its result.
-    pub async fn propose(&self, request: internal_request::Request) -> Result<InternalResponse, ServerError> {
+    pub async fn propose(
+        &self,
+        request: internal_request::Request,
+    ) -> Result<InternalResponse, ServerError> {
         let req = InternalRequest {
-            header: Some(RequestHeader { id: self.next_request_id.fetch_add(1, Ordering::Relaxed) }),
+            header: Some(RequestHeader {
+                id: self.next_request_id.fetch_add(1, Ordering::Relaxed),
+            }),
             request: Some(request),
         };
         if req.encoded_len() > self.limits.max_request_bytes {
@@ -170,7 +179,11 @@ impl EtcdServer {
             return Err(ServerError::NoSpace);
         }
         let (done, wait) = oneshot::channel();
-        self.proposer.tx.send(Proposal { req, done }).await.map_err(|_| ServerError::Stopped)?;
+        self.proposer
+            .tx
+            .send(Proposal { req, done })
+            .await
+            .map_err(|_| ServerError::Stopped)?;
         wait.await.map_err(|_| ServerError::Stopped)?
     }
 
@@ -183,7 +196,10 @@ impl EtcdServer {
             Some(R::Txn(t)) => !crate::state_machine::is_txn_readonly(t),
             _ => false,
         };
-        if !grows || self.sm.backend().size() + req.encoded_len() as u64 <= self.limits.quota_backend_bytes {
+        if !grows
+            || self.sm.backend().size() + req.encoded_len() as u64
+                <= self.limits.quota_backend_bytes
+        {
             return false;
         }
         let member_id = self.identity.member_id;
@@ -193,7 +209,10 @@ impl EtcdServer {
             alarm: proto::etcdserverpb::AlarmType::Nospace as i32,
         };
         let (done, _wait) = oneshot::channel();
-        let req = InternalRequest { header: None, request: Some(R::Alarm(activate)) };
+        let req = InternalRequest {
+            header: None,
+            request: Some(R::Alarm(activate)),
+        };
         let _ = self.proposer.tx.try_send(Proposal { req, done });
         true
     }
@@ -205,9 +224,16 @@ impl EtcdServer {
             let expired = self.sm.read().lessor.take_expired(1000);
             for id in expired {
                 tracing::debug!(lease = id, "lease expired; revoking");
-                match self.propose(internal_request::Request::LeaseRevoke(LeaseRevokeRequest { id })).await {
+                match self
+                    .propose(internal_request::Request::LeaseRevoke(LeaseRevokeRequest {
+                        id,
+                    }))
+                    .await
+                {
                     Ok(_) | Err(ServerError::LeaseNotFound) => self.metrics.leases_expired.inc(),
-                    Err(e) => tracing::warn!(lease = id, error = %e, "revoking an expired lease failed"),
+                    Err(e) => {
+                        tracing::warn!(lease = id, error = %e, "revoking an expired lease failed")
+                    }
                 }
             }
         }
@@ -220,7 +246,8 @@ impl EtcdServer {
 
     async fn sync_watchers(self: Arc<Self>) {
         loop {
-            let _ = tokio::time::timeout(Duration::from_millis(100), self.watch_sync.notified()).await;
+            let _ =
+                tokio::time::timeout(Duration::from_millis(100), self.watch_sync.notified()).await;
             let me = self.clone();
             let behind = tokio::task::spawn_blocking(move || {
                 let st = me.sm.read();
