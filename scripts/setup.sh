@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what building and testing the project needs. Idempotent: a second run changes
+# nothing and skips the package index refresh when every package is already present.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential pkg-config libclang-dev clang protobuf-compiler  # rocksdb, bindgen, protos
+  etcd-server etcd-client    # the reference etcd 3.4 the differential tests compare against
+  runc busybox-static        # the node agent's container runtime and test image
+  iproute2 curl ca-certificates
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "setup: system packages present"
+fi
+
+if command -v rustup >/dev/null; then
+  rustup component add rustfmt clippy >/dev/null 2>&1 || true
+fi
+command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
+echo "setup: done ($(cargo --version), $(etcd --version | head -1))"
