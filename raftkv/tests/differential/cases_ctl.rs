@@ -91,8 +91,8 @@ fn kv_cases() -> Vec<Case> {
             with(abc(), ops![ctl("get {p} --prefix --print-value-only")]),
         ),
         case(
-            "ctl/get-count-only",
-            with(abc(), ops![ctl("get {p} --prefix --count-only -w json")]),
+            "ctl/get-keys-only-json",
+            with(abc(), ops![ctl("get {p} --prefix --keys-only -w json")]),
         ),
         case(
             "ctl/get-rev",

@@ -17,9 +17,14 @@ pub fn cases() -> Vec<Case> {
     cases
 }
 
-/// A txn whose branches say which one ran, so the rendering shows the compare outcome.
+/// A txn whose branches are told apart by their response count (one read vs two), so the
+/// rendering shows which branch ran, not only the `succeeded` flag.
 fn probe(compares: Vec<Cmp>) -> Txn {
-    txn(compares, tops![get("then")], tops![get("else")])
+    txn(
+        compares,
+        tops![get("then")],
+        tops![get("else"), get("else").count_only()],
+    )
 }
 
 /// Four cases per compare target, one per operator, each with a true and a false compare.

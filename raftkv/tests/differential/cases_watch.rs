@@ -58,7 +58,7 @@ pub fn cases() -> Vec<Case> {
             "zzz/watch-from-key",
             ops![
                 put("a", "0"),
-                watch_open("w", watch("b").from_key()),
+                watch_open("w", watch("b").and_after()),
                 put("a", "1"),
                 put("b", "1"),
                 put("c", "1"),
@@ -68,7 +68,7 @@ pub fn cases() -> Vec<Case> {
         case(
             "watch/empty-key-from-key-is-everything",
             ops![
-                watch_open("w", watch(abs("")).from_key()),
+                watch_open("w", watch(abs("")).and_after()),
                 put("a", "1"),
                 recv("w", 1),
             ],

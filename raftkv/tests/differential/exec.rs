@@ -112,11 +112,19 @@ impl Session {
         }
     }
 
-    /// The store revision, read with a Range on a key no case uses.
+    /// The store revision, read with a Range on a key no case uses; -1 if unavailable.
     async fn current_revision(&mut self) -> i64 {
-        match self.client.get("/__differential_rev_probe__", None).await {
-            Ok(r) => r.header().map_or(-1, |h| h.revision()),
-            Err(_) => -1,
+        if self.timeouts >= MAX_TIMEOUTS {
+            return -1;
+        }
+        let probe = self.client.get("/__differential_rev_probe__", None);
+        match tokio::time::timeout(OP_TIMEOUT, probe).await {
+            Ok(Ok(r)) => r.header().map_or(-1, |h| h.revision()),
+            Ok(Err(_)) => -1,
+            Err(_) => {
+                self.timeouts += 1;
+                -1
+            }
         }
     }
 

@@ -238,7 +238,8 @@ impl Get {
         self.end = Some(End::Prefix);
         self
     }
-    pub fn from_key(mut self) -> Self {
+    /// `range_end = "\0"`: the key and everything after it (etcd's "from key").
+    pub fn and_after(mut self) -> Self {
         self.end = Some(End::FromKey);
         self
     }
@@ -313,7 +314,8 @@ impl Del {
         self.end = Some(End::Prefix);
         self
     }
-    pub fn from_key(mut self) -> Self {
+    /// `range_end = "\0"`: the key and everything after it (etcd's "from key").
+    pub fn and_after(mut self) -> Self {
         self.end = Some(End::FromKey);
         self
     }
@@ -546,7 +548,8 @@ impl Watch {
         self.end = Some(End::Prefix);
         self
     }
-    pub fn from_key(mut self) -> Self {
+    /// `range_end = "\0"`: the key and everything after it (etcd's "from key").
+    pub fn and_after(mut self) -> Self {
         self.end = Some(End::FromKey);
         self
     }
