@@ -82,8 +82,11 @@ async fn differential() {
         tokio::join!(reference.wait_ready(STARTUP), subject.wait_ready(STARTUP));
     let reference_client =
         reference_client.unwrap_or_else(|e| panic!("the reference etcd did not start: {e}"));
-    let subject_client = subject_client
-        .unwrap_or_else(|e| panic!("the subject ({}) did not start: {e}", subject_flavor.name()));
+    let subject_client = subject_client.unwrap_or_else(|e| {
+        // Every case fails when the subject cannot even start; say so in the usual form.
+        println!("differential: 0 passed, {} failed", cases.len());
+        panic!("the subject ({}) did not start: {e}", subject_flavor.name())
+    });
     let mut ref_session = Session::new(reference_client, reference.endpoint.clone());
     let mut sub_session = Session::new(subject_client, subject.endpoint.clone());
 

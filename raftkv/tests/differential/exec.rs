@@ -37,6 +37,13 @@ pub struct CaseOutput {
     pub end: String,
 }
 
+/// Where a response sits: top-level, or inside a Txn response.
+#[derive(Clone, Copy)]
+pub enum Level {
+    Top,
+    InTxn,
+}
+
 /// One server's side of the differential run.
 pub struct Session {
     client: Client,
@@ -188,7 +195,7 @@ impl Session {
             Op::Txn(t) => {
                 let txn = self.build_txn(t);
                 match self.client.txn(txn).await {
-                    Ok(r) => self.render_txn(&r),
+                    Ok(r) => self.render_txn(&r, Level::Top),
                     Err(e) => render::error(&e),
                 }
             }
@@ -361,15 +368,15 @@ impl Session {
     async fn put(&mut self, p: &Put) -> String {
         let (key, value, opts) = self.put_request(p);
         match self.client.put(key, value, Some(opts)).await {
-            Ok(r) => self.render_put(&r),
+            Ok(r) => self.render_put(&r, Level::Top),
             Err(e) => render::error(&e),
         }
     }
 
-    fn render_put(&self, r: &etcd_client::PutResponse) -> String {
+    fn render_put(&self, r: &etcd_client::PutResponse, level: Level) -> String {
         let ctx = self.ctx();
         let prev = r.prev_key().map_or("none".to_string(), |kv| ctx.kv(kv));
-        format!("put {} prev={prev}", ctx.header(r.header()))
+        format!("put {} prev={prev}", ctx.header_at(r.header(), level))
     }
 
     fn get_request(&self, g: &Get) -> (Vec<u8>, GetOptions) {
@@ -416,16 +423,16 @@ impl Session {
     async fn get(&mut self, g: &Get) -> String {
         let (key, opts) = self.get_request(g);
         match self.client.get(key, Some(opts)).await {
-            Ok(r) => self.render_get(&r),
+            Ok(r) => self.render_get(&r, Level::Top),
             Err(e) => render::error(&e),
         }
     }
 
-    fn render_get(&self, r: &etcd_client::GetResponse) -> String {
+    fn render_get(&self, r: &etcd_client::GetResponse, level: Level) -> String {
         let ctx = self.ctx();
         format!(
             "range {} count={} more={} kvs={}",
-            ctx.header(r.header()),
+            ctx.header_at(r.header(), level),
             r.count(),
             r.more(),
             ctx.kvs(r.kvs())
@@ -447,16 +454,16 @@ impl Session {
     async fn del(&mut self, d: &Del) -> String {
         let (key, opts) = self.del_request(d);
         match self.client.delete(key, Some(opts)).await {
-            Ok(r) => self.render_del(&r),
+            Ok(r) => self.render_del(&r, Level::Top),
             Err(e) => render::error(&e),
         }
     }
 
-    fn render_del(&self, r: &etcd_client::DeleteResponse) -> String {
+    fn render_del(&self, r: &etcd_client::DeleteResponse, level: Level) -> String {
         let ctx = self.ctx();
         format!(
             "del {} deleted={} prev={}",
-            ctx.header(r.header()),
+            ctx.header_at(r.header(), level),
             r.deleted(),
             ctx.kvs(r.prev_kvs())
         )
@@ -505,20 +512,20 @@ impl Session {
         }
     }
 
-    fn render_txn(&self, r: &etcd_client::TxnResponse) -> String {
+    fn render_txn(&self, r: &etcd_client::TxnResponse, level: Level) -> String {
         let parts: Vec<String> = r
             .op_responses()
             .iter()
             .map(|resp| match resp {
-                TxnOpResponse::Put(p) => self.render_put(p),
-                TxnOpResponse::Get(g) => self.render_get(g),
-                TxnOpResponse::Delete(d) => self.render_del(d),
-                TxnOpResponse::Txn(t) => self.render_txn(t),
+                TxnOpResponse::Put(p) => self.render_put(p, Level::InTxn),
+                TxnOpResponse::Get(g) => self.render_get(g, Level::InTxn),
+                TxnOpResponse::Delete(d) => self.render_del(d, Level::InTxn),
+                TxnOpResponse::Txn(t) => self.render_txn(t, Level::InTxn),
             })
             .collect();
         format!(
             "txn {} succeeded={} [{}]",
-            self.ctx().header(r.header()),
+            self.ctx().header_at(r.header(), level),
             r.succeeded(),
             parts.join("; ")
         )

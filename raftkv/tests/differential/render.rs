@@ -3,8 +3,10 @@
 //!
 //! What is masked, and why (everything else is compared exactly):
 //! - Header `cluster_id`, `member_id`, `raft_term`: identities and election counters differ
-//!   between any two clusters. They are not printed, but a zero value is flagged
-//!   (`zero:member_id`) since etcd always fills them and clients use them.
+//!   between any two clusters. They are not printed, but in top-level responses a zero
+//!   value is flagged (`zero:member_id`), since etcd always fills them there and clients
+//!   (etcdctl, endpoint discovery) read them. Inside Txn responses etcd leaves them zero and
+//!   nobody reads them, so there only the revision is rendered.
 //! - Revisions are printed relative to the revision the case started at (`r+3`), with 0
 //!   kept literal ("absent"). The start revision itself is checked separately by the
 //!   executor (each case's revision delta is compared), so no absolute drift goes unnoticed,
@@ -19,6 +21,7 @@ use std::collections::HashMap;
 
 use etcd_client::{Error, KeyValue, ResponseHeader};
 
+use crate::exec::Level;
 use crate::model::{
     Cmp, CmpTarget, Ctl, Del, End, Get, Key, LeaseRef, Op, Put, Rev, Txn, TxnOp, Watch,
 };
@@ -69,6 +72,16 @@ impl Ctx<'_> {
             format!("hdr{{{}}}", self.rev(h.revision()))
         } else {
             format!("hdr{{{} zero:{}}}", self.rev(h.revision()), zero.join(","))
+        }
+    }
+
+    /// Like [`Ctx::header`], but for responses nested in a Txn response only the revision
+    /// is rendered: etcd fills nothing else there, and no client reads those IDs.
+    pub fn header_at(&self, h: Option<&ResponseHeader>, level: Level) -> String {
+        match (level, h) {
+            (Level::Top, _) => self.header(h),
+            (Level::InTxn, Some(h)) => format!("hdr{{{}}}", self.rev(h.revision())),
+            (Level::InTxn, None) => "hdr:none".to_string(),
         }
     }
 
