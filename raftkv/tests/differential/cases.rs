@@ -7,7 +7,8 @@ use crate::ops;
 use crate::{cases_ctl, cases_kv, cases_lease, cases_txn, cases_watch};
 
 pub fn all() -> Vec<Case> {
-    let mut cases = Vec::new();
+    // A fresh etcd starts at revision 1; both stores must agree before any write.
+    let mut cases = vec![case("revision/initial", ops![Op::AbsoluteRevision])];
     cases.extend(cases_kv::cases());
     cases.extend(cases_txn::cases());
     cases.extend(cases_watch::cases());
@@ -15,6 +16,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(maintenance_cases());
     cases.extend(cases_ctl::cases());
     cases.extend(cases_lease::expiry_cases());
+    cases.push(case("revision/final", ops![Op::AbsoluteRevision]));
     cases
 }
 

@@ -147,6 +147,9 @@ pub enum Op {
     },
     /// Maintenance.Status, reduced to what is deterministic.
     Status,
+    /// The store revision, absolute (everything else renders revisions relative to the
+    /// case start, which would hide a constant offset such as a store starting at 0).
+    AbsoluteRevision,
     /// Runs `etcdctl` (API v3) against the server; see [`Ctl`].
     Ctl(Ctl),
     /// Checks that a file written by an earlier step (e.g. `snapshot save`) is non-empty.

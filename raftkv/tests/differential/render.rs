@@ -217,6 +217,7 @@ pub fn describe(op: &Op) -> String {
         } => format!("watch recv {stream} x{items} within {within:?}"),
         Op::WatchQuiet { stream } => format!("watch quiet {stream}"),
         Op::Status => "status".to_string(),
+        Op::AbsoluteRevision => "absolute revision".to_string(),
         Op::Ctl(c) => describe_ctl(c),
         Op::FileNonEmpty(path) => format!("file non-empty {path}"),
     }
