@@ -10,6 +10,13 @@
 //!
 //! Layout: `differential/model.rs` (the case language), `exec.rs` (running a case on one
 //! server), `ctl.rs` (etcdctl), `render.rs` (normalization and masks), `cases*.rs` (tables).
+//! Every mask is documented where it is applied: `render.rs` and `ctl.rs` (module docs) and
+//! `exec.rs` (watch item order, Status invariants, Go-map-ordered lease listings).
+//!
+//! Requests go through etcd-client, so they are what a real client sends; two consequences:
+//! a (KEY, ASCEND) sort goes on the wire as (KEY, NONE), exactly as etcd's own clientv3
+//! does it, and LeaseKeepAlive's first answer is consumed by the client (a second renewal is
+//! rendered instead, and a TTL <= 0 answer surfaces as etcd-client's "lease not found").
 
 mod common;
 
