@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod lease;
+pub mod listener;
 pub mod metrics;
 pub mod mvcc;
 pub mod server;

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use raftkv::clock::SystemClock;
 use raftkv::config::{resolve, ServerArgs};
+use raftkv::listener::ClientListener;
 use raftkv::mvcc::Backend;
 use raftkv::server::{EtcdServer, Identity, Limits};
 use raftkv::state_machine::StateMachine;
@@ -120,7 +121,7 @@ async fn serve(args: ServerArgs) -> Result<()> {
                 .with_context(|| format!("listen on {addr}"))?;
             tracing::info!(%addr, "serving client requests (gRPC + HTTP)");
             let app = app.clone();
-            tasks.spawn(async move { axum::serve(listener, app).await });
+            tasks.spawn(async move { axum::serve(ClientListener(listener), app).await });
         }
     }
     for url in &args.listen_metrics_urls {
@@ -130,7 +131,7 @@ async fn serve(args: ServerArgs) -> Result<()> {
                 .with_context(|| format!("listen on {addr}"))?;
             tracing::info!(%addr, "serving metrics");
             let router = raftkv::http::router(server.clone());
-            tasks.spawn(async move { axum::serve(listener, router).await });
+            tasks.spawn(async move { axum::serve(ClientListener(listener), router).await });
         }
     }
     tokio::select! {

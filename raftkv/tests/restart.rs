@@ -4,6 +4,9 @@
 
 mod common;
 
+use std::time::Duration;
+
+use common::{Flavor, Server};
 use etcd_client::{
     CompactionOptions, GetOptions, LeaseGrantOptions, LeaseTimeToLiveOptions, PutOptions,
 };
@@ -11,8 +14,15 @@ use etcd_client::{
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_survives_kill_and_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut server = common::Raftkv::start(dir.path(), &[]);
-    let mut c = server.client().await;
+    let mut server = Server::spawn(
+        Flavor::Raftkv,
+        &dir.path().join("data"),
+        &dir.path().join("log"),
+    );
+    let mut c = server
+        .wait_ready(Duration::from_secs(20))
+        .await
+        .expect("raftkv starts");
 
     let lease = c
         .lease_grant(100, Some(LeaseGrantOptions::new().with_id(0x1234)))
@@ -38,8 +48,11 @@ async fn state_survives_kill_and_restart() {
         .expect("get before");
     let rev_before = before.header().expect("header").revision();
 
-    server.restart();
-    let mut c = server.client().await;
+    server.restart(); // SIGKILL, then start on the same data dir
+    let mut c = server
+        .wait_ready(Duration::from_secs(20))
+        .await
+        .expect("raftkv restarts");
 
     let after = c
         .get("k", Some(GetOptions::new().with_prefix()))

@@ -9,7 +9,7 @@ use proto::etcdserverpb::{
 use proto::raftkvpb::internal_request::Request as Rq;
 use tonic::{Request, Response, Status};
 
-use super::expect_response;
+use super::{check_size, expect_response};
 use crate::server::EtcdServer;
 use crate::state_machine::{is_txn_readonly, validate};
 
@@ -19,6 +19,7 @@ pub struct KvService(pub Arc<EtcdServer>);
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let r = req.into_inner();
+        check_size(&self.0, &r)?;
         validate::range(&r)?;
         let mut resp = self.0.sm.range(&r)?;
         self.0.fill(&mut resp.header);
@@ -27,6 +28,7 @@ impl Kv for KvService {
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let r = req.into_inner();
+        check_size(&self.0, &r)?;
         validate::put(&r)?;
         let mut resp = expect_response!(self.0.propose(Rq::Put(r)).await?, Put);
         self.0.fill(&mut resp.header);
@@ -38,6 +40,7 @@ impl Kv for KvService {
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let r = req.into_inner();
+        check_size(&self.0, &r)?;
         validate::delete(&r)?;
         let mut resp = expect_response!(self.0.propose(Rq::DeleteRange(r)).await?, DeleteRange);
         self.0.fill(&mut resp.header);
@@ -46,6 +49,7 @@ impl Kv for KvService {
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let r = req.into_inner();
+        check_size(&self.0, &r)?;
         validate::txn(&r, self.0.limits.max_txn_ops)?;
         let mut resp = if is_txn_readonly(&r) {
             self.0.sm.read_txn(&r)?

@@ -19,10 +19,28 @@ use crate::server::EtcdServer;
 
 /// etcd accepts messages up to `--max-request-bytes` plus this much gRPC overhead.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// tonic's own bound on a decoded message, which only protects memory: the etcd limit is
+/// checked by [`check_size`] so that the error is grpc-go's, which clients match on.
+const DECODE_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Refuses a request over etcd's gRPC receive limit with grpc-go's exact status.
+pub(crate) fn check_size(
+    server: &EtcdServer,
+    msg: &impl prost::Message,
+) -> Result<(), tonic::Status> {
+    let limit = server.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let len = msg.encoded_len();
+    if len > limit {
+        return Err(tonic::Status::resource_exhausted(format!(
+            "grpc: received message larger than max ({len} vs. {limit})"
+        )));
+    }
+    Ok(())
+}
 
 /// All services, ready to be served.
 pub fn routes(server: Arc<EtcdServer>) -> Routes {
-    let max_recv = server.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let max_recv = DECODE_LIMIT;
     Routes::new(
         KvServer::new(kv::KvService(server.clone()))
             .max_decoding_message_size(max_recv)

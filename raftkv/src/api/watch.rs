@@ -241,8 +241,15 @@ impl StreamTask {
                 self.fill_prev_kv(e);
             }
         }
+        let mut header = self.server.header(ev.revision);
+        if canceled {
+            // etcd reports a compaction cancel at revision 0.
+            if let Some(h) = header.as_mut() {
+                h.revision = 0;
+            }
+        }
         let resp = WatchResponse {
-            header: self.server.header(if canceled { 0 } else { ev.revision }),
+            header,
             watch_id: ev.watch_id,
             events,
             compact_revision: ev.compact_revision,

@@ -324,18 +324,22 @@ impl Backend {
         prop("rocksdb.total-sst-files-size") + prop("rocksdb.cur-size-all-mem-tables")
     }
 
-    /// Bytes of live data (RocksDB's estimate), the counterpart of etcd's `dbSizeInUse`.
+    /// Bytes of live data, the counterpart of etcd's `dbSizeInUse`: RocksDB's estimate of live
+    /// SST data plus what memtables hold (the estimate alone ignores unflushed writes).
     pub fn size_in_use(&self) -> u64 {
-        [CF_KV, CF_LEASE, CF_META]
-            .iter()
-            .map(|cf| {
-                self.db
-                    .property_int_value_cf(self.cf(cf), "rocksdb.estimate-live-data-size")
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0)
-            })
-            .sum::<u64>()
+        let sum = |name: &str| -> u64 {
+            [CF_KV, CF_LEASE, CF_META]
+                .iter()
+                .map(|cf| {
+                    self.db
+                        .property_int_value_cf(self.cf(cf), name)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0)
+                })
+                .sum()
+        };
+        (sum("rocksdb.estimate-live-data-size") + sum("rocksdb.cur-size-all-mem-tables"))
             .min(self.size())
     }
 

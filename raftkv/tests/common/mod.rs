@@ -5,6 +5,9 @@
 //! The tests only ever talk to binaries; nothing here links the `raftkv` library, so the
 //! same harness works whether the subject is raftkv or (with `DIFF_TARGET=etcd`) etcd itself.
 
+// Each test crate compiles this module and uses a different part of it.
+#![allow(dead_code)]
+
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -79,7 +82,6 @@ impl Server {
 
     /// Kills the process (if still running) and starts it again on the same data dir and
     /// ports, appending to the same log. Callers must `wait_ready` again.
-    #[allow(dead_code)] // Only the crash test restarts servers.
     pub fn restart(&mut self) {
         self.kill();
         self.child = spawn_child(
