@@ -14,4 +14,4 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
-cargo test --workspace --locked -- --nocapture 2>&1 | tee "${CARGO_TARGET_DIR}/last-test.log"
+cargo test --workspace --locked --no-fail-fast -- --nocapture 2>&1 | tee "${CARGO_TARGET_DIR}/last-test.log"

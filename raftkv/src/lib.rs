@@ -14,6 +14,7 @@ pub mod lease;
 pub mod listener;
 pub mod metrics;
 pub mod mvcc;
+pub mod raft;
 pub mod server;
 pub mod snapshot;
 pub mod state_machine;
