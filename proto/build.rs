@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "protos/etcdserver/api/v3election/v3electionpb/v3election.proto",
         "protos/etcdserver/api/v3lock/v3lockpb/v3lock.proto",
         "protos/raftkv/raftkvpb/internal.proto",
+        "protos/raftkv/raftkvpb/raft.proto",
     ];
     tonic_prost_build::configure()
         .build_server(true)

@@ -38,8 +38,48 @@ pub enum ServerError {
     Stopped,
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    /// The member believed to lead did not answer; the caller may retry with a new leader.
+    #[error("etcdserver: request timed out, possibly due to connection lost")]
+    Unreachable,
     #[error("etcdserver: storage failure: {0}")]
     Storage(#[from] BackendError),
+    #[error("etcdserver: {0}")]
+    Internal(String),
+    /// An error another member answered, passed on as it came.
+    #[error("{message}")]
+    Remote { code: Code, message: String },
+}
+
+/// Errors whose message identifies them, for [`ServerError::from_wire`].
+fn known() -> [ServerError; 19] {
+    use ServerError::*;
+    [
+        EmptyKey,
+        KeyNotFound,
+        ValueProvided,
+        LeaseProvided,
+        TooManyOps,
+        DuplicateKey,
+        Compacted,
+        FutureRev,
+        NoSpace,
+        LeaseNotFound,
+        LeaseExists,
+        LeaseTtlTooLarge,
+        RequestTooLarge,
+        Stopped,
+        MemberNotFound,
+        Timeout,
+        NoLeader,
+        NotLeader,
+        Unreachable,
+    ]
 }
 
 impl From<MvccError> for ServerError {
@@ -63,6 +103,17 @@ impl From<LeaseError> for ServerError {
 }
 
 impl ServerError {
+    /// Rebuilds an error from its gRPC code and message (as forwarded between members).
+    pub fn from_wire(code: i32, message: String) -> Self {
+        known()
+            .into_iter()
+            .find(|e| e.to_string() == message)
+            .unwrap_or(ServerError::Remote {
+                code: Code::from_i32(code),
+                message,
+            })
+    }
+
     pub fn code(&self) -> Code {
         use ServerError::*;
         match self {
@@ -71,9 +122,10 @@ impl ServerError {
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             NoSpace => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            LeaseExists => Code::FailedPrecondition,
-            Stopped => Code::Unavailable,
-            Storage(_) => Code::Internal,
+            LeaseExists | NotLeader => Code::FailedPrecondition,
+            Stopped | Timeout | NoLeader | Unreachable => Code::Unavailable,
+            Storage(_) | Internal(_) => Code::Internal,
+            Remote { code, .. } => *code,
         }
     }
 }
@@ -131,5 +183,26 @@ mod tests {
             let s = Status::from(err);
             assert_eq!((s.code(), s.message()), (code, msg));
         }
+    }
+
+    #[test]
+    fn wire_round_trip_keeps_the_variant() {
+        for e in known() {
+            let (code, msg) = (e.code() as i32, e.to_string());
+            let back = ServerError::from_wire(code, msg.clone());
+            assert_eq!((back.code(), back.to_string()), (e.code(), msg));
+            assert!(
+                !matches!(back, ServerError::Remote { .. }),
+                "{e} comes back as itself"
+            );
+        }
+        let other = ServerError::from_wire(Code::Aborted as i32, "something else".into());
+        assert!(matches!(
+            other,
+            ServerError::Remote {
+                code: Code::Aborted,
+                ..
+            }
+        ));
     }
 }

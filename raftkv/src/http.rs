@@ -24,9 +24,9 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
 }
 
 async fn health(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
-    // Healthy means the apply path answers; NOSPACE makes etcd report unhealthy too.
+    // Healthy means a leader is known and no alarm is raised, as etcd's /health says.
     let alarmed = !s.sm.read().alarms.is_empty();
-    let (code, body) = if alarmed {
+    let (code, body) = if alarmed || s.leader().is_none() {
         (StatusCode::SERVICE_UNAVAILABLE, r#"{"health":"false"}"#)
     } else {
         (StatusCode::OK, r#"{"health":"true"}"#)
@@ -49,7 +49,7 @@ async fn metrics(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
         m.compact_revision.set(st.mvcc.compact_rev());
         m.keys.set(st.mvcc.key_count() as i64);
         m.leases.set(st.lessor.len() as i64);
-        m.has_leader.set(1);
+        m.has_leader.set(i64::from(s.leader().is_some()));
     }
     let (synced, unsynced) = s.sm.hub().watcher_count();
     s.metrics.watchers.set((synced + unsynced) as i64);

@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use proto::raftkvpb::raft_server::RaftServer;
 use raftkv::clock::SystemClock;
 use raftkv::config::{resolve, ServerArgs};
 use raftkv::listener::ClientListener;
 use raftkv::mvcc::Backend;
-use raftkv::server::{EtcdServer, Identity, Limits};
-use raftkv::state_machine::StateMachine;
+use raftkv::raft::service::PeerService;
+use raftkv::server::{EtcdServer, Identity, InitialCluster, Limits, Options};
+use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -86,21 +88,37 @@ async fn serve(args: ServerArgs) -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let backend =
         Backend::open(&dir).with_context(|| format!("open store in {}", dir.display()))?;
-    let identity = Identity::load_or_create(
+    let initial_cluster = InitialCluster::parse(&args.initial_cluster)?;
+    let identity = Identity::resolve(
         &backend,
         &args.name,
-        args.initial_advertise_peer_urls.clone(),
+        &initial_cluster,
         args.advertise_client_urls.clone(),
         &args.initial_cluster_token,
     )?;
-    let sm = StateMachine::open(backend, args.min_lease_ttl()?, Arc::new(SystemClock))?;
-    let limits = Limits {
-        max_txn_ops: args.max_txn_ops,
-        max_request_bytes: args.max_request_bytes,
-        quota_backend_bytes: args.quota(),
-        watch_progress_interval: args.watch_progress_notify_interval,
+    let new_cluster = match args.initial_cluster_state.as_str() {
+        "new" => true,
+        "existing" => false,
+        other => bail!("invalid --initial-cluster-state {other:?}: expected new or existing"),
     };
-    let server = EtcdServer::new(sm, identity, limits);
+    let opts = Options {
+        identity,
+        initial_cluster,
+        new_cluster,
+        token: args.initial_cluster_token.clone(),
+        raft_dir: data_dir.join("member").join("raft"),
+        heartbeat: Duration::from_millis(args.heartbeat_interval),
+        election_timeout: Duration::from_millis(args.election_timeout),
+        min_lease_ttl: args.min_lease_ttl()?,
+        limits: Limits {
+            max_txn_ops: args.max_txn_ops,
+            max_request_bytes: args.max_request_bytes,
+            quota_backend_bytes: args.quota(),
+            watch_progress_interval: args.watch_progress_notify_interval,
+        },
+        clock: Arc::new(SystemClock),
+    };
+    let server = EtcdServer::start(opts, backend).await?;
     server.spawn_background();
     tracing::info!(
         name = %args.name,
@@ -110,28 +128,39 @@ async fn serve(args: ServerArgs) -> Result<()> {
         "raftkv starting"
     );
 
-    let app = raftkv::api::routes(server.clone())
+    let client_app = raftkv::api::routes(server.clone())
         .into_axum_router()
         .merge(raftkv::http::router(server.clone()));
+    let peer_app = tonic::service::Routes::new(
+        RaftServer::new(PeerService(server.clone()))
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .into_axum_router();
     let mut tasks = tokio::task::JoinSet::new();
-    for url in &args.listen_client_urls {
-        for addr in resolve(url).await? {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listen on {addr}"))?;
-            tracing::info!(%addr, "serving client requests (gRPC + HTTP)");
-            let app = app.clone();
-            tasks.spawn(async move { axum::serve(ClientListener(listener), app).await });
-        }
-    }
-    for url in &args.listen_metrics_urls {
-        for addr in resolve(url).await? {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listen on {addr}"))?;
-            tracing::info!(%addr, "serving metrics");
-            let router = raftkv::http::router(server.clone());
-            tasks.spawn(async move { axum::serve(ClientListener(listener), router).await });
+    let listeners = [
+        (&args.listen_peer_urls, peer_app, "peer traffic (Raft)"),
+        (
+            &args.listen_client_urls,
+            client_app,
+            "client requests (gRPC + HTTP)",
+        ),
+        (
+            &args.listen_metrics_urls,
+            raftkv::http::router(server.clone()),
+            "metrics",
+        ),
+    ];
+    for (urls, app, what) in listeners {
+        for url in urls {
+            for addr in resolve(url).await? {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listen on {addr}"))?;
+                tracing::info!(%addr, "serving {what}");
+                let app = app.clone();
+                tasks.spawn(async move { axum::serve(ClientListener(listener), app).await });
+            }
         }
     }
     tokio::select! {
@@ -140,5 +169,6 @@ async fn serve(args: ServerArgs) -> Result<()> {
         }
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
     }
+    let _ = server.raft.shutdown().await;
     Ok(())
 }

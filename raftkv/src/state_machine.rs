@@ -167,18 +167,31 @@ impl StateMachine {
         Ok(resp)
     }
 
-    /// Applies log entries `(index, request)` in order, durably, as one RocksDB batch. The
-    /// outer error is a storage failure: the state in memory may then be ahead of the disk,
-    /// so the caller must stop serving (a restart recovers from the last durable entry).
+    /// Applies log entries in order, as one RocksDB batch. An entry is `(log index, request)`;
+    /// entries that carry no request (consensus bookkeeping) only advance the applied index
+    /// and answer `None`. `consensus` is opaque state of the consensus layer (for openraft:
+    /// the last applied log id and membership) written in the same batch, so the store and
+    /// what consensus believes was applied can never disagree after a crash.
+    ///
+    /// The batch is not fsynced: the log it came from is, and a restart replays the entries
+    /// after the last applied index. The outer error is a storage failure: memory may then be
+    /// ahead of the disk, so the caller must stop serving.
     pub fn apply_batch(
         &self,
-        entries: Vec<(u64, InternalRequest)>,
-    ) -> Result<Vec<ApplyResult>, BackendError> {
+        entries: Vec<(u64, Option<InternalRequest>)>,
+        consensus: &[(&[u8], Vec<u8>)],
+    ) -> Result<Vec<Option<ApplyResult>>, BackendError> {
         let mut st = self.write();
         let mut batch = Batch::default();
         let mut results = Vec::with_capacity(entries.len());
         let mut notifications: Vec<(i64, Vec<Event>)> = Vec::new();
         for (index, req) in entries {
+            let Some(req) = req else {
+                batch.put_meta_u64(META_CONSISTENT_INDEX, index);
+                st.applied_index = index;
+                results.push(None);
+                continue;
+            };
             let is_compaction =
                 matches!(req.request, Some(internal_request::Request::Compaction(_)));
             if is_compaction && !batch.is_empty() {
@@ -199,9 +212,12 @@ impl StateMachine {
             }
             batch.put_meta_u64(META_CONSISTENT_INDEX, index);
             st.applied_index = index;
-            results.push(res);
+            results.push(Some(res));
         }
-        self.backend.write(batch, true)?;
+        for (key, value) in consensus {
+            batch.put_meta_raw(key, value.clone());
+        }
+        self.backend.write(batch, false)?;
         for (rev, events) in &notifications {
             self.hub.notify(*rev, events);
         }
@@ -299,6 +315,10 @@ fn apply_one(
             Rs::Empty(Empty {})
         }
         Rq::Alarm(a) => Rs::Alarm(alarm(alarms, batch, &a, mvcc.current_rev())),
+        Rq::Publish(attrs) => {
+            batch.put_member_attrs(&attrs);
+            Rs::Empty(Empty {})
+        }
     };
     Ok(InternalResponse {
         response: Some(response),

@@ -1,4 +1,5 @@
-//! The Cluster service. A single member lists itself; membership changes come with Raft.
+//! The Cluster service: the member list comes from the Raft membership plus the attributes
+//! each member published. Membership changes are not served yet.
 
 use std::sync::Arc;
 
@@ -13,8 +14,8 @@ use crate::server::EtcdServer;
 
 pub struct ClusterService(pub Arc<EtcdServer>);
 
-fn single_member_only() -> Status {
-    Status::unimplemented("raftkv: membership changes need the replicated mode")
+fn membership_changes_unsupported() -> Status {
+    Status::unimplemented("raftkv: membership changes are not supported yet")
 }
 
 #[tonic::async_trait]
@@ -23,38 +24,42 @@ impl Cluster for ClusterService {
         &self,
         _: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(single_member_only())
+        Err(membership_changes_unsupported())
     }
 
     async fn member_remove(
         &self,
         _: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(single_member_only())
+        Err(membership_changes_unsupported())
     }
 
     async fn member_update(
         &self,
         _: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(single_member_only())
+        Err(membership_changes_unsupported())
     }
 
     async fn member_list(
         &self,
         _: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        let id = &self.0.identity;
-        let me = Member {
-            id: id.member_id,
-            name: id.name.clone(),
-            peer_ur_ls: id.peer_urls.clone(),
-            client_ur_ls: id.client_urls.clone(),
-            is_learner: false,
-        };
+        let members = self
+            .0
+            .members()?
+            .into_iter()
+            .map(|m| Member {
+                id: m.id,
+                name: m.name,
+                peer_ur_ls: m.peer_urls,
+                client_ur_ls: m.client_urls,
+                is_learner: m.is_learner,
+            })
+            .collect();
         Ok(Response::new(MemberListResponse {
             header: self.0.header(0),
-            members: vec![me],
+            members,
         }))
     }
 
@@ -62,6 +67,6 @@ impl Cluster for ClusterService {
         &self,
         _: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(single_member_only())
+        Err(membership_changes_unsupported())
     }
 }

@@ -21,7 +21,7 @@ impl Kv for KvService {
         let r = req.into_inner();
         check_size(&self.0, &r)?;
         validate::range(&r)?;
-        let mut resp = self.0.sm.range(&r)?;
+        let mut resp = self.0.range(&r).await?;
         self.0.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -52,7 +52,7 @@ impl Kv for KvService {
         check_size(&self.0, &r)?;
         validate::txn(&r, self.0.limits.max_txn_ops)?;
         let mut resp = if is_txn_readonly(&r) {
-            self.0.sm.read_txn(&r)?
+            self.0.read_txn(&r).await?
         } else {
             expect_response!(self.0.propose(Rq::Txn(r)).await?, Txn)
         };

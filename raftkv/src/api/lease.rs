@@ -5,17 +5,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use futures::StreamExt;
 use proto::etcdserverpb::{
     lease_server::Lease, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
     LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest,
     LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use proto::raftkvpb::internal_request::Request as Rq;
-use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::expect_response;
-use crate::lease::LeaseError;
 use crate::server::EtcdServer;
 
 pub struct LeaseService(pub Arc<EtcdServer>);
@@ -57,18 +56,9 @@ impl Lease for LeaseService {
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let server = self.0.clone();
-        let out = req.into_inner().map(move |r| {
-            let r = r?;
-            let ttl = match server.sm.read().lessor.renew(r.id) {
-                Ok(ttl) => ttl,
-                Err(LeaseError::NotFound) => 0,
-                Err(e) => return Err(crate::error::ServerError::from(e).into()),
-            };
-            Ok(LeaseKeepAliveResponse {
-                header: server.header(0),
-                id: r.id,
-                ttl,
-            })
+        let out = req.into_inner().then(move |r| {
+            let server = server.clone();
+            async move { Ok(server.lease_keep_alive(r?.id).await?) }
         });
         Ok(Response::new(Box::pin(out)))
     }
@@ -77,25 +67,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let r = req.into_inner();
-        let info = self.0.sm.read().lessor.info(r.id, r.keys);
-        let resp = match info {
-            Some(i) => LeaseTimeToLiveResponse {
-                header: self.0.header(0),
-                id: r.id,
-                ttl: i.remaining_secs,
-                granted_ttl: i.granted_ttl,
-                keys: i.keys,
-            },
-            // etcd answers an unknown lease with TTL -1, not an error.
-            None => LeaseTimeToLiveResponse {
-                header: self.0.header(0),
-                id: r.id,
-                ttl: -1,
-                granted_ttl: 0,
-                keys: Vec::new(),
-            },
-        };
+        let resp = self.0.lease_time_to_live(req.into_inner()).await?;
         Ok(Response::new(resp))
     }
 

@@ -38,7 +38,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        let (applied, errors) = {
+        let errors: Vec<String> = {
             let st = self.0.sm.read();
             let errors = st
                 .alarms
@@ -49,16 +49,22 @@ impl Maintenance for MaintenanceService {
                     format!("memberID:{m} alarm:{name} ")
                 })
                 .collect();
-            (st.applied_index, errors)
+            errors
         };
+        let leader = self.0.leader();
+        let mut errors = errors;
+        if leader.is_none() {
+            errors.insert(0, ServerError::NoLeader.to_string());
+        }
+        let (raft_index, applied) = self.0.raft_indexes();
         let backend = self.0.sm.backend();
         Ok(Response::new(StatusResponse {
             header: self.0.header(0),
             version: ETCD_VERSION.to_string(),
             db_size: backend.size() as i64,
-            leader: self.0.identity.member_id,
-            raft_index: applied,
-            raft_term: self.0.identity.term,
+            leader: leader.unwrap_or(0),
+            raft_index,
+            raft_term: self.0.term(),
             raft_applied_index: applied,
             errors,
             db_size_in_use: backend.size_in_use() as i64,
@@ -159,8 +165,9 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        // With one member the only valid transferee is the leader itself: nothing to do.
-        if req.into_inner().target_id != self.0.identity.member_id {
+        // Leadership transfer to another member is not supported yet; moving it to the
+        // current leader is a no-op, as in etcd.
+        if Some(req.into_inner().target_id) != self.0.leader() {
             return Err(Status::failed_precondition(
                 "etcdserver: bad leader transferee",
             ));

@@ -107,6 +107,22 @@ impl Lessor {
         *self.deadlines() = d;
     }
 
+    /// Restarts every deadline from now, as a member that just became leader must: it cannot
+    /// know when the old leader last renewed them (etcd's `Promote`).
+    pub fn promote(&self) {
+        let now = self.clock.now();
+        let mut d = self.deadlines();
+        d.revoking.clear();
+        for (id, l) in &self.leases {
+            let left = if l.remaining_ttl > 0 {
+                l.remaining_ttl
+            } else {
+                l.ttl
+            };
+            d.expiry.insert(*id, now + Duration::from_secs(left as u64));
+        }
+    }
+
     /// Creates a lease; returns the record to persist. TTLs under the minimum are raised to it.
     pub fn grant(&mut self, id: i64, ttl: i64) -> Result<LeaseRecord, LeaseError> {
         if id == 0 {
@@ -300,6 +316,12 @@ mod tests {
         );
         clock.advance(EXPIRED_RETRY);
         assert_eq!(l.take_expired(1), vec![1]);
+        l.promote();
+        assert!(
+            l.take_expired(10).is_empty(),
+            "a new leader gives every lease a full TTL"
+        );
+        assert_eq!(l.info(2, false).unwrap().remaining_secs, 10);
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! |---------|---------------------------------------|-----------------------------------------|
 //! | `kv`    | revision bytes (see [`super::revision`]) | `mvccpb.KeyValue` protobuf; a tombstone row carries only the key |
 //! | `lease` | lease ID, 8 bytes big-endian (as `u64`)  | `leasepb.Lease` protobuf                |
-//! | `meta`  | ASCII name (`consistent_index`, `finishedCompactRev`, `scheduledCompactRev`, `term`, `member_id`, `cluster_id`) or `alarm` + member ID BE + alarm type BE | `u64` big-endian, or revision bytes for the compaction marks, or empty for alarms |
+//! | `meta`  | ASCII name (`consistent_index`, `finishedCompactRev`, `scheduledCompactRev`, `member_id`, `cluster_id`) or `alarm` + member ID BE + alarm type BE | `u64` big-endian, or revision bytes for the compaction marks, or empty for alarms |
+//! | `meta`  | `raft_applied`, `raft_membership` | consensus state written with the entries it applied; its layout is `crate::raft::state_machine`'s |
+//! | `meta`  | `member_attrs` + member ID BE | `raftkvpb.MemberAttributes` protobuf, as published by that member |
 //!
 //! Every applied log entry lands in one [`Batch`] together with `consistent_index`, so after a
 //! crash the store is exactly the state after some whole entry, and the log resumes after it.
@@ -18,6 +20,7 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 use proto::leasepb::Lease as LeaseRecord;
 use proto::mvccpb::KeyValue;
+use proto::raftkvpb::MemberAttributes;
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteOptions, DB};
 
 use super::revision::{InvalidRevision, Revision};
@@ -29,10 +32,10 @@ const CF_META: &str = "meta";
 pub const META_CONSISTENT_INDEX: &[u8] = b"consistent_index";
 pub const META_FINISHED_COMPACT: &[u8] = b"finishedCompactRev";
 pub const META_SCHEDULED_COMPACT: &[u8] = b"scheduledCompactRev";
-pub const META_TERM: &[u8] = b"term";
 pub const META_MEMBER_ID: &[u8] = b"member_id";
 pub const META_CLUSTER_ID: &[u8] = b"cluster_id";
 const META_ALARM_PREFIX: &[u8] = b"alarm";
+const META_MEMBER_ATTRS_PREFIX: &[u8] = b"member_attrs";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -121,6 +124,18 @@ impl Batch {
     pub fn put_meta_rev(&mut self, key: &[u8], rev: Revision) {
         self.ops
             .push(BatchOp::Put(CF_META, key.to_vec(), rev.to_bytes(false)));
+    }
+
+    /// A meta row owned by another layer (consensus state), stored as given.
+    pub fn put_meta_raw(&mut self, key: &[u8], value: Vec<u8>) {
+        self.ops.push(BatchOp::Put(CF_META, key.to_vec(), value));
+    }
+
+    pub fn put_member_attrs(&mut self, attrs: &MemberAttributes) {
+        let mut k = META_MEMBER_ATTRS_PREFIX.to_vec();
+        k.extend_from_slice(&attrs.id.to_be_bytes());
+        self.ops
+            .push(BatchOp::Put(CF_META, k, attrs.encode_to_vec()));
     }
 
     pub fn put_alarm(&mut self, member: u64, alarm: i32) {
@@ -278,6 +293,27 @@ impl Backend {
             out.push((member, alarm));
         }
         Ok(out)
+    }
+
+    /// Every member's published attributes.
+    pub fn member_attrs(&self) -> Result<Vec<MemberAttributes>, BackendError> {
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(META_MEMBER_ATTRS_PREFIX, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            if !k.starts_with(META_MEMBER_ATTRS_PREFIX) {
+                break;
+            }
+            out.push(MemberAttributes::decode(v.as_ref()).map_err(|e| corrupt(CF_META, e))?);
+        }
+        Ok(out)
+    }
+
+    pub fn get_meta_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        Ok(self.db.get_cf(self.cf(CF_META), key)?)
     }
 
     pub fn get_meta_u64(&self, key: &[u8]) -> Result<Option<u64>, BackendError> {

@@ -3,7 +3,10 @@
 //! consensus and MVCC storage share no keys and no locks.
 
 pub mod log_store;
+pub mod network;
+pub mod service;
+pub mod state_machine;
 pub mod types;
 
 pub use log_store::LogStore;
-pub use types::{MemberNode, Request, TypeConfig};
+pub use types::{MemberNode, Request, Response, TypeConfig};

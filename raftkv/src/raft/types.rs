@@ -6,12 +6,13 @@ use prost::Message;
 use proto::raftkvpb::InternalRequest;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A member as the cluster knows it: etcd's `Member` minus the ID (the Raft node ID).
+/// A member as the Raft membership knows it (the ID is the Raft node ID). Client URLs are not
+/// here: every member bootstraps the same membership, so it can hold only what all of them
+/// know up front; each member publishes its client URLs through the log once it runs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberNode {
     pub name: String,
     pub peer_urls: Vec<String>,
-    pub client_urls: Vec<String>,
 }
 
 impl fmt::Display for MemberNode {
@@ -52,10 +53,11 @@ impl<'de> Deserialize<'de> for Request {
 }
 
 /// What applying an entry answers, as openraft hands it back to the proposer: the encoded
-/// `raftkvpb.InternalResponse`, or the etcd error message of a request that failed.
+/// `raftkvpb.InternalResponse`, or the gRPC code and etcd message of a request that failed;
+/// `None` for entries that carry no request.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Response {
-    pub result: Option<Result<Vec<u8>, String>>,
+    pub result: Option<Result<Vec<u8>, (i32, String)>>,
 }
 
 openraft::declare_raft_types!(

@@ -1,24 +1,41 @@
-//! The server core: turns client requests into proposals, runs the apply loop that commits
-//! them (group commit: one fsync for every proposal that queued up meanwhile), and the
-//! background loops that expire leases and catch up watchers. Transports (gRPC, HTTP) sit on
-//! top in `api` and `http`; consensus replaces [`Proposer`] without touching either.
+//! The server core: starts consensus on the store, turns client requests into proposals
+//! (forwarded to the leader when this member does not lead), makes linearizable reads wait
+//! for the leader's read index, and runs the background loops: lease expiry (leader only),
+//! watcher catch-up and publishing this member's client URLs. Transports (gRPC, HTTP) sit on
+//! top in `api` and `http`.
 
 pub mod identity;
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{Raft, ServerState, SnapshotPolicy};
 use prost::Message;
-use proto::etcdserverpb::{LeaseRevokeRequest, ResponseHeader};
-use proto::raftkvpb::{internal_request, InternalRequest, InternalResponse, RequestHeader};
-use tokio::sync::{mpsc, oneshot, Notify};
+use proto::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+};
+use proto::raftkvpb::{
+    internal_request, InternalRequest, InternalResponse, MemberAttributes, RequestHeader,
+};
+use tokio::sync::Notify;
 
+use crate::clock::Clock;
 use crate::error::ServerError;
+use crate::lease::LeaseError;
 use crate::metrics::Metrics;
-use crate::state_machine::{ApplyResult, StateMachine};
+use crate::mvcc::Backend;
+use crate::raft::network::{Network, Peers};
+use crate::raft::service::PeerHandler;
+use crate::raft::state_machine::{from_response, RaftStateMachine};
+use crate::raft::{LogStore, MemberNode, Request, TypeConfig};
+use crate::state_machine::StateMachine;
 
-pub use identity::Identity;
+pub use identity::{Identity, InitialCluster};
 
 /// Limits and tunables, named after etcd's flags.
 #[derive(Debug, Clone)]
@@ -44,66 +61,42 @@ impl Default for Limits {
     }
 }
 
-/// Most proposals committed by one fsync.
-const MAX_GROUP: usize = 512;
-
-struct Proposal {
-    req: InternalRequest,
-    done: oneshot::Sender<ApplyResult>,
+/// Everything needed to start a member.
+pub struct Options {
+    pub identity: Identity,
+    pub initial_cluster: InitialCluster,
+    /// `--initial-cluster-state new`: bootstrap the cluster if this member has no log yet.
+    pub new_cluster: bool,
+    pub token: String,
+    pub raft_dir: PathBuf,
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+    pub min_lease_ttl: i64,
+    pub limits: Limits,
+    pub clock: Arc<dyn Clock>,
 }
 
-/// The single-member log: proposals are applied in arrival order. Issue 4 puts openraft here.
-pub struct Proposer {
-    tx: mpsc::Sender<Proposal>,
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("opening the raft log: {0}")]
+    Log(#[from] rocksdb::Error),
+    #[error("raft configuration: {0}")]
+    Config(#[from] openraft::ConfigError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error(transparent)]
+    Server(#[from] ServerError),
 }
 
-impl Proposer {
-    /// Starts the apply thread. A storage failure stops the process: memory may be ahead of
-    /// disk, and only a restart from disk is safe.
-    fn start(sm: Arc<StateMachine>, metrics: Arc<Metrics>) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Proposal>(4096);
-        std::thread::Builder::new()
-            .name("apply".into())
-            .spawn(move || {
-                let mut index = sm.read().applied_index;
-                while let Some(first) = rx.blocking_recv() {
-                    let mut group = vec![first];
-                    while group.len() < MAX_GROUP {
-                        match rx.try_recv() {
-                            Ok(p) => group.push(p),
-                            Err(_) => break,
-                        }
-                    }
-                    let (entries, waiters): (Vec<_>, Vec<_>) = group
-                        .into_iter()
-                        .map(|p| {
-                            index += 1;
-                            ((index, p.req), p.done)
-                        })
-                        .unzip();
-                    let n = entries.len();
-                    let timer = metrics.apply_duration.start_timer();
-                    match sm.apply_batch(entries) {
-                        Ok(results) => {
-                            timer.observe_duration();
-                            metrics.proposals_applied.inc_by(n as u64);
-                            for (res, w) in results.into_iter().zip(waiters) {
-                                if res.is_err() {
-                                    metrics.proposals_failed.inc();
-                                }
-                                let _ = w.send(res);
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "storage failure while applying; stopping");
-                            std::process::exit(1);
-                        }
-                    }
-                }
-            })
-            .expect("spawn apply thread");
-        Self { tx }
-    }
+/// A member as `MemberList` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    /// Empty until the member has published them.
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
 }
 
 pub struct EtcdServer {
@@ -111,33 +104,140 @@ pub struct EtcdServer {
     pub identity: Identity,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
-    proposer: Proposer,
+    pub raft: Raft<TypeConfig>,
+    peers: Peers,
+    request_timeout: Duration,
     next_request_id: AtomicU64,
     watch_sync: Notify,
 }
 
+/// Waits between attempts while no leader is known.
+const LEADER_POLL: Duration = Duration::from_millis(50);
+
 impl EtcdServer {
-    pub fn new(sm: StateMachine, identity: Identity, limits: Limits) -> Arc<Self> {
-        let sm = Arc::new(sm);
-        let metrics = Arc::new(Metrics::new());
-        let proposer = Proposer::start(sm.clone(), metrics.clone());
-        Arc::new(Self {
+    /// Opens the store and the log, starts Raft and bootstraps a new cluster if asked to.
+    pub async fn start(opts: Options, backend: Backend) -> Result<Arc<Self>, StartError> {
+        let sm = Arc::new(StateMachine::open(
+            backend,
+            opts.min_lease_ttl,
+            opts.clock.clone(),
+        )?);
+        let log = LogStore::open(&opts.raft_dir)?;
+        let election_ms = opts.election_timeout.as_millis() as u64;
+        let config = openraft::Config {
+            cluster_name: opts.token.clone(),
+            heartbeat_interval: opts.heartbeat.as_millis() as u64,
+            // openraft refuses votes for `election_timeout_max` after hearing from a leader (its
+            // leader lease). With the flag as the maximum, a follower that times out early is
+            // refused only briefly, and a dead leader is replaced in about one timeout.
+            election_timeout_min: election_ms / 2,
+            election_timeout_max: election_ms,
+            // Raft snapshots are not built yet: the log is kept whole (see raft::state_machine).
+            snapshot_policy: SnapshotPolicy::Never,
+            ..Default::default()
+        }
+        .validate()?;
+        let network = Network::default();
+        let peers = network.peers.clone();
+        let raft = Raft::new(
+            opts.identity.member_id,
+            Arc::new(config),
+            network,
+            log,
+            RaftStateMachine::new(sm.clone()),
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        if opts.new_cluster
+            && !raft
+                .is_initialized()
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?
+        {
+            // Every member bootstraps the same membership from the same flags.
+            let members: BTreeMap<u64, MemberNode> = opts
+                .initial_cluster
+                .ids(&opts.token)
+                .into_iter()
+                .map(|(id, name, peer_urls)| (id, MemberNode { name, peer_urls }))
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(StartError::Raft(e.to_string())),
+            }
+        }
+        let server = Arc::new(Self {
             sm,
-            identity,
-            limits,
-            metrics,
-            proposer,
+            identity: opts.identity,
+            limits: opts.limits,
+            metrics: Arc::new(Metrics::new()),
+            raft,
+            peers,
+            request_timeout: Duration::from_secs(5) + 2 * opts.election_timeout,
             next_request_id: AtomicU64::new(1),
             watch_sync: Notify::new(),
-        })
+        });
+        Ok(server)
     }
 
-    /// Starts the lessor and watcher-sync loops; they end with the runtime.
+    /// Starts the background loops; they end with the runtime.
     pub fn spawn_background(self: &Arc<Self>) {
         let me = self.clone();
         tokio::spawn(async move { me.expire_leases().await });
         let me = self.clone();
         tokio::spawn(async move { me.sync_watchers().await });
+        let me = self.clone();
+        tokio::spawn(async move { me.publish().await });
+    }
+
+    fn raft_metrics(&self) -> openraft::RaftMetrics<u64, MemberNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    fn leader_node(&self) -> Option<(u64, MemberNode)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    /// (last log index, last applied index), for Status.
+    pub fn raft_indexes(&self) -> (u64, u64) {
+        let m = self.raft_metrics();
+        (
+            m.last_log_index.unwrap_or(0),
+            m.last_applied.map_or(0, |l| l.index),
+        )
+    }
+
+    /// Members as etcd lists them.
+    pub fn members(&self) -> Result<Vec<MemberInfo>, ServerError> {
+        let m = self.raft_metrics();
+        let membership = m.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let attrs = self.sm.backend().member_attrs()?;
+        Ok(membership
+            .nodes()
+            .map(|(id, node)| MemberInfo {
+                id: *id,
+                name: node.name.clone(),
+                peer_urls: node.peer_urls.clone(),
+                client_urls: attrs
+                    .iter()
+                    .find(|a| a.id == *id)
+                    .map(|a| a.client_urls.clone())
+                    .unwrap_or_default(),
+                is_learner: !voters.contains(id),
+            })
+            .collect())
     }
 
     /// A response header as of `revision` (0 = the current revision).
@@ -151,7 +251,7 @@ impl EtcdServer {
             cluster_id: self.identity.cluster_id,
             member_id: self.identity.member_id,
             revision,
-            raft_term: self.identity.term,
+            raft_term: self.term(),
         })
     }
 
@@ -178,13 +278,164 @@ impl EtcdServer {
         if self.over_quota(&req) {
             return Err(ServerError::NoSpace);
         }
-        let (done, wait) = oneshot::channel();
-        self.proposer
-            .tx
-            .send(Proposal { req, done })
-            .await
-            .map_err(|_| ServerError::Stopped)?;
-        wait.await.map_err(|_| ServerError::Stopped)?
+        let timer = self.metrics.apply_duration.start_timer();
+        let res = self.replicate(req).await;
+        timer.observe_duration();
+        self.metrics.proposals_applied.inc();
+        if res.is_err() {
+            self.metrics.proposals_failed.inc();
+        }
+        res
+    }
+
+    /// Writes through the local Raft, or through the leader's when this member does not lead.
+    async fn replicate(&self, req: InternalRequest) -> Result<InternalResponse, ServerError> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ServerError::Timeout);
+            }
+            match self.raft.client_write(Request(req.clone())).await {
+                Ok(resp) => return from_response(resp.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    match self.leader_node() {
+                        Some((id, node)) if id != self.identity.member_id => {
+                            match self.peers.forward(&node, req.clone(), left).await {
+                                // The leader moved on or died between our look and its answer: a
+                                // new one is elected within the deadline, ask again.
+                                Err(ServerError::NotLeader | ServerError::Unreachable) => {
+                                    tokio::time::sleep(LEADER_POLL).await
+                                }
+                                other => return other,
+                            }
+                        }
+                        _ => tokio::time::sleep(LEADER_POLL).await,
+                    }
+                }
+                Err(RaftError::APIError(e)) => return Err(ServerError::Internal(e.to_string())),
+                Err(RaftError::Fatal(_)) => return Err(ServerError::Stopped),
+            }
+        }
+    }
+
+    /// Blocks until this member has applied everything committed before the call (etcd's
+    /// linearizable read: the leader confirms it still leads, followers ask the leader).
+    pub async fn read_barrier(&self) -> Result<(), ServerError> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ServerError::Timeout);
+            }
+            match self.raft.ensure_linearizable().await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                    match self.leader_node() {
+                        Some((id, node)) if id != self.identity.member_id => {
+                            match self.peers.read_index(&node, left).await {
+                                Ok(index) => {
+                                    return self
+                                        .raft
+                                        .wait(Some(left))
+                                        .applied_index_at_least(Some(index), "read index")
+                                        .await
+                                        .map(|_| ())
+                                        .map_err(|_| ServerError::Timeout);
+                                }
+                                Err(ServerError::NotLeader | ServerError::Unreachable) => {
+                                    tokio::time::sleep(LEADER_POLL).await
+                                }
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        _ => tokio::time::sleep(LEADER_POLL).await,
+                    }
+                }
+                // Leading without a quorum (partitioned): wait for it or for a new leader.
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                    tokio::time::sleep(LEADER_POLL).await
+                }
+                Err(RaftError::Fatal(_)) => return Err(ServerError::Stopped),
+            }
+        }
+    }
+
+    /// Range: linearizable unless the request asks for a serializable read.
+    pub async fn range(&self, r: &RangeRequest) -> Result<RangeResponse, ServerError> {
+        if !r.serializable {
+            self.read_barrier().await?;
+        }
+        self.sm.range(r)
+    }
+
+    /// A read-only txn: linearizable unless every range in it is serializable.
+    pub async fn read_txn(&self, t: &TxnRequest) -> Result<TxnResponse, ServerError> {
+        if !is_txn_serializable(t) {
+            self.read_barrier().await?;
+        }
+        self.sm.read_txn(t)
+    }
+
+    /// Renews a lease on the leader (forwarding when this member does not lead).
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, ServerError> {
+        match self.leader_node() {
+            Some((leader, node)) if leader != self.identity.member_id => {
+                self.peers
+                    .lease_renew(&node, id, self.request_timeout)
+                    .await
+            }
+            _ => self.renew_locally(id),
+        }
+    }
+
+    /// A lease's remaining TTL, as the leader (which owns the deadlines) sees it.
+    pub async fn lease_time_to_live(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, ServerError> {
+        match self.leader_node() {
+            Some((leader, node)) if leader != self.identity.member_id => {
+                self.peers
+                    .lease_time_to_live(&node, req, self.request_timeout)
+                    .await
+            }
+            _ => Ok(self.time_to_live_locally(&req)),
+        }
+    }
+
+    fn time_to_live_locally(&self, r: &LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse {
+        let info = self.sm.read().lessor.info(r.id, r.keys);
+        match info {
+            Some(i) => LeaseTimeToLiveResponse {
+                header: self.header(0),
+                id: r.id,
+                ttl: i.remaining_secs,
+                granted_ttl: i.granted_ttl,
+                keys: i.keys,
+            },
+            // etcd answers an unknown lease with TTL -1, not an error.
+            None => LeaseTimeToLiveResponse {
+                header: self.header(0),
+                id: r.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            },
+        }
+    }
+
+    fn renew_locally(&self, id: i64) -> Result<LeaseKeepAliveResponse, ServerError> {
+        let ttl = match self.sm.read().lessor.renew(id) {
+            Ok(ttl) => ttl,
+            Err(LeaseError::NotFound) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(LeaseKeepAliveResponse {
+            header: self.header(0),
+            id,
+            ttl,
+        })
     }
 
     /// etcd's backend quota: a write that would grow the store past the quota raises the
@@ -202,25 +453,36 @@ impl EtcdServer {
         {
             return false;
         }
-        let member_id = self.identity.member_id;
         let activate = proto::etcdserverpb::AlarmRequest {
             action: proto::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
-            member_id,
+            member_id: self.identity.member_id,
             alarm: proto::etcdserverpb::AlarmType::Nospace as i32,
         };
-        let (done, _wait) = oneshot::channel();
+        let raft = self.raft.clone();
         let req = InternalRequest {
             header: None,
             request: Some(R::Alarm(activate)),
         };
-        let _ = self.proposer.tx.try_send(Proposal { req, done });
+        // Best effort: on a follower this fails and the next write over quota tries again.
+        tokio::spawn(async move { raft.client_write(Request(req)).await });
         true
     }
 
+    /// The leader revokes expired leases through the log; a member that becomes leader first
+    /// restarts every deadline, since it cannot know when the old leader last renewed them.
     async fn expire_leases(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut leading = false;
         loop {
             tick.tick().await;
+            let now_leading = self.raft.metrics().borrow().state == ServerState::Leader;
+            if now_leading && !leading {
+                self.sm.read().lessor.promote();
+            }
+            leading = now_leading;
+            if !leading {
+                continue;
+            }
             let expired = self.sm.read().lessor.take_expired(1000);
             for id in expired {
                 tracing::debug!(lease = id, "lease expired; revoking");
@@ -234,6 +496,36 @@ impl EtcdServer {
                     Err(e) => {
                         tracing::warn!(lease = id, error = %e, "revoking an expired lease failed")
                     }
+                }
+            }
+        }
+    }
+
+    /// Publishes this member's name and client URLs through the log (etcd's `publish`).
+    async fn publish(self: Arc<Self>) {
+        let attrs = MemberAttributes {
+            id: self.identity.member_id,
+            name: self.identity.name.clone(),
+            client_urls: self.identity.client_urls.clone(),
+        };
+        loop {
+            let current = self
+                .sm
+                .backend()
+                .member_attrs()
+                .ok()
+                .and_then(|v| v.into_iter().find(|a| a.id == attrs.id));
+            if current.as_ref() == Some(&attrs) {
+                return;
+            }
+            match self
+                .propose(internal_request::Request::Publish(attrs.clone()))
+                .await
+            {
+                Ok(_) => tracing::info!(name = %attrs.name, "published member attributes"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "publishing member attributes failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
         }
@@ -261,5 +553,69 @@ impl EtcdServer {
                 Err(e) => tracing::error!(error = %e, "watch sync task failed"),
             }
         }
+    }
+}
+
+/// etcd's `isTxnSerializable`: every range in the txn (all branches) asks for a serializable read.
+fn is_txn_serializable(t: &TxnRequest) -> bool {
+    use proto::etcdserverpb::request_op::Request as Op;
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(Op::RequestRange(r)) => r.serializable,
+            Some(Op::RequestTxn(t)) => is_txn_serializable(t),
+            _ => true,
+        })
+}
+
+#[tonic::async_trait]
+impl PeerHandler for EtcdServer {
+    fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    async fn forwarded_write(&self, req: InternalRequest) -> Result<InternalResponse, ServerError> {
+        match self.raft.client_write(Request(req)).await {
+            Ok(resp) => from_response(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(ServerError::NotLeader)
+            }
+            Err(RaftError::APIError(e)) => Err(ServerError::Internal(e.to_string())),
+            Err(RaftError::Fatal(_)) => Err(ServerError::Stopped),
+        }
+    }
+
+    async fn read_index(&self) -> Result<u64, ServerError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                Err(ServerError::NotLeader)
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(ServerError::Timeout)
+            }
+            Err(RaftError::Fatal(_)) => Err(ServerError::Stopped),
+        }
+    }
+
+    async fn lease_renew(
+        &self,
+        req: LeaseKeepAliveRequest,
+    ) -> Result<LeaseKeepAliveResponse, ServerError> {
+        if self.raft.metrics().borrow().state != ServerState::Leader {
+            return Err(ServerError::NotLeader);
+        }
+        self.renew_locally(req.id)
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, ServerError> {
+        if self.raft.metrics().borrow().state != ServerState::Leader {
+            return Err(ServerError::NotLeader);
+        }
+        Ok(self.time_to_live_locally(&req))
     }
 }

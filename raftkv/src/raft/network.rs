@@ -1,0 +1,252 @@
+//! The client half of the peer transport: openraft's network (AppendEntries, Vote and
+//! InstallSnapshot over the `raftkvpb.Raft` gRPC service) and the calls a member makes to its
+//! leader on a client's behalf (Forward, ReadIndex, LeaseRenew). Connections are made lazily
+//! and kept per peer URL.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use proto::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use proto::raftkvpb::raft_client::RaftClient;
+use proto::raftkvpb::{
+    forward_response, InternalRequest, InternalResponse, RaftPayload, ReadIndexRequest,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::types::{MemberNode, TypeConfig};
+use crate::error::ServerError;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard())
+        .expect("openraft types always encode")
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map(|(v, _)| v)
+}
+
+/// gRPC channels to peers, by peer URL; shared by openraft's clients and the server.
+#[derive(Clone, Default)]
+pub struct Peers {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Peers {
+    /// A client for the member's first peer URL (connects on first use).
+    pub fn client(&self, node: &MemberNode) -> Result<RaftClient<Channel>, ServerError> {
+        let url = node.peer_urls.first().ok_or_else(|| {
+            ServerError::Internal(format!("member {} has no peer URL", node.name))
+        })?;
+        let mut channels = self.channels.lock().expect("peer channel lock");
+        let channel = match channels.get(url) {
+            Some(c) => c.clone(),
+            None => {
+                let c = Endpoint::from_shared(url.clone())
+                    .map_err(|e| ServerError::Internal(format!("bad peer URL {url:?}: {e}")))?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                channels.insert(url.clone(), c.clone());
+                c
+            }
+        };
+        // Raft messages can carry many entries; the peer enforces its own limit.
+        Ok(RaftClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX))
+    }
+
+    /// Hands a write to the leader and returns its result.
+    pub async fn forward(
+        &self,
+        leader: &MemberNode,
+        req: InternalRequest,
+        timeout: Duration,
+    ) -> Result<InternalResponse, ServerError> {
+        let mut client = self.client(leader)?;
+        let mut request = tonic::Request::new(req);
+        request.set_timeout(timeout);
+        let resp = client
+            .forward(request)
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        match resp.result {
+            Some(forward_response::Result::Response(r)) => Ok(r),
+            Some(forward_response::Result::Error(e)) => {
+                Err(ServerError::from_wire(e.code, e.message))
+            }
+            None => Err(ServerError::Internal("empty forward response".into())),
+        }
+    }
+
+    /// Asks the leader for a read index.
+    pub async fn read_index(
+        &self,
+        leader: &MemberNode,
+        timeout: Duration,
+    ) -> Result<u64, ServerError> {
+        let mut client = self.client(leader)?;
+        let mut request = tonic::Request::new(ReadIndexRequest {});
+        request.set_timeout(timeout);
+        Ok(client
+            .read_index(request)
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .index)
+    }
+
+    pub async fn lease_renew(
+        &self,
+        leader: &MemberNode,
+        id: i64,
+        timeout: Duration,
+    ) -> Result<LeaseKeepAliveResponse, ServerError> {
+        let mut client = self.client(leader)?;
+        let mut request = tonic::Request::new(LeaseKeepAliveRequest { id });
+        request.set_timeout(timeout);
+        Ok(client
+            .lease_renew(request)
+            .await
+            .map_err(status_error)?
+            .into_inner())
+    }
+}
+
+impl Peers {
+    pub async fn lease_time_to_live(
+        &self,
+        leader: &MemberNode,
+        req: LeaseTimeToLiveRequest,
+        timeout: Duration,
+    ) -> Result<LeaseTimeToLiveResponse, ServerError> {
+        let mut client = self.client(leader)?;
+        let mut request = tonic::Request::new(req);
+        request.set_timeout(timeout);
+        Ok(client
+            .lease_time_to_live(request)
+            .await
+            .map_err(status_error)?
+            .into_inner())
+    }
+}
+
+/// A failed call to a peer, as the client of this member should see it.
+fn status_error(s: tonic::Status) -> ServerError {
+    match s.code() {
+        tonic::Code::Unavailable => ServerError::Unreachable,
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ServerError::Timeout,
+        code => ServerError::from_wire(code as i32, s.message().to_string()),
+    }
+}
+
+/// openraft's network factory.
+#[derive(Clone, Default)]
+pub struct Network {
+    pub peers: Peers,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: u64, node: &MemberNode) -> PeerConnection {
+        PeerConnection {
+            target,
+            node: node.clone(),
+            peers: self.peers.clone(),
+        }
+    }
+}
+
+/// openraft's connection to one peer.
+pub struct PeerConnection {
+    target: u64,
+    node: MemberNode,
+    peers: Peers,
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: Rpc,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<u64, MemberNode, RaftError<u64, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let mut client = self
+            .peers
+            .client(&self.node)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let mut request = tonic::Request::new(RaftPayload { data: encode(req) });
+        request.set_timeout(option.hard_ttl());
+        let reply = match rpc {
+            Rpc::AppendEntries => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::InstallSnapshot => client.install_snapshot(request).await,
+        };
+        let reply = reply.map_err(|s| match s.code() {
+            // Not reachable now: openraft backs off before trying this peer again.
+            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&s)),
+            _ => RPCError::Network(NetworkError::new(&s)),
+        })?;
+        let result: Result<Resp, RaftError<u64, E>> = decode(&reply.into_inner().data)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, MemberNode, RaftError<u64>>> {
+        self.call(Rpc::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, MemberNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        self.call(Rpc::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, MemberNode, RaftError<u64>>> {
+        self.call(Rpc::Vote, &rpc, &option).await
+    }
+}

@@ -1,0 +1,170 @@
+//! openraft's state machine: feeds committed log entries to [`crate::state_machine::StateMachine`]
+//! and keeps what openraft must know about them (the last applied log id and the membership)
+//! in the same RocksDB batch as the data, under the state machine's `meta` rows:
+//!
+//! | meta key          | value (bincode 2, standard)                      |
+//! |-------------------|--------------------------------------------------|
+//! | `raft_applied`    | `Option<openraft::LogId<u64>>`                   |
+//! | `raft_membership` | `openraft::StoredMembership<u64, MemberNode>`    |
+//!
+//! Snapshots (log compaction and InstallSnapshot) are not produced yet: the node runs with
+//! `SnapshotPolicy::Never`, so the log is never purged and a member that falls behind catches
+//! up by replaying it.
+
+use std::sync::Arc;
+
+use openraft::storage::{RaftSnapshotBuilder, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
+};
+use prost::Message;
+use proto::raftkvpb::InternalRequest;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::types::{MemberNode, Request, Response, TypeConfig};
+use crate::error::ServerError;
+use crate::state_machine::{ApplyResult, StateMachine};
+
+const KEY_APPLIED: &[u8] = b"raft_applied";
+const KEY_MEMBERSHIP: &[u8] = b"raft_membership";
+
+type StorageResult<T> = Result<T, StorageError<u64>>;
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard())
+        .expect("openraft types always encode")
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map(|(v, _)| v)
+}
+
+fn io_error(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// What an applied entry answers the proposer.
+pub fn to_response(res: Option<ApplyResult>) -> Response {
+    Response {
+        result: res.map(|r| {
+            r.map(|ok| ok.encode_to_vec())
+                .map_err(|e| (e.code() as i32, e.to_string()))
+        }),
+    }
+}
+
+/// The inverse of [`to_response`], on the proposer's side.
+pub fn from_response(resp: Response) -> Result<proto::raftkvpb::InternalResponse, ServerError> {
+    match resp.result {
+        Some(Ok(bytes)) => proto::raftkvpb::InternalResponse::decode(bytes.as_slice())
+            .map_err(|e| ServerError::Internal(format!("undecodable apply result: {e}"))),
+        Some(Err((code, message))) => Err(ServerError::from_wire(code, message)),
+        None => Err(ServerError::Internal("entry carried no request".into())),
+    }
+}
+
+/// The openraft-facing state machine; cheap to clone (it shares the store).
+#[derive(Clone)]
+pub struct RaftStateMachine {
+    sm: Arc<StateMachine>,
+}
+
+impl RaftStateMachine {
+    pub fn new(sm: Arc<StateMachine>) -> Self {
+        Self { sm }
+    }
+
+    fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, std::io::Error> {
+        let raw = self.sm.backend().get_meta_raw(key).map_err(io_error)?;
+        raw.map(|b| decode(&b)).transpose().map_err(io_error)
+    }
+}
+
+impl openraft::storage::RaftStateMachine<TypeConfig> for RaftStateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<u64>>, StoredMembership<u64, MemberNode>)> {
+        let read = |e: std::io::Error| StorageIOError::read_state_machine(&e);
+        let applied: Option<Option<LogId<u64>>> = self.read_meta(KEY_APPLIED).map_err(read)?;
+        let membership: Option<StoredMembership<u64, MemberNode>> =
+            self.read_meta(KEY_MEMBERSHIP).map_err(read)?;
+        Ok((applied.flatten(), membership.unwrap_or_default()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Response>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch: Vec<(u64, Option<InternalRequest>)> = Vec::new();
+        let mut last = None;
+        let mut membership = None;
+        for entry in entries {
+            last = Some(entry.log_id);
+            let request = match entry.payload {
+                EntryPayload::Blank => None,
+                EntryPayload::Normal(Request(r)) => Some(r),
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                    None
+                }
+            };
+            batch.push((entry.log_id.index, request));
+        }
+        let Some(last) = last else {
+            return Ok(Vec::new());
+        };
+        let mut consensus: Vec<(&[u8], Vec<u8>)> = vec![(KEY_APPLIED, encode(&Some(last)))];
+        if let Some(m) = membership {
+            consensus.push((KEY_MEMBERSHIP, encode(&m)));
+        }
+        let sm = self.sm.clone();
+        let results = tokio::task::spawn_blocking(move || sm.apply_batch(batch, &consensus))
+            .await
+            .map_err(|e| StorageIOError::apply(last, &io_error(e)))?
+            .map_err(|e| StorageIOError::apply(last, &io_error(e)))?;
+        Ok(results.into_iter().map(to_response).collect())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<std::io::Cursor<Vec<u8>>>> {
+        Err(StorageIOError::write_snapshot(
+            None,
+            &io_error("raftkv does not install Raft snapshots yet"),
+        )
+        .into())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, MemberNode>,
+        _snapshot: Box<std::io::Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        Err(StorageIOError::write_snapshot(
+            Some(meta.signature()),
+            &io_error("raftkv does not install Raft snapshots yet"),
+        )
+        .into())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        Ok(None)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for RaftStateMachine {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        Err(StorageIOError::write_snapshot(
+            None,
+            &io_error("raftkv does not build Raft snapshots yet"),
+        )
+        .into())
+    }
+}
