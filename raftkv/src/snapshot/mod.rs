@@ -292,9 +292,9 @@ pub fn restore(
     match import(&reader, &partial) {
         Ok(restored) => {
             fs::rename(&partial, dir)?;
-            if let Some(parent) = dir.parent() {
-                File::open(parent)?.sync_all()?;
-            }
+            // The rename is durable once the directory holding it is synced.
+            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+            File::open(parent.unwrap_or(Path::new(".")))?.sync_all()?;
             Ok(restored)
         }
         Err(e) => {
