@@ -40,11 +40,15 @@ enum Command {
 
 #[derive(Subcommand)]
 enum SnapshotAction {
-    /// Restores a snapshot into a new data directory.
+    /// Restores a snapshot (raftkv's or etcd's) into a new data directory.
     Restore {
         file: PathBuf,
         #[arg(long)]
         data_dir: PathBuf,
+        /// Accept a file without the trailing sha256, e.g. an etcd member's `member/snap/db`
+        /// (etcdctl's flag of the same name).
+        #[arg(long)]
+        skip_hash_check: bool,
     },
 }
 
@@ -63,22 +67,41 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Snapshot {
-            action: SnapshotAction::Restore { file, data_dir },
-        }) => restore(&file, &data_dir),
+            action:
+                SnapshotAction::Restore {
+                    file,
+                    data_dir,
+                    skip_hash_check,
+                },
+        }) => restore(&file, &data_dir, skip_hash_check),
         None => tokio::runtime::Runtime::new()?.block_on(serve(cli.server)),
     }
 }
 
-fn restore(file: &std::path::Path, data_dir: &std::path::Path) -> Result<()> {
+fn restore(
+    file: &std::path::Path,
+    data_dir: &std::path::Path,
+    skip_hash_check: bool,
+) -> Result<()> {
     let dir = kv_dir(data_dir);
     if dir.exists() {
         bail!("data dir {} already holds a store", data_dir.display());
     }
-    let f = std::fs::File::open(file).with_context(|| format!("open {}", file.display()))?;
-    raftkv::snapshot::unpack(std::io::BufReader::new(f), &dir)?;
+    std::fs::create_dir_all(data_dir.join("member"))
+        .with_context(|| format!("create {}", data_dir.display()))?;
+    let restored = raftkv::snapshot::restore(file, &dir, skip_hash_check)
+        .with_context(|| format!("restore {}", file.display()))?;
     // Prove the restored store opens before reporting success.
     Backend::open(&dir).context("restored store does not open")?;
-    eprintln!("restored {} into {}", file.display(), data_dir.display());
+    eprintln!(
+        "restored {} into {}: revision {}, {} key rows, {} leases, {} alarms",
+        file.display(),
+        data_dir.display(),
+        restored.revision,
+        restored.kv_rows,
+        restored.leases,
+        restored.alarms
+    );
     Ok(())
 }
 

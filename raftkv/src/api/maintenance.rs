@@ -1,5 +1,6 @@
 //! The Maintenance service: status, alarms, hashes, defragmentation and snapshots.
 
+use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -7,10 +8,12 @@ use futures::Stream;
 use proto::etcdserverpb::{
     maintenance_server::Maintenance, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest,
     DefragmentResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
-    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
-    StatusResponse,
+    MoveLeaderRequest, MoveLeaderResponse, ResponseHeader, SnapshotRequest, SnapshotResponse,
+    StatusRequest, StatusResponse,
 };
 use proto::raftkvpb::internal_request::Request as Rq;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::expect_response;
@@ -22,11 +25,50 @@ pub struct MaintenanceService(pub Arc<EtcdServer>);
 
 /// Bytes per streamed snapshot chunk (etcd uses 32 KiB).
 const SNAPSHOT_CHUNK: usize = 32 * 1024;
+/// Chunks read ahead of the client.
+const SNAPSHOT_QUEUE: usize = 4;
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
 fn storage(e: impl std::fmt::Display) -> Status {
     Status::internal(format!("raftkv: {e}"))
+}
+
+/// Reads the saved database chunk by chunk into the response stream, then sends the digest.
+/// Stops early when the client goes away (the send fails); the temporary file goes with `saved`.
+fn send_snapshot(
+    saved: crate::snapshot::Saved,
+    header: Option<ResponseHeader>,
+    tx: &mpsc::Sender<Result<SnapshotResponse, Status>>,
+) {
+    let crate::snapshot::Saved {
+        mut file,
+        db_len,
+        sha256,
+    } = saved;
+    let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+    let mut sent = 0u64;
+    while sent < db_len {
+        let n = (db_len - sent).min(SNAPSHOT_CHUNK as u64) as usize;
+        let msg = file.read_exact(&mut buf[..n]).map_err(storage).map(|()| {
+            sent += n as u64;
+            SnapshotResponse {
+                header,
+                remaining_bytes: db_len - sent,
+                blob: buf[..n].to_vec(),
+            }
+        });
+        let failed = msg.is_err();
+        if tx.blocking_send(msg).is_err() || failed {
+            return;
+        }
+    }
+    // A client that left after the last chunk does not care about the digest either.
+    let _ = tx.blocking_send(Ok(SnapshotResponse {
+        header,
+        remaining_bytes: 0,
+        blob: sha256.to_vec(),
+    }));
 }
 
 #[tonic::async_trait]
@@ -121,44 +163,37 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = SnapshotStream;
 
+    /// Streams the snapshot like etcd: the database in chunks, then its SHA-256 as a last
+    /// message. The database is written to a temporary file first and read back chunk by chunk,
+    /// so memory stays bounded whatever the store's size.
     async fn snapshot(
         &self,
         _: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
         let server = self.0.clone();
-        let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, Status> {
-            let parent = server
-                .sm
-                .backend()
+        let saved = tokio::task::spawn_blocking(move || {
+            let backend = server.sm.backend();
+            let tmp_dir = backend
                 .path()
                 .parent()
                 .map(|p| p.to_path_buf())
                 .unwrap_or_default();
-            let tmp = tempfile::Builder::new()
-                .prefix("snapshot-")
-                .tempdir_in(parent)
-                .map_err(storage)?;
-            let dir = tmp.path().join("db");
-            server.sm.backend().checkpoint(&dir).map_err(storage)?;
-            crate::snapshot::pack(&dir).map_err(storage)
+            let id = &server.identity;
+            let member = crate::snapshot::Member {
+                id: id.member_id,
+                name: &id.name,
+                peer_urls: &id.peer_urls,
+                client_urls: &id.client_urls,
+            };
+            crate::snapshot::save(backend, &member, &tmp_dir)
         })
         .await
-        .map_err(storage)??;
+        .map_err(storage)?
+        .map_err(storage)?;
         let header = self.0.header(0);
-        let total = data.len();
-        let chunks: Vec<Result<SnapshotResponse, Status>> = data
-            .chunks(SNAPSHOT_CHUNK)
-            .enumerate()
-            .map(|(i, c)| {
-                let sent = (i * SNAPSHOT_CHUNK + c.len()) as u64;
-                Ok(SnapshotResponse {
-                    header,
-                    remaining_bytes: total as u64 - sent,
-                    blob: c.to_vec(),
-                })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_QUEUE);
+        tokio::task::spawn_blocking(move || send_snapshot(saved, header, &tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn move_leader(

@@ -13,6 +13,9 @@
 //!
 //! Every applied log entry lands in one [`Batch`] together with `consistent_index`, so after a
 //! crash the store is exactly the state after some whole entry, and the log resumes after it.
+//!
+//! Snapshots read the rows through [`Export`], a RocksDB snapshot of all of them, and restores
+//! write them back with the `*_raw` batch operations.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -146,6 +149,21 @@ impl Batch {
     pub fn delete_alarm(&mut self, member: u64, alarm: i32) {
         self.ops
             .push(BatchOp::Delete(CF_META, alarm_key(member, alarm)));
+    }
+
+    /// Puts a `kv` row as given (restore: the bytes are already etcd's row format, and keeping
+    /// them exact keeps `HashKV` equal to the source's). Not visible to [`Batch::pending_kv`].
+    pub fn put_kv_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(BatchOp::Put(CF_KV, key, value));
+    }
+
+    /// Puts a `lease` row as given (restore).
+    pub fn put_lease_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(BatchOp::Put(CF_LEASE, key, value));
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
     }
 
     pub fn pending_kv(&self, rev: Revision) -> Option<&KeyValue> {
@@ -285,12 +303,7 @@ impl Backend {
             let Some(rest) = k.strip_prefix(META_ALARM_PREFIX) else {
                 break;
             };
-            if rest.len() != 12 {
-                return Err(corrupt(CF_META, "alarm key"));
-            }
-            let member = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
-            let alarm = i32::from_be_bytes(rest[8..].try_into().expect("4 bytes"));
-            out.push((member, alarm));
+            out.push(decode_alarm(rest)?);
         }
         Ok(out)
     }
@@ -389,11 +402,83 @@ impl Backend {
         Ok(())
     }
 
-    /// Makes a consistent on-disk copy (hard links where possible) in `dir`, which must not exist.
-    pub fn checkpoint(&self, dir: &Path) -> Result<(), BackendError> {
-        rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
+    /// A consistent point-in-time view of every row, for snapshots.
+    pub fn export(&self) -> Export<'_> {
+        Export {
+            backend: self,
+            snap: self.db.snapshot(),
+        }
+    }
+}
+
+/// Rows as of one moment (a RocksDB snapshot), whatever is applied meanwhile.
+pub struct Export<'a> {
+    backend: &'a Backend,
+    snap: rocksdb::Snapshot<'a>,
+}
+
+impl Export<'_> {
+    fn for_each_raw<E: From<BackendError>>(
+        &self,
+        cf: &'static str,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for item in self
+            .snap
+            .iterator_cf(self.backend.cf(cf), IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(BackendError::from)?;
+            f(&k, &v)?;
+        }
         Ok(())
     }
+
+    /// Every `kv` row in revision order, as stored: revision bytes, `mvccpb.KeyValue` bytes.
+    pub fn for_each_kv<E: From<BackendError>>(
+        &self,
+        f: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.for_each_raw(CF_KV, f)
+    }
+
+    /// Every `lease` row in ID order, as stored: ID bytes, `leasepb.Lease` bytes.
+    pub fn for_each_lease<E: From<BackendError>>(
+        &self,
+        f: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.for_each_raw(CF_LEASE, f)
+    }
+
+    /// A `meta` value as stored (one of the `META_*` names).
+    pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        Ok(self.snap.get_cf(self.backend.cf(CF_META), key)?)
+    }
+
+    /// Active alarms as (member, alarm type).
+    pub fn alarms(&self) -> Result<Vec<(u64, i32)>, BackendError> {
+        let mut out = Vec::new();
+        let it = self.snap.iterator_cf(
+            self.backend.cf(CF_META),
+            IteratorMode::From(META_ALARM_PREFIX, Direction::Forward),
+        );
+        for item in it {
+            let (k, _) = item?;
+            let Some(rest) = k.strip_prefix(META_ALARM_PREFIX) else {
+                break;
+            };
+            out.push(decode_alarm(rest)?);
+        }
+        Ok(out)
+    }
+}
+
+fn decode_alarm(rest: &[u8]) -> Result<(u64, i32), BackendError> {
+    let key: [u8; 12] = rest.try_into().map_err(|_| corrupt(CF_META, "alarm key"))?;
+    let mut member = [0u8; 8];
+    member.copy_from_slice(&key[..8]);
+    let mut alarm = [0u8; 4];
+    alarm.copy_from_slice(&key[8..]);
+    Ok((u64::from_be_bytes(member), i32::from_be_bytes(alarm)))
 }
 
 #[cfg(test)]

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use etcd_client::Client;
 
+/// The `--name` of every spawned server.
+pub const MEMBER_NAME: &str = "diff";
+
 /// Which server binary to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavor {
@@ -24,7 +27,7 @@ pub enum Flavor {
 }
 
 impl Flavor {
-    fn program(self) -> PathBuf {
+    pub fn program(self) -> PathBuf {
         match self {
             // The image installs etcd 3.4.23 there; the reference must not silently be some
             // other etcd found on PATH.
@@ -67,8 +70,19 @@ impl Server {
     /// Spawns `flavor` serving clients on a fresh port, storing its data in `data_dir` and
     /// its combined stdout/stderr in `log_path`.
     pub fn spawn(flavor: Flavor, data_dir: &Path, log_path: &Path) -> Server {
-        let endpoint = format!("http://127.0.0.1:{}", free_port());
         let peer_url = format!("http://127.0.0.1:{}", free_port());
+        Self::spawn_with_peer_url(flavor, data_dir, log_path, peer_url)
+    }
+
+    /// [`Server::spawn`] with a given peer URL: a data dir made by `etcdctl snapshot restore`
+    /// must be served with the member name ([`MEMBER_NAME`]) and peer URL the restore was told.
+    pub fn spawn_with_peer_url(
+        flavor: Flavor,
+        data_dir: &Path,
+        log_path: &Path,
+        peer_url: String,
+    ) -> Server {
+        let endpoint = format!("http://127.0.0.1:{}", free_port());
         let child = spawn_child(flavor, data_dir, &endpoint, &peer_url, log_path);
         Server {
             flavor,
@@ -186,7 +200,7 @@ fn spawn_child(
     // peer flags (and ignore them), so a deployment script written for etcd works as is.
     Command::new(flavor.program())
         .arg("--name")
-        .arg("diff")
+        .arg(MEMBER_NAME)
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--listen-client-urls")
@@ -198,7 +212,7 @@ fn spawn_child(
         .arg("--initial-advertise-peer-urls")
         .arg(peer_url)
         .arg("--initial-cluster")
-        .arg(format!("diff={peer_url}"))
+        .arg(format!("{MEMBER_NAME}={peer_url}"))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err)
