@@ -450,7 +450,7 @@ mod tests {
         batch.put_meta_u64(META_CONSISTENT_INDEX, 42);
         batch.put_alarm(9, 1);
         b.write(batch, true).unwrap();
-        b.put_meta_u64_now(crate::mvcc::backend::META_TERM, 7)
+        b.put_meta_u64_now(crate::mvcc::backend::META_MEMBER_ID, 7)
             .unwrap();
         b
     }
@@ -595,7 +595,8 @@ mod tests {
             Some(RESTORED_CONSISTENT_INDEX)
         );
         assert_eq!(
-            back.get_meta_u64(crate::mvcc::backend::META_TERM).unwrap(),
+            back.get_meta_u64(crate::mvcc::backend::META_MEMBER_ID)
+                .unwrap(),
             None,
             "a restored store gets a new identity"
         );
