@@ -38,6 +38,14 @@ pub enum ServerError {
     Stopped,
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    #[error("etcdserver: member ID already exist")]
+    MemberExists,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
     #[error("etcdserver: request timed out")]
     Timeout,
     #[error("etcdserver: no leader")]
@@ -57,7 +65,7 @@ pub enum ServerError {
 }
 
 /// Errors whose message identifies them, for [`ServerError::from_wire`].
-fn known() -> [ServerError; 19] {
+fn known() -> [ServerError; 23] {
     use ServerError::*;
     [
         EmptyKey,
@@ -79,6 +87,10 @@ fn known() -> [ServerError; 19] {
         NoLeader,
         NotLeader,
         Unreachable,
+        MemberExists,
+        PeerUrlExists,
+        MemberNotLearner,
+        LearnerNotReady,
     ]
 }
 
@@ -122,7 +134,8 @@ impl ServerError {
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             NoSpace => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            LeaseExists | NotLeader => Code::FailedPrecondition,
+            LeaseExists | NotLeader | MemberExists | PeerUrlExists | MemberNotLearner
+            | LearnerNotReady => Code::FailedPrecondition,
             Stopped | Timeout | NoLeader | Unreachable => Code::Unavailable,
             Storage(_) | Internal(_) => Code::Internal,
             Remote { code, .. } => *code,

@@ -10,8 +10,11 @@ use proto::raftkvpb::raft_server::RaftServer;
 use raftkv::clock::SystemClock;
 use raftkv::config::{resolve, ServerArgs};
 use raftkv::listener::ClientListener;
+use raftkv::mvcc::backend::META_CLUSTER_ID;
 use raftkv::mvcc::Backend;
+use raftkv::raft::network::Peers;
 use raftkv::raft::service::PeerService;
+use raftkv::raft::MemberNode;
 use raftkv::server::{EtcdServer, Identity, InitialCluster, Limits, Options};
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
@@ -105,6 +108,34 @@ fn restore(
     Ok(())
 }
 
+/// Asks the other members of `--initial-cluster` for the cluster ID (etcd's
+/// `GetClusterFromRemotePeers`), for a member joining with `--initial-cluster-state existing`.
+async fn fetch_cluster_id(cluster: &InitialCluster, me: &str) -> Result<u64> {
+    let peers = Peers::default();
+    let others: Vec<MemberNode> = cluster
+        .members
+        .iter()
+        .filter(|(name, _)| name != me)
+        .map(|(name, peer_urls)| MemberNode {
+            name: name.clone(),
+            peer_urls: peer_urls.clone(),
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        for peer in &others {
+            match peers.cluster_id(peer, Duration::from_secs(2)).await {
+                Ok(id) => return Ok(id),
+                Err(e) => tracing::debug!(peer = %peer, error = %e, "asking for the cluster ID"),
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("could not reach any member of --initial-cluster to join it");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 async fn serve(args: ServerArgs) -> Result<()> {
     let data_dir = args.data_dir();
     let dir = kv_dir(&data_dir);
@@ -112,18 +143,24 @@ async fn serve(args: ServerArgs) -> Result<()> {
     let backend =
         Backend::open(&dir).with_context(|| format!("open store in {}", dir.display()))?;
     let initial_cluster = InitialCluster::parse(&args.initial_cluster)?;
+    let new_cluster = match args.initial_cluster_state.as_str() {
+        "new" => true,
+        "existing" => false,
+        other => bail!("invalid --initial-cluster-state {other:?}: expected new or existing"),
+    };
+    let joined_cluster_id = if new_cluster || backend.get_meta_u64(META_CLUSTER_ID)?.is_some() {
+        None
+    } else {
+        Some(fetch_cluster_id(&initial_cluster, &args.name).await?)
+    };
     let identity = Identity::resolve(
         &backend,
         &args.name,
         &initial_cluster,
         args.advertise_client_urls.clone(),
         &args.initial_cluster_token,
+        joined_cluster_id,
     )?;
-    let new_cluster = match args.initial_cluster_state.as_str() {
-        "new" => true,
-        "existing" => false,
-        other => bail!("invalid --initial-cluster-state {other:?}: expected new or existing"),
-    };
     let opts = Options {
         identity,
         initial_cluster,

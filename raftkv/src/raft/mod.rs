@@ -3,6 +3,7 @@
 //! consensus and MVCC storage share no keys and no locks.
 
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod service;
 pub mod state_machine;

@@ -20,12 +20,14 @@ use proto::etcdserverpb::{
 };
 use proto::raftkvpb::raft_client::RaftClient;
 use proto::raftkvpb::{
-    forward_response, InternalRequest, InternalResponse, RaftPayload, ReadIndexRequest,
+    forward_response, ClusterInfoRequest, InternalRequest, InternalResponse, RaftPayload,
+    ReadIndexRequest,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use super::membership::Change;
 use super::types::{MemberNode, TypeConfig};
 use crate::error::ServerError;
 
@@ -144,6 +146,47 @@ impl Peers {
             .await
             .map_err(status_error)?
             .into_inner())
+    }
+}
+
+impl Peers {
+    /// Has the leader carry out a membership change.
+    pub async fn change_membership(
+        &self,
+        leader: &MemberNode,
+        change: &Change,
+        timeout: Duration,
+    ) -> Result<(), ServerError> {
+        let mut client = self.client(leader)?;
+        let mut request = tonic::Request::new(RaftPayload {
+            data: encode(change),
+        });
+        request.set_timeout(timeout);
+        let reply = client
+            .change_membership(request)
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let result: Result<(), (i32, String)> = decode(&reply.data)
+            .map_err(|e| ServerError::Internal(format!("undecodable membership reply: {e}")))?;
+        result.map_err(|(code, message)| ServerError::from_wire(code, message))
+    }
+
+    /// The cluster ID a running member reports (for a member joining an existing cluster).
+    pub async fn cluster_id(
+        &self,
+        peer: &MemberNode,
+        timeout: Duration,
+    ) -> Result<u64, ServerError> {
+        let mut client = self.client(peer)?;
+        let mut request = tonic::Request::new(ClusterInfoRequest {});
+        request.set_timeout(timeout);
+        Ok(client
+            .cluster_info(request)
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .cluster_id)
     }
 }
 

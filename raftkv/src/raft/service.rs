@@ -10,13 +10,14 @@ use proto::etcdserverpb::{
 };
 use proto::raftkvpb::raft_server;
 use proto::raftkvpb::{
-    forward_response, ForwardError, ForwardResponse, InternalRequest, InternalResponse,
-    RaftPayload, ReadIndexRequest, ReadIndexResponse,
+    forward_response, ClusterInfoRequest, ClusterInfoResponse, ForwardError, ForwardResponse,
+    InternalRequest, InternalResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use super::membership::Change;
 use super::types::TypeConfig;
 use crate::error::ServerError;
 
@@ -37,6 +38,9 @@ pub trait PeerHandler: Send + Sync + 'static {
         &self,
         req: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, ServerError>;
+    /// Carries out a membership change; fails if this member does not lead.
+    async fn change_membership(&self, change: Change) -> Result<(), ServerError>;
+    fn cluster_id(&self) -> u64;
 }
 
 pub struct PeerService<H>(pub Arc<H>);
@@ -114,5 +118,27 @@ impl<H: PeerHandler> raft_server::Raft for PeerService<H> {
         Ok(Response::new(
             self.0.lease_time_to_live(req.into_inner()).await?,
         ))
+    }
+
+    async fn change_membership(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let change: Change = decode(req.into_inner())?;
+        let result = self
+            .0
+            .change_membership(change)
+            .await
+            .map_err(|e| (e.code() as i32, e.to_string()));
+        Ok(encode(&result))
+    }
+
+    async fn cluster_info(
+        &self,
+        _: Request<ClusterInfoRequest>,
+    ) -> Result<Response<ClusterInfoResponse>, Status> {
+        Ok(Response::new(ClusterInfoResponse {
+            cluster_id: self.0.cluster_id(),
+        }))
     }
 }

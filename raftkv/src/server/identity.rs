@@ -83,16 +83,20 @@ pub struct Identity {
     pub cluster_id: u64,
     pub peer_urls: Vec<String>,
     pub client_urls: Vec<String>,
+    /// `--initial-cluster-token`: part of every member ID, so `member add` needs it too.
+    pub token: String,
 }
 
 impl Identity {
     /// This member's identity: persisted IDs if any, else derived from the initial cluster.
+    /// A member joining a running cluster passes the cluster ID it learned from a peer.
     pub fn resolve(
         backend: &Backend,
         name: &str,
         cluster: &InitialCluster,
         client_urls: Vec<String>,
         token: &str,
+        joined_cluster_id: Option<u64>,
     ) -> Result<Self, IdentityError> {
         let ids = cluster.ids(token);
         let (derived_id, _, peer_urls) = ids
@@ -111,7 +115,7 @@ impl Identity {
             Some(id) => id,
             None => {
                 let all: Vec<u64> = ids.iter().map(|(id, _, _)| *id).collect();
-                let id = cluster_id(&all, token);
+                let id = joined_cluster_id.unwrap_or_else(|| cluster_id(&all, token));
                 backend.put_meta_u64_now(META_CLUSTER_ID, id)?;
                 id
             }
@@ -122,6 +126,7 @@ impl Identity {
             cluster_id,
             peer_urls,
             client_urls,
+            token: token.to_string(),
         })
     }
 }

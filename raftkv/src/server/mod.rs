@@ -29,6 +29,7 @@ use crate::error::ServerError;
 use crate::lease::LeaseError;
 use crate::metrics::Metrics;
 use crate::mvcc::Backend;
+use crate::raft::membership::{self, Change};
 use crate::raft::network::{Network, Peers};
 use crate::raft::service::PeerHandler;
 use crate::raft::state_machine::{from_response, RaftStateMachine};
@@ -226,16 +227,16 @@ impl EtcdServer {
         let attrs = self.sm.backend().member_attrs()?;
         Ok(membership
             .nodes()
-            .map(|(id, node)| MemberInfo {
-                id: *id,
-                name: node.name.clone(),
-                peer_urls: node.peer_urls.clone(),
-                client_urls: attrs
-                    .iter()
-                    .find(|a| a.id == *id)
-                    .map(|a| a.client_urls.clone())
-                    .unwrap_or_default(),
-                is_learner: !voters.contains(id),
+            .map(|(id, node)| {
+                let published = attrs.iter().find(|a| a.id == *id);
+                MemberInfo {
+                    id: *id,
+                    // A member added by `member add` has no name until it starts and publishes.
+                    name: published.map_or_else(|| node.name.clone(), |a| a.name.clone()),
+                    peer_urls: node.peer_urls.clone(),
+                    client_urls: published.map(|a| a.client_urls.clone()).unwrap_or_default(),
+                    is_learner: !voters.contains(id),
+                }
             })
             .collect())
     }
@@ -386,6 +387,30 @@ impl EtcdServer {
                     .await
             }
             _ => self.renew_locally(id),
+        }
+    }
+
+    /// Carries out a membership change on the leader, wherever it is.
+    pub async fn change_membership(&self, change: Change) -> Result<(), ServerError> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ServerError::Timeout);
+            }
+            let res = match self.leader_node() {
+                Some((id, _)) if id == self.identity.member_id => {
+                    membership::apply(&self.raft, change.clone()).await
+                }
+                Some((_, node)) => self.peers.change_membership(&node, &change, left).await,
+                None => Err(ServerError::NoLeader),
+            };
+            match res {
+                Err(ServerError::NotLeader | ServerError::NoLeader | ServerError::Unreachable) => {
+                    tokio::time::sleep(LEADER_POLL).await
+                }
+                other => return other,
+            }
         }
     }
 
@@ -617,5 +642,16 @@ impl PeerHandler for EtcdServer {
             return Err(ServerError::NotLeader);
         }
         Ok(self.time_to_live_locally(&req))
+    }
+
+    async fn change_membership(&self, change: Change) -> Result<(), ServerError> {
+        if self.raft.metrics().borrow().state != ServerState::Leader {
+            return Err(ServerError::NotLeader);
+        }
+        membership::apply(&self.raft, change).await
+    }
+
+    fn cluster_id(&self) -> u64 {
+        self.identity.cluster_id
     }
 }
