@@ -53,14 +53,15 @@ pub async fn apply(raft: &Raft<TypeConfig>, change: Change) -> Result<(), Server
     let exists = |id: &u64| membership.get_node(id).is_some();
     match change {
         Change::Add { id, node, learner } => {
-            if exists(&id) {
-                return Err(ServerError::MemberExists);
-            }
+            // Peer URLs first: IDs derive from them, so a reused URL is what the user did.
             if membership
                 .nodes()
                 .any(|(_, n)| n.peer_urls.iter().any(|u| node.peer_urls.contains(u)))
             {
                 return Err(ServerError::PeerUrlExists);
+            }
+            if exists(&id) {
+                return Err(ServerError::MemberExists);
             }
             // Not blocking: the new member usually starts only after it has been added.
             raft.add_learner(id, node, false)
