@@ -170,6 +170,7 @@ async fn serve(args: ServerArgs) -> Result<()> {
         heartbeat: Duration::from_millis(args.heartbeat_interval),
         election_timeout: Duration::from_millis(args.election_timeout),
         min_lease_ttl: args.min_lease_ttl()?,
+        snapshot_count: args.snapshot_count,
         limits: Limits {
             max_txn_ops: args.max_txn_ops,
             max_request_bytes: args.max_request_bytes,

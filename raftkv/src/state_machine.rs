@@ -42,10 +42,16 @@ pub struct State {
 
 pub type ApplyResult = Result<InternalResponse, ServerError>;
 
+/// A store dump and the meta values asked for alongside it: see [`StateMachine::dump`].
+pub type Dump = (Vec<u8>, Vec<Option<Vec<u8>>>);
+
 pub struct StateMachine {
     backend: Backend,
     state: RwLock<State>,
     hub: WatchHub,
+    /// Kept to rebuild the lessor when a snapshot replaces the store.
+    min_lease_ttl: i64,
+    clock: Arc<dyn Clock>,
 }
 
 /// A read-only view the request logic runs against: the committed store, or a write txn in
@@ -105,21 +111,54 @@ impl StateMachine {
         min_lease_ttl: i64,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ServerError> {
-        let restored = MvccState::restore(&backend)?;
-        let mut lessor = Lessor::new(min_lease_ttl, clock);
-        lessor.restore(backend.leases()?, restored.key_leases);
-        let applied_index = backend.get_meta_u64(META_CONSISTENT_INDEX)?.unwrap_or(0);
-        let alarms = backend.alarms()?.into_iter().collect();
+        let state = Self::load(&backend, min_lease_ttl, &clock)?;
         Ok(Self {
             backend,
-            state: RwLock::new(State {
-                mvcc: restored.state,
-                lessor,
-                applied_index,
-                alarms,
-            }),
+            state: RwLock::new(state),
             hub: WatchHub::default(),
+            min_lease_ttl,
+            clock,
         })
+    }
+
+    /// Rebuilds everything held in memory from what the backend stores.
+    fn load(
+        backend: &Backend,
+        min_lease_ttl: i64,
+        clock: &Arc<dyn Clock>,
+    ) -> Result<State, ServerError> {
+        let restored = MvccState::restore(backend)?;
+        let mut lessor = Lessor::new(min_lease_ttl, clock.clone());
+        lessor.restore(backend.leases()?, restored.key_leases);
+        Ok(State {
+            mvcc: restored.state,
+            lessor,
+            applied_index: backend.get_meta_u64(META_CONSISTENT_INDEX)?.unwrap_or(0),
+            alarms: backend.alarms()?.into_iter().collect(),
+        })
+    }
+
+    /// The whole store as one consistent dump (a Raft snapshot), with the values of the
+    /// given meta rows as of the same moment (the consensus state the dump covers).
+    pub fn dump(&self, meta_keys: &[&[u8]]) -> Result<Dump, BackendError> {
+        // The read lock keeps an apply from being half visible in the RocksDB snapshot.
+        let _st = self.read();
+        let export = self.backend.export();
+        let meta = meta_keys
+            .iter()
+            .map(|k| export.meta(k))
+            .collect::<Result<_, _>>()?;
+        Ok((export.dump()?, meta))
+    }
+
+    /// Replaces the whole store with a dump (a Raft snapshot being installed) and reloads
+    /// memory from it. Watchers catch up from the new store, as if they had fallen behind.
+    pub fn install(&self, dump: &[u8]) -> Result<(), ServerError> {
+        let mut st = self.write();
+        self.backend.replace_all(dump)?;
+        *st = Self::load(&self.backend, self.min_lease_ttl, &self.clock)?;
+        self.hub.resync_all();
+        Ok(())
     }
 
     pub fn backend(&self) -> &Backend {

@@ -182,6 +182,14 @@ fn alarm_key(member: u64, alarm: i32) -> Vec<u8> {
     k
 }
 
+/// One length-prefixed field of a dump: (field, what follows).
+fn dump_field(b: &[u8]) -> Result<(&[u8], &[u8]), BackendError> {
+    let truncated = || corrupt(CF_META, "truncated snapshot dump");
+    let (len, rest) = b.split_at_checked(4).ok_or_else(truncated)?;
+    let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+    rest.split_at_checked(len).ok_or_else(truncated)
+}
+
 fn corrupt(cf: &'static str, detail: impl ToString) -> BackendError {
     BackendError::Corrupt {
         cf,
@@ -402,6 +410,41 @@ impl Backend {
         Ok(())
     }
 
+    /// Replaces every row but this member's identity with the rows of a [`Export::dump`],
+    /// atomically and durably (a Raft snapshot being installed).
+    pub fn replace_all(&self, dump: &[u8]) -> Result<(), BackendError> {
+        let mut wb = rocksdb::WriteBatch::default();
+        let identity: Vec<(&[u8], Option<Vec<u8>>)> = IDENTITY_KEYS
+            .iter()
+            .map(|k| Ok((*k, self.db.get_cf(self.cf(CF_META), k)?)))
+            .collect::<Result<_, BackendError>>()?;
+        for (_, cf) in DUMP_CFS {
+            // delete_range_cf's end is exclusive: no real key is 64 bytes of 0xff.
+            wb.delete_range_cf(self.cf(cf), &[][..], &[0xffu8; 64][..]);
+        }
+        let mut rest = dump;
+        while let Some((&tag, after)) = rest.split_first() {
+            let cf = DUMP_CFS
+                .iter()
+                .find(|(t, _)| *t == tag)
+                .map(|(_, cf)| *cf)
+                .ok_or_else(|| corrupt(CF_META, format!("unknown column family tag {tag}")))?;
+            let (key, after) = dump_field(after)?;
+            let (value, after) = dump_field(after)?;
+            wb.put_cf(self.cf(cf), key, value);
+            rest = after;
+        }
+        for (k, v) in identity {
+            if let Some(v) = v {
+                wb.put_cf(self.cf(CF_META), k, v);
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(wb, &wo)?;
+        Ok(())
+    }
+
     /// A consistent point-in-time view of every row, for snapshots.
     pub fn export(&self) -> Export<'_> {
         Export {
@@ -410,6 +453,11 @@ impl Backend {
         }
     }
 }
+
+/// Column families in a [`Export::dump`], by their tag byte.
+const DUMP_CFS: [(u8, &str); 3] = [(0, CF_KV), (1, CF_LEASE), (2, CF_META)];
+/// Rows that say who this member is; they never travel to another member.
+const IDENTITY_KEYS: [&[u8]; 2] = [META_MEMBER_ID, META_CLUSTER_ID];
 
 /// Rows as of one moment (a RocksDB snapshot), whatever is applied meanwhile.
 pub struct Export<'a> {
@@ -447,6 +495,29 @@ impl Export<'_> {
         f: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         self.for_each_raw(CF_LEASE, f)
+    }
+
+    /// Every row of every column family but this member's identity, for a Raft snapshot:
+    ///
+    /// ```text
+    /// repeat: | cf tag: u8 (0 kv, 1 lease, 2 meta) | key len: u32 BE | key | value len: u32 BE | value |
+    /// ```
+    pub fn dump(&self) -> Result<Vec<u8>, BackendError> {
+        let mut out = Vec::new();
+        for (tag, cf) in DUMP_CFS {
+            self.for_each_raw(cf, |k: &[u8], v: &[u8]| -> Result<(), BackendError> {
+                if cf == CF_META && IDENTITY_KEYS.contains(&k) {
+                    return Ok(());
+                }
+                out.push(tag);
+                out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+                out.extend_from_slice(k);
+                out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                out.extend_from_slice(v);
+                Ok(())
+            })?;
+        }
+        Ok(out)
     }
 
     /// A `meta` value as stored (one of the `META_*` names).
@@ -531,6 +602,73 @@ mod tests {
         assert!(
             b.get_kvs(&[Revision::new(9, 0)]).is_err(),
             "a missing indexed row is corruption"
+        );
+    }
+
+    #[test]
+    fn dump_replaces_everything_but_identity() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (src, dst) = (
+            Backend::open(d1.path()).unwrap(),
+            Backend::open(d2.path()).unwrap(),
+        );
+        let kv = |v: &str| KeyValue {
+            key: b"k".to_vec(),
+            value: v.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let mut b = Batch::default();
+        b.put_kv(Revision::new(2, 0), false, &kv("new"));
+        b.put_lease(&LeaseRecord {
+            id: 1,
+            ttl: 5,
+            remaining_ttl: 0,
+        });
+        b.put_meta_u64(META_CONSISTENT_INDEX, 9);
+        src.write(b, true).unwrap();
+        src.put_meta_u64_now(META_MEMBER_ID, 111).unwrap();
+        let mut b = Batch::default();
+        b.put_kv(Revision::new(7, 0), false, &kv("stale"));
+        b.put_lease(&LeaseRecord {
+            id: 2,
+            ttl: 5,
+            remaining_ttl: 0,
+        });
+        dst.write(b, true).unwrap();
+        dst.put_meta_u64_now(META_MEMBER_ID, 222).unwrap();
+
+        let dump = src.export().dump().unwrap();
+        dst.replace_all(&dump).unwrap();
+        let rows = dst
+            .scan_kv(Revision::new(0, 0), Revision::new(100, 0))
+            .unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.rev.main).collect::<Vec<_>>(),
+            vec![2],
+            "stale rows are gone"
+        );
+        assert_eq!(
+            dst.leases()
+                .unwrap()
+                .iter()
+                .map(|l| l.id)
+                .collect::<Vec<_>>(),
+            vec![1]
+        );
+        assert_eq!(dst.get_meta_u64(META_CONSISTENT_INDEX).unwrap(), Some(9));
+        assert_eq!(
+            dst.get_meta_u64(META_MEMBER_ID).unwrap(),
+            Some(222),
+            "identity stays"
+        );
+        assert!(
+            dst.replace_all(&dump[..dump.len() - 1]).is_err(),
+            "a truncated dump is refused"
+        );
+        assert_eq!(
+            dst.get_meta_u64(META_CONSISTENT_INDEX).unwrap(),
+            Some(9),
+            "and changes nothing"
         );
     }
 }

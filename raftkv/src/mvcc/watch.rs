@@ -154,6 +154,14 @@ impl WatchHub {
         }
     }
 
+    /// Makes every watcher catch up from storage, e.g. after the store was replaced by a
+    /// snapshot and revisions jumped ahead of what was notified.
+    pub fn resync_all(&self) {
+        let mut g = self.groups();
+        let synced: Vec<(WatcherKey, Watcher)> = g.synced.drain().collect();
+        g.unsynced.extend(synced);
+    }
+
     /// Answers a progress request: a synced watcher gets an empty response at `current_rev`.
     pub fn request_progress(&self, key: WatcherKey, current_rev: i64) {
         let g = self.groups();

@@ -7,11 +7,13 @@
 //! | `raft_applied`    | `Option<openraft::LogId<u64>>`                   |
 //! | `raft_membership` | `openraft::StoredMembership<u64, MemberNode>`    |
 //!
-//! Snapshots (log compaction and InstallSnapshot) are not produced yet: the node runs with
-//! `SnapshotPolicy::Never`, so the log is never purged and a member that falls behind catches
-//! up by replaying it.
+//! A Raft snapshot is [`crate::mvcc::backend::Export::dump`] of the whole store, taken under
+//! the state machine's read lock, so it is exactly the state after its `raft_applied` entry;
+//! installing one replaces the store atomically. The latest snapshot is kept in memory: after
+//! a restart openraft rebuilds one when the log has been purged and a peer needs it.
 
-use std::sync::Arc;
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftSnapshotBuilder, Snapshot};
 use openraft::{
@@ -41,6 +43,12 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::Decode
     bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map(|(v, _)| v)
 }
 
+fn decode_opt<T: DeserializeOwned>(
+    raw: &Option<Vec<u8>>,
+) -> Result<Option<T>, bincode::error::DecodeError> {
+    raw.as_deref().map(decode).transpose()
+}
+
 fn io_error(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
@@ -65,15 +73,30 @@ pub fn from_response(resp: Response) -> Result<proto::raftkvpb::InternalResponse
     }
 }
 
-/// The openraft-facing state machine; cheap to clone (it shares the store).
+/// The latest snapshot: its metadata and the dump.
+type Current = Arc<Mutex<Option<(SnapshotMeta<u64, MemberNode>, Vec<u8>)>>>;
+
+/// The openraft-facing state machine; cheap to clone (clones share the store and snapshot).
 #[derive(Clone)]
 pub struct RaftStateMachine {
     sm: Arc<StateMachine>,
+    current: Current,
 }
 
 impl RaftStateMachine {
     pub fn new(sm: Arc<StateMachine>) -> Self {
-        Self { sm }
+        Self {
+            sm,
+            current: Arc::default(),
+        }
+    }
+
+    fn snapshot(&self) -> Option<Snapshot<TypeConfig>> {
+        let current = self.current.lock().expect("snapshot lock");
+        current.as_ref().map(|(meta, data)| Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(Cursor::new(data.clone())),
+        })
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, std::io::Error> {
@@ -134,37 +157,58 @@ impl openraft::storage::RaftStateMachine<TypeConfig> for RaftStateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<std::io::Cursor<Vec<u8>>>> {
-        Err(StorageIOError::write_snapshot(
-            None,
-            &io_error("raftkv does not install Raft snapshots yet"),
-        )
-        .into())
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, MemberNode>,
-        _snapshot: Box<std::io::Cursor<Vec<u8>>>,
+        snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
-        Err(StorageIOError::write_snapshot(
-            Some(meta.signature()),
-            &io_error("raftkv does not install Raft snapshots yet"),
-        )
-        .into())
+        let data = snapshot.into_inner();
+        let sm = self.sm.clone();
+        let dump = data.clone();
+        tokio::task::spawn_blocking(move || sm.install(&dump))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &io_error(e)))?
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &io_error(e)))?;
+        tracing::info!(snapshot = %meta.snapshot_id, "installed a snapshot from the leader");
+        *self.current.lock().expect("snapshot lock") = Some((meta.clone(), data));
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        Ok(None)
+        Ok(self.snapshot())
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for RaftStateMachine {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        Err(StorageIOError::write_snapshot(
-            None,
-            &io_error("raftkv does not build Raft snapshots yet"),
-        )
-        .into())
+        let sm = self.sm.clone();
+        let fail = |e: String| StorageIOError::write_snapshot(None, &io_error(e));
+        let (data, meta) =
+            tokio::task::spawn_blocking(move || sm.dump(&[KEY_APPLIED, KEY_MEMBERSHIP]))
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .map_err(|e| fail(e.to_string()))?;
+        let last_log_id: Option<LogId<u64>> = decode_opt(&meta[0])
+            .map_err(|e| fail(e.to_string()))?
+            .flatten();
+        let last_membership: StoredMembership<u64, MemberNode> = decode_opt(&meta[1])
+            .map_err(|e| fail(e.to_string()))?
+            .unwrap_or_default();
+        let snapshot_id = match last_log_id {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+            None => "empty".to_string(),
+        };
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id,
+        };
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built a snapshot");
+        *self.current.lock().expect("snapshot lock") = Some((meta.clone(), data));
+        Ok(self.snapshot().expect("just stored"))
     }
 }

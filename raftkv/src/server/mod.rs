@@ -73,6 +73,8 @@ pub struct Options {
     pub heartbeat: Duration,
     pub election_timeout: Duration,
     pub min_lease_ttl: i64,
+    /// `--snapshot-count`: applied entries between Raft snapshots (which let the log be purged).
+    pub snapshot_count: u64,
     pub limits: Limits,
     pub clock: Arc<dyn Clock>,
 }
@@ -133,8 +135,10 @@ impl EtcdServer {
             // refused only briefly, and a dead leader is replaced in about one timeout.
             election_timeout_min: election_ms / 2,
             election_timeout_max: election_ms,
-            // Raft snapshots are not built yet: the log is kept whole (see raft::state_machine).
-            snapshot_policy: SnapshotPolicy::Never,
+            // etcd's --snapshot-count; like etcd, keep some entries after a snapshot so a
+            // briefly lagging member catches up from the log instead of a whole snapshot.
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_count),
+            max_in_snapshot_log_to_keep: opts.snapshot_count.min(5000),
             ..Default::default()
         }
         .validate()?;
