@@ -300,20 +300,9 @@ impl Backend {
             .collect()
     }
 
+    /// Active alarms as (member, alarm type).
     pub fn alarms(&self) -> Result<Vec<(u64, i32)>, BackendError> {
-        let mut out = Vec::new();
-        let it = self.db.iterator_cf(
-            self.cf(CF_META),
-            IteratorMode::From(META_ALARM_PREFIX, Direction::Forward),
-        );
-        for item in it {
-            let (k, _) = item?;
-            let Some(rest) = k.strip_prefix(META_ALARM_PREFIX) else {
-                break;
-            };
-            out.push(decode_alarm(rest)?);
-        }
-        Ok(out)
+        self.export().alarms()
     }
 
     /// Every member's published attributes.

@@ -40,6 +40,23 @@ pub struct RangeResult {
     pub rev: i64,
 }
 
+/// A watch event for a written row. A deletion carries only the key (etcd stores nothing
+/// else in a tombstone), stamped with the revision that deleted it so watchers can order it.
+fn event(mut kv: KeyValue, deleted_at: Option<i64>) -> Event {
+    let r#type = match deleted_at {
+        Some(rev) => {
+            kv.mod_revision = rev;
+            EventType::Delete
+        }
+        None => EventType::Put,
+    };
+    Event {
+        r#type: r#type as i32,
+        kv: Some(kv),
+        prev_kv: None,
+    }
+}
+
 /// The in-memory half of the store; lives behind the state machine's lock.
 #[derive(Debug, Default)]
 pub struct MvccState {
@@ -180,21 +197,7 @@ impl MvccState {
         )?;
         Ok(rows
             .into_iter()
-            .map(|row| {
-                let mut kv = row.kv;
-                let r#type = if row.tombstone {
-                    // Tombstone rows store only the key; watchers need the deletion's revision.
-                    kv.mod_revision = row.rev.main;
-                    EventType::Delete
-                } else {
-                    EventType::Put
-                };
-                Event {
-                    r#type: r#type as i32,
-                    kv: Some(kv),
-                    prev_kv: None,
-                }
-            })
+            .map(|row| event(row.kv, row.tombstone.then_some(row.rev.main)))
             .collect())
     }
 
@@ -350,18 +353,10 @@ impl<'a> WriteTxn<'a> {
         self.state.current_rev = rev;
         self.changes
             .into_iter()
-            .map(|mut kv| {
-                let r#type = if kv.create_revision == 0 {
-                    kv.mod_revision = rev;
-                    EventType::Delete
-                } else {
-                    EventType::Put
-                };
-                Event {
-                    r#type: r#type as i32,
-                    kv: Some(kv),
-                    prev_kv: None,
-                }
+            .map(|kv| {
+                // A deletion's row has no create revision: it carries only the key.
+                let deleted_at = (kv.create_revision == 0).then_some(rev);
+                event(kv, deleted_at)
             })
             .collect()
     }

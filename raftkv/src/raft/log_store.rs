@@ -27,6 +27,7 @@ use rocksdb::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::codec::{decode, encode};
 use super::types::TypeConfig;
 
 const CF_LOG: &str = "log";
@@ -36,15 +37,6 @@ const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
 
 type StorageResult<T> = Result<T, StorageError<u64>>;
-
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard())
-        .expect("openraft types always encode")
-}
-
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map(|(v, _)| v)
-}
 
 fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()

@@ -2,6 +2,7 @@
 //! log lives in its own RocksDB instance, separate from the state machine's store, so
 //! consensus and MVCC storage share no keys and no locks.
 
+pub mod codec;
 pub mod log_store;
 pub mod membership;
 pub mod network;

@@ -27,20 +27,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use super::codec::{decode, encode};
 use super::membership::Change;
 use super::types::{MemberNode, TypeConfig};
 use crate::error::ServerError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard())
-        .expect("openraft types always encode")
-}
-
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map(|(v, _)| v)
-}
 
 /// gRPC channels to peers, by peer URL; shared by openraft's clients and the server.
 #[derive(Clone, Default)]

@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use super::codec;
 use super::membership::Change;
 use super::types::TypeConfig;
 use crate::error::ServerError;
@@ -45,16 +46,17 @@ pub trait PeerHandler: Send + Sync + 'static {
 
 pub struct PeerService<H>(pub Arc<H>);
 
-fn decode<T: DeserializeOwned>(p: RaftPayload) -> Result<T, Status> {
-    bincode::serde::decode_from_slice(&p.data, bincode::config::standard())
-        .map(|(v, _)| v)
+/// Decodes an openraft message from the wire.
+fn unpack<T: DeserializeOwned>(p: RaftPayload) -> Result<T, Status> {
+    codec::decode(&p.data)
         .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
 }
 
-fn encode<T: Serialize>(v: &T) -> Response<RaftPayload> {
-    let data = bincode::serde::encode_to_vec(v, bincode::config::standard())
-        .expect("openraft types always encode");
-    Response::new(RaftPayload { data })
+/// Encodes a reply for the wire.
+fn pack<T: Serialize>(v: &T) -> Response<RaftPayload> {
+    Response::new(RaftPayload {
+        data: codec::encode(v),
+    })
 }
 
 #[tonic::async_trait]
@@ -63,21 +65,21 @@ impl<H: PeerHandler> raft_server::Raft for PeerService<H> {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(req.into_inner())?;
-        Ok(encode(&self.0.raft().append_entries(rpc).await))
+        let rpc = unpack(req.into_inner())?;
+        Ok(pack(&self.0.raft().append_entries(rpc).await))
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(req.into_inner())?;
-        Ok(encode(&self.0.raft().vote(rpc).await))
+        let rpc = unpack(req.into_inner())?;
+        Ok(pack(&self.0.raft().vote(rpc).await))
     }
 
     async fn install_snapshot(
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(req.into_inner())?;
-        Ok(encode(&self.0.raft().install_snapshot(rpc).await))
+        let rpc = unpack(req.into_inner())?;
+        Ok(pack(&self.0.raft().install_snapshot(rpc).await))
     }
 
     async fn forward(
@@ -124,13 +126,13 @@ impl<H: PeerHandler> raft_server::Raft for PeerService<H> {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let change: Change = decode(req.into_inner())?;
+        let change: Change = unpack(req.into_inner())?;
         let result = self
             .0
             .change_membership(change)
             .await
             .map_err(|e| (e.code() as i32, e.to_string()));
-        Ok(encode(&result))
+        Ok(pack(&result))
     }
 
     async fn cluster_info(

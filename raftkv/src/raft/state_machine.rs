@@ -23,8 +23,8 @@ use openraft::{
 use prost::Message;
 use proto::raftkvpb::InternalRequest;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
+use super::codec::{decode, encode};
 use super::types::{MemberNode, Request, Response, TypeConfig};
 use crate::error::ServerError;
 use crate::state_machine::{ApplyResult, StateMachine};
@@ -33,15 +33,6 @@ const KEY_APPLIED: &[u8] = b"raft_applied";
 const KEY_MEMBERSHIP: &[u8] = b"raft_membership";
 
 type StorageResult<T> = Result<T, StorageError<u64>>;
-
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard())
-        .expect("openraft types always encode")
-}
-
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map(|(v, _)| v)
-}
 
 fn decode_opt<T: DeserializeOwned>(
     raw: &Option<Vec<u8>>,
