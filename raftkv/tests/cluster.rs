@@ -355,6 +355,9 @@ async fn verify_everywhere(
 // ---------------------------------------------------------------------------------------
 // Tests
 
+/// Put-then-local-read pairs through one follower.
+const READ_YOUR_WRITES_ROUNDS: usize = 50;
+
 /// A member list entry: (member index, name, peer URLs, client URLs, is learner).
 type MemberRow = (usize, String, Vec<String>, Vec<String>, bool);
 
@@ -424,6 +427,39 @@ async fn writes_through_any_member_are_read_everywhere() {
                 cluster.members[reader].name()
             );
         }
+
+        // Read-your-writes on one member: a write answered by a follower has been applied
+        // there (etcd waits for its own apply before answering), so a serializable read on
+        // that follower right after it sees the write.
+        let mut stale = Vec::new();
+        let t = Instant::now();
+        for i in 0..READ_YOUR_WRITES_ROUNDS {
+            let key = format!("/ryw/{i}");
+            let rev = clients[f]
+                .put(key.clone(), "x", None)
+                .await
+                .expect("put through a follower")
+                .header()
+                .expect("header")
+                .revision();
+            let (_, rows) = read_prefix(&mut clients[f], &key, true).await.unwrap();
+            if rows.get(&key).map(|(_, r)| *r) != Some(rev) {
+                stale.push(format!("{key} (revision {rev}): local read saw {rows:?}"));
+            }
+        }
+        println!(
+            "  {READ_YOUR_WRITES_ROUNDS} put + serializable get pairs through follower {}: {:.1} ms each",
+            cluster.members[f].name(),
+            t.elapsed().as_secs_f64() * 1000.0 / READ_YOUR_WRITES_ROUNDS as f64
+        );
+        assert!(
+            stale.is_empty(),
+            "{} of {READ_YOUR_WRITES_ROUNDS} serializable reads on follower {} missed the write \
+             that follower had just acknowledged; first: {:?}",
+            stale.len(),
+            cluster.members[f].name(),
+            stale.first()
+        );
 
         // Member IDs as each member reports its own.
         let mut ids = HashMap::new();
