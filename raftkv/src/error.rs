@@ -47,6 +47,10 @@ pub enum ServerError {
     /// The member believed to lead did not answer; the caller may retry with a new leader.
     #[error("etcdserver: request timed out, possibly due to connection lost")]
     Unreachable,
+    /// The connection to the leader broke after the request was sent: it may or may not have
+    /// been applied, so it must not be sent again (etcd's `ErrTimeoutDueToLeaderFail`).
+    #[error("etcdserver: request timed out, possibly due to previous leader failure")]
+    LeaderFail,
     #[error("etcdserver: storage failure: {0}")]
     Storage(#[from] BackendError),
     #[error("etcdserver: {0}")]
@@ -57,7 +61,7 @@ pub enum ServerError {
 }
 
 /// Errors whose message identifies them, for [`ServerError::from_wire`].
-fn known() -> [ServerError; 19] {
+fn known() -> [ServerError; 20] {
     use ServerError::*;
     [
         EmptyKey,
@@ -79,6 +83,7 @@ fn known() -> [ServerError; 19] {
         NoLeader,
         NotLeader,
         Unreachable,
+        LeaderFail,
     ]
 }
 
@@ -123,7 +128,7 @@ impl ServerError {
             NoSpace => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
             LeaseExists | NotLeader => Code::FailedPrecondition,
-            Stopped | Timeout | NoLeader | Unreachable => Code::Unavailable,
+            Stopped | Timeout | NoLeader | Unreachable | LeaderFail => Code::Unavailable,
             Storage(_) | Internal(_) => Code::Internal,
             Remote { code, .. } => *code,
         }

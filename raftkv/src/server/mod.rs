@@ -296,7 +296,13 @@ impl EtcdServer {
             if left.is_zero() {
                 return Err(ServerError::Timeout);
             }
-            match self.raft.client_write(Request(req.clone())).await {
+            // Bounded: a leader cut off from its quorum would wait for the commit forever,
+            // where etcd answers "request timed out" (the entry may still commit later).
+            let write = tokio::time::timeout(left, self.raft.client_write(Request(req.clone())));
+            let Ok(written) = write.await else {
+                return Err(ServerError::Timeout);
+            };
+            match written {
                 Ok(resp) => return from_response(resp.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                     match self.leader_node() {
@@ -307,7 +313,19 @@ impl EtcdServer {
                                 Err(ServerError::NotLeader | ServerError::Unreachable) => {
                                     tokio::time::sleep(LEADER_POLL).await
                                 }
-                                other => return other,
+                                // Answer once the entry is applied here too, as etcd does: a
+                                // client reading from this member (serializable, or a watch
+                                // opened after the answer) then sees its own write.
+                                Ok((resp, index)) => {
+                                    let left = deadline.saturating_duration_since(Instant::now());
+                                    self.raft
+                                        .wait(Some(left))
+                                        .applied_index_at_least(Some(index), "forwarded write")
+                                        .await
+                                        .map_err(|_| ServerError::Timeout)?;
+                                    return Ok(resp);
+                                }
+                                Err(e) => return Err(e),
                             }
                         }
                         _ => tokio::time::sleep(LEADER_POLL).await,
@@ -343,9 +361,13 @@ impl EtcdServer {
                                         .map(|_| ())
                                         .map_err(|_| ServerError::Timeout);
                                 }
-                                Err(ServerError::NotLeader | ServerError::Unreachable) => {
-                                    tokio::time::sleep(LEADER_POLL).await
-                                }
+                                // A read index is safe to ask for again, whatever
+                                // happened to the first request.
+                                Err(
+                                    ServerError::NotLeader
+                                    | ServerError::Unreachable
+                                    | ServerError::LeaderFail,
+                                ) => tokio::time::sleep(LEADER_POLL).await,
                                 Err(e) => return Err(e),
                             }
                         }
@@ -575,9 +597,12 @@ impl PeerHandler for EtcdServer {
         &self.raft
     }
 
-    async fn forwarded_write(&self, req: InternalRequest) -> Result<InternalResponse, ServerError> {
+    async fn forwarded_write(
+        &self,
+        req: InternalRequest,
+    ) -> Result<(InternalResponse, u64), ServerError> {
         match self.raft.client_write(Request(req)).await {
-            Ok(resp) => from_response(resp.data),
+            Ok(resp) => from_response(resp.data).map(|r| (r, resp.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(ServerError::NotLeader)
             }
