@@ -109,6 +109,10 @@ pub struct EtcdServer {
     request_timeout: Duration,
     next_request_id: AtomicU64,
     watch_sync: Notify,
+    /// The term in which this member, as leader, last restarted the lease deadlines (0 =
+    /// never); see [`EtcdServer::lead_leases`]. A mutex, not an atomic: a renewal in a new
+    /// term must wait until the restart is done.
+    lease_term: std::sync::Mutex<u64>,
 }
 
 /// Waits between attempts while no leader is known.
@@ -176,6 +180,7 @@ impl EtcdServer {
             request_timeout: Duration::from_secs(5) + 2 * opts.election_timeout,
             next_request_id: AtomicU64::new(1),
             watch_sync: Notify::new(),
+            lease_term: std::sync::Mutex::new(0),
         });
         Ok(server)
     }
@@ -401,14 +406,11 @@ impl EtcdServer {
 
     /// Renews a lease on the leader (forwarding when this member does not lead).
     pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, ServerError> {
-        match self.leader_node() {
-            Some((leader, node)) if leader != self.identity.member_id => {
-                self.peers
-                    .lease_renew(&node, id, self.request_timeout)
-                    .await
-            }
-            _ => self.renew_locally(id),
-        }
+        self.on_lease_leader(
+            || self.renew_locally(id),
+            |node, left| async move { self.peers.lease_renew(&node, id, left).await },
+        )
+        .await
     }
 
     /// A lease's remaining TTL, as the leader (which owns the deadlines) sees it.
@@ -416,14 +418,74 @@ impl EtcdServer {
         &self,
         req: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, ServerError> {
-        match self.leader_node() {
-            Some((leader, node)) if leader != self.identity.member_id => {
-                self.peers
-                    .lease_time_to_live(&node, req, self.request_timeout)
-                    .await
+        self.on_lease_leader(
+            || Ok(self.time_to_live_locally(&req)),
+            |node, left| {
+                let req = req.clone();
+                async move { self.peers.lease_time_to_live(&node, req, left).await }
+            },
+        )
+        .await
+    }
+
+    /// Runs a lease request where the deadlines live: `local` if this member leads, else
+    /// `remote` on the leader. While no leader is known, or the one known is gone, it waits
+    /// for the next (as etcd's followers do) up to the request timeout: a follower's own
+    /// deadlines were never renewed, so answering from them would report live leases as
+    /// expired (TTL 0), and a client told that stops renewing its lease.
+    async fn on_lease_leader<T, F>(
+        &self,
+        local: impl Fn() -> Result<T, ServerError>,
+        remote: impl Fn(MemberNode, Duration) -> F,
+    ) -> Result<T, ServerError>
+    where
+        F: std::future::Future<Output = Result<T, ServerError>>,
+    {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            if self.lead_leases() {
+                return local();
             }
-            _ => Ok(self.time_to_live_locally(&req)),
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ServerError::Timeout);
+            }
+            match self.leader_node() {
+                Some((id, node)) if id != self.identity.member_id => {
+                    match remote(node, left).await {
+                        // Renewals and TTL queries are safe to repeat.
+                        Err(
+                            ServerError::NotLeader
+                            | ServerError::Unreachable
+                            | ServerError::LeaderFail,
+                        ) => tokio::time::sleep(LEADER_POLL).await,
+                        other => return other,
+                    }
+                }
+                _ => tokio::time::sleep(LEADER_POLL).await,
+            }
         }
+    }
+
+    /// Whether this member leads. The first call in each term of leadership restarts every
+    /// lease deadline (etcd's `Promote`) before anything renews, reads or expires a lease:
+    /// until then the deadlines are the ones this member kept as a follower, which nothing
+    /// renewed, so live leases would look expired.
+    fn lead_leases(&self) -> bool {
+        let (state, term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.state, m.current_term)
+        };
+        if state != ServerState::Leader {
+            return false;
+        }
+        let mut promoted = self.lease_term.lock().expect("lease term lock");
+        if *promoted != term {
+            self.sm.read().lessor.promote();
+            *promoted = term;
+        }
+        true
     }
 
     fn time_to_live_locally(&self, r: &LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse {
@@ -494,15 +556,9 @@ impl EtcdServer {
     /// restarts every deadline, since it cannot know when the old leader last renewed them.
     async fn expire_leases(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
-        let mut leading = false;
         loop {
             tick.tick().await;
-            let now_leading = self.raft.metrics().borrow().state == ServerState::Leader;
-            if now_leading && !leading {
-                self.sm.read().lessor.promote();
-            }
-            leading = now_leading;
-            if !leading {
+            if !self.lead_leases() {
                 continue;
             }
             let expired = self.sm.read().lessor.take_expired(1000);
@@ -628,7 +684,7 @@ impl PeerHandler for EtcdServer {
         &self,
         req: LeaseKeepAliveRequest,
     ) -> Result<LeaseKeepAliveResponse, ServerError> {
-        if self.raft.metrics().borrow().state != ServerState::Leader {
+        if !self.lead_leases() {
             return Err(ServerError::NotLeader);
         }
         self.renew_locally(req.id)
@@ -638,7 +694,7 @@ impl PeerHandler for EtcdServer {
         &self,
         req: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, ServerError> {
-        if self.raft.metrics().borrow().state != ServerState::Leader {
+        if !self.lead_leases() {
             return Err(ServerError::NotLeader);
         }
         Ok(self.time_to_live_locally(&req))
