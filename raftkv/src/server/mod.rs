@@ -420,10 +420,7 @@ impl EtcdServer {
     ) -> Result<LeaseTimeToLiveResponse, ServerError> {
         self.on_lease_leader(
             || Ok(self.time_to_live_locally(&req)),
-            |node, left| {
-                let req = req.clone();
-                async move { self.peers.lease_time_to_live(&node, req, left).await }
-            },
+            |node, left| async move { self.peers.lease_time_to_live(&node, req, left).await },
         )
         .await
     }
