@@ -57,6 +57,19 @@ pub fn free_port() -> u16 {
         .expect("binding 127.0.0.1:0 to pick a free port")
 }
 
+/// `n` distinct ports, free a moment ago (see [`free_port`]). All listeners are held until
+/// every port is picked: the kernel may hand a just-released port out again, and two
+/// members of one cluster on the same port would fail to start.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 to pick a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local address").port())
+        .collect()
+}
+
 /// A client for one endpoint. `timeout` bounds every unary request (`None` for clients
 /// that hold watch or keep-alive streams, which the caller bounds itself). Connecting is
 /// lazy, so this succeeds even while the server is down or paused.
@@ -135,8 +148,9 @@ impl Server {
     /// Spawns `flavor` serving clients on a fresh port, storing its data in `data_dir` and
     /// its combined stdout/stderr in `log_path`.
     pub fn spawn(flavor: Flavor, data_dir: &Path, log_path: &Path) -> Server {
-        let peer_url = format!("http://127.0.0.1:{}", free_port());
-        Self::spawn_with_peer_url(flavor, data_dir, log_path, peer_url)
+        let ports = free_ports(2);
+        let url = |port: u16| format!("http://127.0.0.1:{port}");
+        Self::start_single(flavor, data_dir, log_path, url(ports[0]), url(ports[1]))
     }
 
     /// [`Server::spawn`] with a given peer URL: a data dir made by `etcdctl snapshot restore`
@@ -147,12 +161,23 @@ impl Server {
         log_path: &Path,
         peer_url: String,
     ) -> Server {
+        let client_url = format!("http://127.0.0.1:{}", free_port());
+        Self::start_single(flavor, data_dir, log_path, client_url, peer_url)
+    }
+
+    fn start_single(
+        flavor: Flavor,
+        data_dir: &Path,
+        log_path: &Path,
+        client_url: String,
+        peer_url: String,
+    ) -> Server {
         Self::start(Launch {
             flavor,
             name: MEMBER_NAME.to_string(),
             data_dir: data_dir.to_path_buf(),
             log_path: log_path.to_path_buf(),
-            client_url: format!("http://127.0.0.1:{}", free_port()),
+            client_url,
             initial_cluster: format!("{MEMBER_NAME}={peer_url}"),
             peer_url,
             cluster_args: Vec::new(),
@@ -335,10 +360,11 @@ impl Cluster {
     /// Starts `size` members; they elect a leader on their own. Call [`Cluster::wait_ready`].
     pub fn spawn(flavor: Flavor, size: usize, dir: &Path, timing: Timing) -> Cluster {
         let names: Vec<String> = (1..=size).map(|i| format!("n{i}")).collect();
-        let peer_urls: Vec<String> = names
-            .iter()
-            .map(|_| format!("http://127.0.0.1:{}", free_port()))
-            .collect();
+        // Peer ports, then client ports, then one for the token.
+        let ports = free_ports(2 * size + 1);
+        let url = |port: u16| format!("http://127.0.0.1:{port}");
+        let peer_urls: Vec<String> = ports[..size].iter().map(|&p| url(p)).collect();
+        let client_urls: Vec<String> = ports[size..2 * size].iter().map(|&p| url(p)).collect();
         let initial_cluster = names
             .iter()
             .zip(&peer_urls)
@@ -347,7 +373,7 @@ impl Cluster {
             .join(",");
         // A token unique to this cluster: member IDs derive from it, so two clusters of one
         // test run can never mistake each other's members for their own.
-        let token = format!("cluster-{}", free_port());
+        let token = format!("cluster-{}", ports[2 * size]);
         let cluster_args: Vec<String> = [
             "--initial-cluster-state",
             "new",
@@ -364,13 +390,14 @@ impl Cluster {
         let members = names
             .iter()
             .zip(peer_urls)
-            .map(|(name, peer_url)| {
+            .zip(client_urls)
+            .map(|((name, peer_url), client_url)| {
                 Server::start(Launch {
                     flavor,
                     name: name.clone(),
                     data_dir: dir.join(name),
                     log_path: dir.join(format!("{name}.log")),
-                    client_url: format!("http://127.0.0.1:{}", free_port()),
+                    client_url,
                     peer_url,
                     initial_cluster: initial_cluster.clone(),
                     cluster_args: cluster_args.clone(),
