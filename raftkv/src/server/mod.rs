@@ -131,11 +131,15 @@ impl EtcdServer {
         let config = openraft::Config {
             cluster_name: opts.token.clone(),
             heartbeat_interval: opts.heartbeat.as_millis() as u64,
-            // openraft refuses votes for `election_timeout_max` after hearing from a leader (its
-            // leader lease). With the flag as the maximum, a follower that times out early is
-            // refused only briefly, and a dead leader is replaced in about one timeout.
-            election_timeout_min: election_ms / 2,
-            election_timeout_max: election_ms,
+            // openraft's follower campaigns only after its leader lease (= max) plus its own
+            // timeout (drawn once from [min, max)) without hearing from the leader, and backs
+            // off another 2 * max after losing to a longer log (a flag that can also linger
+            // from the previous election). With etcd's flag E as [E/2, E) that is 1.5-2 s
+            // before the first campaign and up to ~4 s when the lagging follower tries first.
+            // [2E/5, 3E/5) makes a follower wait [E, 1.2E) — never sooner than etcd's would —
+            // and bounds the back-off case by ~2.4E.
+            election_timeout_min: election_ms * 2 / 5,
+            election_timeout_max: election_ms * 3 / 5,
             // Raft snapshots are not built yet: the log is kept whole (see raft::state_machine).
             snapshot_policy: SnapshotPolicy::Never,
             ..Default::default()
