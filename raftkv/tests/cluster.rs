@@ -15,7 +15,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -153,6 +153,25 @@ struct WriterLog {
     errors: usize,
     /// The first few failures, with when they happened.
     first_errors: Vec<(Instant, String)>,
+    /// Distinct failures that are neither an etcd server error nor the client's own
+    /// timeout (e.g. a transport error a server passed on).
+    foreign_errors: BTreeSet<String>,
+}
+
+/// Whether a failed put ended the way a client of etcd expects: an `etcdserver: ...` error
+/// from the server, or the client's own deadline.
+fn is_etcd_failure<T>(
+    r: &Result<Result<T, etcd_client::Error>, tokio::time::error::Elapsed>,
+) -> bool {
+    match r {
+        Err(_) => true,
+        Ok(Ok(_)) => false,
+        Ok(Err(etcd_client::Error::GRpcStatus(s))) => {
+            s.message().starts_with("etcdserver:")
+                || (s.code() == tonic::Code::Cancelled && s.message() == "Timeout expired")
+        }
+        Ok(Err(_)) => false,
+    }
 }
 
 /// Puts `{prefix}{i}` for i = 0, 1, ... through `endpoint` until `stop` is set. A failed or
@@ -188,14 +207,15 @@ async fn write_loop(
             }
             failed => {
                 log.errors += 1;
+                let text = match &failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer in time".to_string(),
+                };
+                if !is_etcd_failure(&failed) {
+                    log.foreign_errors.insert(text.clone());
+                }
                 if log.first_errors.len() < 3 {
-                    log.first_errors.push((
-                        Instant::now(),
-                        match failed {
-                            Ok(Err(e)) => e.to_string(),
-                            _ => "no answer in time".to_string(),
-                        },
-                    ));
+                    log.first_errors.push((Instant::now(), text));
                 }
                 // A dead member refuses at once: do not spin on it.
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -578,6 +598,19 @@ async fn leader_kill_during_writes() {
             acked_after_kill > 0,
             "writers through survivors went on after the kill"
         );
+        // Clients of the killed member see their connection die; clients of the survivors
+        // must only see what etcd's would (a write forwarded to the dying leader fails with
+        // "request timed out, possibly due to previous leader failure").
+        for (w, l) in logs.iter().enumerate() {
+            if w % MEMBERS != leader {
+                assert!(
+                    l.foreign_errors.is_empty(),
+                    "writer {w} through survivor {} got non-etcd errors: {:?}",
+                    cluster.members[w % MEMBERS].name(),
+                    l.foreign_errors
+                );
+            }
+        }
         // The first answer after the kill seen by the writers agrees with the probe.
         let first_writer_ack = logs
             .iter()
@@ -663,21 +696,12 @@ enum Outcome {
     ClientTimeout,
 }
 
-/// Whether an error says "could not reach a quorum in time", as etcd's do: `request timed
-/// out`, `no leader`, or gRPC Unavailable / DeadlineExceeded / the client deadline.
-fn is_unavailable(o: &Outcome) -> bool {
-    match o {
-        Outcome::Succeeded => false,
-        Outcome::ClientTimeout => true,
-        Outcome::Failed(code, msg) => {
-            matches!(
-                code,
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-            ) || msg.contains("request timed out")
-                || msg.contains("no leader")
-                || msg.contains("Timeout expired")
-        }
-    }
+/// Whether the isolated member itself refused the request the way etcd does: gRPC
+/// Unavailable with an `etcdserver:` message (`request timed out`, `no leader`, ...). A
+/// client-side timeout does not count: etcd answers within its request timeout (5 s + two
+/// election timeouts), and a server that never answers holds its clients forever.
+fn refused_by_server(o: &Outcome) -> bool {
+    matches!(o, Outcome::Failed(tonic::Code::Unavailable, msg) if msg.starts_with("etcdserver:"))
 }
 
 fn outcome<T>(r: Result<Result<T, etcd_client::Error>, tokio::time::error::Elapsed>) -> Outcome {
@@ -764,13 +788,14 @@ async fn minority_refuses_linearizable_requests() {
                 read.1.as_millis()
             );
             assert!(
-                is_unavailable(&write.0),
-                "a write on the isolated {what} {name} must fail with a timeout: {:?}",
+                refused_by_server(&write.0),
+                "a write on the isolated {what} {name} must fail with etcd's timeout: {:?}",
                 write.0
             );
             assert!(
-                is_unavailable(&read.0),
-                "a linearizable read on the isolated {what} {name} must fail with a timeout: {:?}",
+                refused_by_server(&read.0),
+                "a linearizable read on the isolated {what} {name} must fail with etcd's \
+                 timeout: {:?}",
                 read.0
             );
             let (local, local_took) = local;
