@@ -1,0 +1,74 @@
+//! Sequential models of the data types the workloads exercise, for the
+//! linearizability checker: a register with compare-and-set, and an append-only list.
+
+use super::linearizable::Model;
+
+/// A single key holding an integer, or nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Register(pub Option<i64>);
+
+/// An operation on a [`Register`], with its observed result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegisterOp {
+    /// A read that returned this value (`None`: key absent).
+    Read(Option<i64>),
+    /// An unconditional write.
+    Write(i64),
+    /// Compare-and-set. `succeeded` is what the client was told; `None` when the outcome
+    /// is unknown, in which case a linearization point means it succeeded (an
+    /// indeterminate CAS whose compare failed had no effect, exactly like one that never
+    /// happened, and the checker already allows that).
+    Cas {
+        from: i64,
+        to: i64,
+        succeeded: Option<bool>,
+    },
+}
+
+impl Model for Register {
+    type Op = RegisterOp;
+
+    fn step(&self, op: &RegisterOp) -> Option<Self> {
+        match *op {
+            RegisterOp::Read(v) => (self.0 == v).then(|| self.clone()),
+            RegisterOp::Write(v) => Some(Register(Some(v))),
+            RegisterOp::Cas {
+                from,
+                to,
+                succeeded: Some(true) | None,
+            } => (self.0 == Some(from)).then_some(Register(Some(to))),
+            RegisterOp::Cas {
+                from,
+                succeeded: Some(false),
+                ..
+            } => (self.0 != Some(from)).then(|| self.clone()),
+        }
+    }
+}
+
+/// A key holding a list that only ever grows at the end.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct List(pub Vec<i64>);
+
+/// An operation on a [`List`], with its observed result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListOp {
+    Append(i64),
+    /// A read that returned this list (empty when the key was absent).
+    Read(Vec<i64>),
+}
+
+impl Model for List {
+    type Op = ListOp;
+
+    fn step(&self, op: &ListOp) -> Option<Self> {
+        match op {
+            ListOp::Append(e) => {
+                let mut next = self.0.clone();
+                next.push(*e);
+                Some(List(next))
+            }
+            ListOp::Read(seen) => (&self.0 == seen).then(|| self.clone()),
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! Clusters of server processes on loopback: allocating ports, building the etcd-style
+//! command line (identical for etcd and raftkv), starting members behind the peer
+//! proxy, waiting for readiness, and the primitive operations faults are made of —
+//! kill, restart, pause, resume, wipe a data dir, find the leader, and remove / re-add a
+//! member through the Cluster API. The cluster owns its processes; dropping it kills
+//! them all.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions};
+
+use crate::process::{ProcessError, ProcessHandle, ProcessSpec, Spawner};
+use crate::proxy::{Network, Partition, PidMap, ProcResolver, ProxyError, ProxyNet};
+
+/// Which server implementation to test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    Raftkv,
+    Etcd,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Raftkv => "raftkv",
+            Target::Etcd => "etcd",
+        }
+    }
+}
+
+/// How to build a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub target: Target,
+    pub binary: PathBuf,
+    pub members: usize,
+    /// Data dirs and logs go below this.
+    pub dir: PathBuf,
+    pub heartbeat_ms: u64,
+    pub election_ms: u64,
+}
+
+/// Errors from cluster operations.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("cluster not ready within {within:?}: {detail}")]
+    NotReady { within: Duration, detail: String },
+    #[error("{target} does not support {what}: {detail}")]
+    Unsupported {
+        target: &'static str,
+        what: &'static str,
+        detail: String,
+    },
+    #[error("{0}")]
+    Rpc(String),
+    #[error("no member {0}")]
+    NoMember(usize),
+}
+
+/// One member's fixed identity and its current process.
+pub struct Member {
+    pub name: String,
+    pub client_url: String,
+    listen_peer: SocketAddr,
+    /// What the others dial: the proxy front when there is a proxy.
+    advertised_peer: SocketAddr,
+    data_dir: PathBuf,
+    log: PathBuf,
+    process: Option<Box<dyn ProcessHandle>>,
+    paused: bool,
+    /// Removed from the cluster's membership by the member nemesis.
+    pub removed: bool,
+}
+
+impl Member {
+    fn peer_url(&self) -> String {
+        format!("http://{}", self.advertised_peer)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.process.is_some()
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+}
+
+/// A running cluster.
+pub struct Cluster {
+    cfg: ClusterConfig,
+    spawner: Arc<dyn Spawner>,
+    members: Vec<Member>,
+    pids: PidMap,
+    net: Option<ProxyNet>,
+    token: String,
+}
+
+fn free_addr() -> Result<SocketAddr, ClusterError> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|source| ClusterError::Io {
+            what: "picking a free loopback port".into(),
+            source,
+        })
+}
+
+impl Cluster {
+    /// Starts every member (behind the peer proxy when there is more than one) and waits
+    /// until all of them serve linearizable reads.
+    pub async fn start(
+        cfg: ClusterConfig,
+        spawner: Arc<dyn Spawner>,
+        ready_within: Duration,
+    ) -> Result<Cluster, ClusterError> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|source| ClusterError::Io {
+            what: format!("creating {}", cfg.dir.display()),
+            source,
+        })?;
+        let use_proxy = cfg.members > 1;
+        let mut members = Vec::new();
+        for i in 0..cfg.members {
+            let client = free_addr()?;
+            let listen_peer = free_addr()?;
+            let advertised_peer = if use_proxy { free_addr()? } else { listen_peer };
+            members.push(Member {
+                name: format!("m{i}"),
+                client_url: format!("http://{client}"),
+                listen_peer,
+                advertised_peer,
+                data_dir: cfg.dir.join(format!("m{i}.data")),
+                log: cfg.dir.join(format!("m{i}.log")),
+                process: None,
+                paused: false,
+                removed: false,
+            });
+        }
+        let pids: PidMap = Arc::new(RwLock::new(HashMap::new()));
+        let net = if use_proxy {
+            let routes: Vec<(SocketAddr, SocketAddr)> = members
+                .iter()
+                .map(|m| (m.advertised_peer, m.listen_peer))
+                .collect();
+            Some(ProxyNet::start(&routes, Arc::new(ProcResolver { pids: pids.clone() })).await?)
+        } else {
+            None
+        };
+        let token = format!("jepsen-{}", std::process::id());
+        let mut cluster = Cluster {
+            cfg,
+            spawner,
+            members,
+            pids,
+            net,
+            token,
+        };
+        for i in 0..cluster.members.len() {
+            cluster.spawn(i, "new")?;
+        }
+        cluster.wait_ready(ready_within).await?;
+        Ok(cluster)
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn target(&self) -> Target {
+        self.cfg.target
+    }
+
+    pub fn member(&self, i: usize) -> Option<&Member> {
+        self.members.get(i)
+    }
+
+    /// Client URLs of all members, by index.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// The network, if members talk through the proxy.
+    pub fn network(&self) -> Option<&dyn Network> {
+        self.net.as_ref().map(|n| n as &dyn Network)
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .filter(|m| !m.removed)
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The etcd command line for member `i`; raftkv accepts the same flags.
+    fn args(&self, i: usize, state: &str) -> Vec<String> {
+        let m = &self.members[i];
+        let mut args = vec![
+            "--name".into(),
+            m.name.clone(),
+            "--data-dir".into(),
+            m.data_dir.display().to_string(),
+            "--listen-client-urls".into(),
+            m.client_url.clone(),
+            "--advertise-client-urls".into(),
+            m.client_url.clone(),
+            "--listen-peer-urls".into(),
+            format!("http://{}", m.listen_peer),
+            "--initial-advertise-peer-urls".into(),
+            m.peer_url(),
+            "--initial-cluster".into(),
+            self.initial_cluster(),
+            "--initial-cluster-state".into(),
+            state.into(),
+            "--initial-cluster-token".into(),
+            self.token.clone(),
+            "--heartbeat-interval".into(),
+            self.cfg.heartbeat_ms.to_string(),
+            "--election-timeout".into(),
+            self.cfg.election_ms.to_string(),
+        ];
+        if self.cfg.target == Target::Etcd {
+            // Quieter logs; etcd 3.4 otherwise warns about the deprecated default logger.
+            args.extend(["--logger".into(), "zap".into()]);
+        }
+        args
+    }
+
+    fn spawn(&mut self, i: usize, state: &str) -> Result<(), ClusterError> {
+        let spec = ProcessSpec {
+            program: self.cfg.binary.clone(),
+            args: self.args(i, state),
+            log: self.members[i].log.clone(),
+        };
+        let handle = self.spawner.spawn(&spec)?;
+        if let Ok(mut pids) = self.pids.write() {
+            pids.insert(handle.pid(), i);
+        }
+        let m = &mut self.members[i];
+        m.process = Some(handle);
+        m.paused = false;
+        Ok(())
+    }
+
+    fn forget_pid(&mut self, i: usize) {
+        if let (Some(p), Ok(mut pids)) = (&self.members[i].process, self.pids.write()) {
+            pids.remove(&p.pid());
+        }
+    }
+
+    fn get_mut(&mut self, i: usize) -> Result<&mut Member, ClusterError> {
+        self.members.get_mut(i).ok_or(ClusterError::NoMember(i))
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn kill(&mut self, i: usize) -> Result<(), ClusterError> {
+        self.get_mut(i)?;
+        self.forget_pid(i);
+        let m = self.get_mut(i)?;
+        if let Some(mut p) = m.process.take() {
+            p.kill();
+        }
+        m.paused = false;
+        Ok(())
+    }
+
+    /// Starts member `i` again on its existing data dir (no-op if running).
+    pub fn restart(&mut self, i: usize) -> Result<(), ClusterError> {
+        if self.get_mut(i)?.process.is_some() {
+            return Ok(());
+        }
+        self.spawn(i, "new")
+    }
+
+    pub fn pause(&mut self, i: usize) -> Result<(), ClusterError> {
+        let m = self.get_mut(i)?;
+        if let Some(p) = m.process.as_mut() {
+            p.pause()?;
+            m.paused = true;
+        }
+        Ok(())
+    }
+
+    pub fn resume(&mut self, i: usize) -> Result<(), ClusterError> {
+        let m = self.get_mut(i)?;
+        if let Some(p) = m.process.as_mut() {
+            if m.paused {
+                p.resume()?;
+            }
+            m.paused = false;
+        }
+        Ok(())
+    }
+
+    /// Deletes member `i`'s data dir; the member must be stopped.
+    pub fn wipe(&mut self, i: usize) -> Result<(), ClusterError> {
+        let m = self.get_mut(i)?;
+        if m.process.is_some() {
+            return Err(ClusterError::Rpc(format!("refusing to wipe running member {}", m.name)));
+        }
+        match std::fs::remove_dir_all(&m.data_dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(ClusterError::Io {
+                what: format!("wiping {}", m.data_dir.display()),
+                source,
+            }),
+        }
+    }
+
+    /// A client for some running, unpaused member other than `except`.
+    async fn client_except(&self, except: Option<usize>) -> Result<Client, ClusterError> {
+        for (i, m) in self.members.iter().enumerate() {
+            if Some(i) == except || !m.is_running() || m.paused || m.removed {
+                continue;
+            }
+            if let Ok(c) = connect(&m.client_url).await {
+                return Ok(c);
+            }
+        }
+        Err(ClusterError::Rpc("no live member to talk to".into()))
+    }
+
+    /// The current leader, asking each running member for its Status.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut ids: HashMap<u64, usize> = HashMap::new();
+        let mut leader_id = None;
+        for (i, m) in self.members.iter().enumerate() {
+            if !m.is_running() || m.paused {
+                continue;
+            }
+            let Ok(mut c) = connect(&m.client_url).await else { continue };
+            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), c.status()).await {
+                if let Some(h) = s.header() {
+                    ids.insert(h.member_id(), i);
+                }
+                if s.leader() != 0 {
+                    leader_id = Some(s.leader());
+                }
+            }
+        }
+        leader_id.and_then(|l| ids.get(&l).copied())
+    }
+
+    /// Removes member `i` from the membership (through another member) and stops it.
+    pub async fn remove_member(&mut self, i: usize) -> Result<(), ClusterError> {
+        let name = self.get_mut(i)?.name.clone();
+        let mut c = self.client_except(Some(i)).await?;
+        let list = rpc(c.member_list()).await?;
+        let id = list
+            .members()
+            .iter()
+            .find(|m| m.name() == name)
+            .map(|m| m.id())
+            .ok_or_else(|| ClusterError::Rpc(format!("{name} not in the member list")))?;
+        match tokio::time::timeout(Duration::from_secs(5), c.member_remove(id)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(etcd_client::Error::GRpcStatus(s))) if s.code() == tonic::Code::Unimplemented => {
+                return Err(ClusterError::Unsupported {
+                    target: self.cfg.target.name(),
+                    what: "membership changes",
+                    detail: s.message().to_string(),
+                })
+            }
+            Ok(Err(e)) => return Err(ClusterError::Rpc(format!("removing {name}: {e}"))),
+            Err(_) => return Err(ClusterError::Rpc(format!("removing {name}: timed out"))),
+        }
+        self.kill(i)?;
+        self.members[i].removed = true;
+        Ok(())
+    }
+
+    /// Adds a removed member back with an empty data dir and starts it to join.
+    pub async fn add_member(&mut self, i: usize) -> Result<(), ClusterError> {
+        let url = self.get_mut(i)?.peer_url();
+        let mut c = self.client_except(Some(i)).await?;
+        rpc(c.member_add([url.as_str()], None)).await?;
+        self.members[i].removed = false;
+        self.kill(i)?;
+        self.wipe(i)?;
+        self.spawn(i, "existing")
+    }
+
+    /// Undoes every fault: resumes paused members, restarts killed ones, heals the
+    /// network. Re-adding removed members is the member nemesis's own job.
+    pub fn heal_all(&mut self) -> Vec<ClusterError> {
+        let mut errs = vec![];
+        if let Some(n) = &self.net {
+            n.apply(Partition::healed());
+        }
+        for i in 0..self.members.len() {
+            if self.members[i].removed {
+                continue;
+            }
+            if let Err(e) = self.resume(i).and_then(|()| self.restart(i)) {
+                errs.push(e);
+            }
+        }
+        errs
+    }
+
+    /// Waits until every member that should be up answers a linearizable read.
+    pub async fn wait_ready(&mut self, within: Duration) -> Result<(), ClusterError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let mut pending = Vec::new();
+            for i in 0..self.members.len() {
+                let m = &mut self.members[i];
+                if m.removed {
+                    continue;
+                }
+                if let Some(status) = m.process.as_mut().and_then(|p| p.exited()) {
+                    return Err(ClusterError::NotReady {
+                        within,
+                        detail: format!("{} exited ({status})\n{}", m.name, log_tail(&m.log, 20)),
+                    });
+                }
+                let ok = match connect(&m.client_url).await {
+                    Ok(mut c) => matches!(
+                        tokio::time::timeout(Duration::from_secs(1), c.get("jepsen/probe", None)).await,
+                        Ok(Ok(_))
+                    ),
+                    Err(_) => false,
+                };
+                if !ok {
+                    pending.push(i);
+                }
+            }
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let detail = pending
+                    .iter()
+                    .map(|&i| format!("{} not answering\n{}", self.members[i].name, log_tail(&self.members[i].log, 10)))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                return Err(ClusterError::NotReady { within, detail });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Kills every member.
+    pub fn shutdown(&mut self) {
+        for i in 0..self.members.len() {
+            let _ = self.kill(i);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+async fn connect(url: &str) -> Result<Client, etcd_client::Error> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_timeout(Duration::from_secs(2));
+    Client::connect([url], Some(opts)).await
+}
+
+async fn rpc<T>(
+    fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, ClusterError> {
+    match tokio::time::timeout(Duration::from_secs(5), fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ClusterError::Rpc(e.to_string())),
+        Err(_) => Err(ClusterError::Rpc("timed out".into())),
+    }
+}
+
+/// The last `n` lines of a log file, for error messages.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    format!("--- {} ---\n{}", path.display(), lines[start..].join("\n"))
+}
