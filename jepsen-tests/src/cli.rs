@@ -85,6 +85,15 @@ pub struct RunArgs {
     /// Raft election timeout passed to the servers, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub election_timeout: u64,
+    /// Keep the members' data dirs after the run (they are deleted by default; logs and
+    /// the history are always kept).
+    #[arg(long)]
+    pub keep_data: bool,
+    /// Watch workload: whether watchers send progress requests (RequestProgress). etcd
+    /// before 3.4.25 answers them out of order with the stream (etcd-io/etcd#15220);
+    /// pass `false` to check everything else.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch_progress_requests: bool,
 }
 
 #[derive(Debug, Args)]
@@ -168,6 +177,8 @@ impl RunArgs {
             heartbeat_ms: self.heartbeat_interval,
             election_ms: self.election_timeout,
             progress: true,
+            keep_data: self.keep_data,
+            watch_progress_requests: self.watch_progress_requests,
         })
     }
 }

@@ -41,6 +41,10 @@ pub struct RunConfig {
     pub election_ms: u64,
     /// Print a progress line to stderr while running.
     pub progress: bool,
+    /// Keep the members' data dirs after the run (logs and history are always kept).
+    pub keep_data: bool,
+    /// Watch workload: ask for progress notifications (RequestProgress) while watching.
+    pub watch_progress_requests: bool,
 }
 
 /// Errors that abort a run (as opposed to anomalies, which are verdicts).
@@ -178,6 +182,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, RunError> {
         op_timeout: cfg.op_timeout,
         stop: stop_rx.clone(),
         stats: stats.clone(),
+        watch_progress_requests: cfg.watch_progress_requests,
     };
 
     // The nemesis owns the cluster while faults are injected and hands it back healed.
@@ -188,7 +193,14 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, RunError> {
         let log = nemesis::run(&mut cluster, schedule, nemesis_stop, started).await;
         (cluster, log)
     });
-    let progress = cfg.progress.then(|| tokio::spawn(progress_line(stats.clone(), started, cfg.time_limit, stop_rx.clone())));
+    let progress = cfg.progress.then(|| {
+        tokio::spawn(progress_line(
+            stats.clone(),
+            tokio::time::Instant::now(),
+            cfg.time_limit,
+            stop_rx.clone(),
+        ))
+    });
     let timer = tokio::spawn({
         let stop_tx = stop_tx.clone();
         let limit = cfg.time_limit;
@@ -199,6 +211,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, RunError> {
     });
 
     let recovery_time = cfg.recovery_time;
+    let keep_data = cfg.keep_data;
     let recover = move |nemesis_task: tokio::task::JoinHandle<(Cluster, NemesisLog)>| async move {
         stop_tx.send_replace(true);
         let (mut cluster, log) = nemesis_task
@@ -230,6 +243,12 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, RunError> {
                 tracing::warn!("final phase: {e}");
             }
             // Kill the servers before checking: a long check should not keep them running.
+            let mut cluster = cluster;
+            if keep_data {
+                cluster.shutdown();
+            } else {
+                cluster.remove_data();
+            }
             drop(cluster);
             let $events = $rec.finish().map_err(|source| RunError::Io {
                 what: format!("writing {}", history_path.display()),

@@ -72,3 +72,74 @@ impl Model for List {
         }
     }
 }
+
+/// The [`List`] model specialised for histories whose appended elements are unique and
+/// whose reads are all prefixes of one longest read, `order`: then every legal
+/// linearization applies the elements of `order` first and in exactly that order, so the
+/// state is just how much of `order` has been applied, plus any appends past its end.
+/// Same answers as [`List`], without the checker exploring every interleaving of
+/// concurrent appends (which is factorial between two reads).
+#[derive(Clone)]
+pub struct OrderedList {
+    order: std::sync::Arc<Vec<i64>>,
+    len: usize,
+    /// Appends after the whole of `order` (which no read has seen).
+    extra: Vec<i64>,
+}
+
+impl OrderedList {
+    pub fn new(order: Vec<i64>) -> Self {
+        OrderedList {
+            order: std::sync::Arc::new(order),
+            len: 0,
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for OrderedList {
+    /// Shows the list this state stands for.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list: Vec<i64> = self.order[..self.len].iter().chain(&self.extra).copied().collect();
+        write!(f, "{list:?}")
+    }
+}
+
+// `order` is shared by every state of one search, so only the position matters.
+impl PartialEq for OrderedList {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.extra == other.extra
+    }
+}
+impl Eq for OrderedList {}
+impl std::hash::Hash for OrderedList {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.len.hash(state);
+        self.extra.hash(state);
+    }
+}
+
+impl Model for OrderedList {
+    type Op = ListOp;
+
+    fn step(&self, op: &ListOp) -> Option<Self> {
+        match op {
+            ListOp::Append(e) => {
+                let mut next = self.clone();
+                if self.len < self.order.len() && self.extra.is_empty() {
+                    (self.order[self.len] == *e).then_some(())?;
+                    next.len += 1;
+                } else if self.order[..self.len].contains(e) {
+                    return None;
+                } else {
+                    next.extra.push(*e);
+                }
+                Some(next)
+            }
+            ListOp::Read(seen) => (self.extra.is_empty()
+                && seen.len() == self.len
+                && seen[..] == self.order[..self.len])
+                .then(|| self.clone()),
+        }
+    }
+}

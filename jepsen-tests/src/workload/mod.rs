@@ -113,6 +113,8 @@ pub struct Ctx {
     /// Becomes `true` when the workload should wind down.
     pub stop: tokio_watch::Receiver<bool>,
     pub stats: Arc<Stats>,
+    /// Watch workload only: whether watchers send progress requests.
+    pub watch_progress_requests: bool,
 }
 
 impl Ctx {

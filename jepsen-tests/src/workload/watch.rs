@@ -260,7 +260,7 @@ async fn watch_session(
         tokio::select! {
             _ = &mut lifetime => return "dropped on purpose to test resumption".into(),
             _ = stop.changed() => return "run stopped".into(),
-            _ = progress_tick.tick() => {
+            _ = progress_tick.tick(), if ctx.watch_progress_requests => {
                 // A lost request only means no notification; the stream errors separately.
                 let _ = stream.request_progress().await;
             }
