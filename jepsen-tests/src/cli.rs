@@ -113,13 +113,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         Some(i) => s.split_at(i),
         None => (s, "s"),
     };
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?} (try 60s, 500ms, 2m)"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (try 60s, 500ms, 2m)"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?} (use ms, s, m or h)"
+            ))
+        }
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
@@ -153,7 +159,8 @@ impl RunArgs {
                 })
                 .or_else(|| on_path("raftkv"))
                 .ok_or_else(|| {
-                    "raftkv not found next to jepsen-tests or on PATH; pass --raftkv-bin".to_string()
+                    "raftkv not found next to jepsen-tests or on PATH; pass --raftkv-bin"
+                        .to_string()
                 }),
         }
     }
@@ -206,13 +213,24 @@ fn ms(v: Option<f64>) -> String {
 
 fn stats_lines(stats: &OpStats) -> Vec<String> {
     vec![
-        format!("ops:      {} ok, {} fail, {} info", stats.ok, stats.fail, stats.info),
-        format!("latency:  p50 {}, p99 {} (ok ops)", ms(stats.p50_ms), ms(stats.p99_ms)),
+        format!(
+            "ops:      {} ok, {} fail, {} info",
+            stats.ok, stats.fail, stats.info
+        ),
+        format!(
+            "latency:  p50 {}, p99 {} (ok ops)",
+            ms(stats.p50_ms),
+            ms(stats.p99_ms)
+        ),
     ]
 }
 
 fn report_lines(report: &Report) -> Vec<String> {
-    let mut out: Vec<String> = report.notes.iter().map(|n| format!("checker:  {n}")).collect();
+    let mut out: Vec<String> = report
+        .notes
+        .iter()
+        .map(|n| format!("checker:  {n}"))
+        .collect();
     match &report.verdict {
         Verdict::Valid => {}
         Verdict::Invalid { anomaly } => out.push(format!("anomaly:  {anomaly}")),
@@ -224,7 +242,10 @@ fn report_lines(report: &Report) -> Vec<String> {
 
 /// The summary of a run; the last line is `verdict: ...`.
 pub fn summarize_run(outcome: &RunOutcome) -> String {
-    let mut out = vec![format!("== summary ({:.1}s)", outcome.elapsed.as_secs_f64())];
+    let mut out = vec![format!(
+        "== summary ({:.1}s)",
+        outcome.elapsed.as_secs_f64()
+    )];
     out.extend(stats_lines(&outcome.stats));
     let faults = outcome.faults();
     let faults = if faults.is_empty() {
@@ -276,23 +297,60 @@ mod tests {
     #[test]
     fn cli_parses_the_documented_command_line() {
         let cli = Cli::try_parse_from([
-            "jepsen-tests", "run", "--workload", "register", "--nemesis", "kill,pause", "--time-limit", "60s",
-            "--rate", "100", "--concurrency", "10", "--seed", "7", "--target", "etcd", "--members", "3",
+            "jepsen-tests",
+            "run",
+            "--workload",
+            "register",
+            "--nemesis",
+            "kill,pause",
+            "--time-limit",
+            "60s",
+            "--rate",
+            "100",
+            "--concurrency",
+            "10",
+            "--seed",
+            "7",
+            "--target",
+            "etcd",
+            "--members",
+            "3",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command else { panic!("expected run") };
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
         assert_eq!(args.workload, WorkloadKind::Register);
         assert_eq!(args.nemesis.to_string(), "kill,pause");
         assert_eq!(args.seed, Some(7));
         assert_eq!(args.target, Target::Etcd);
         assert!(Cli::try_parse_from(["jepsen-tests", "run", "--nemesis", "meteor"]).is_err());
-        let cli = Cli::try_parse_from(["jepsen-tests", "check", "--history", "h.jsonl", "--workload", "watch"]).unwrap();
-        assert!(matches!(cli.command, Command::Check(CheckArgs { workload: WorkloadKind::Watch, .. })));
+        let cli = Cli::try_parse_from([
+            "jepsen-tests",
+            "check",
+            "--history",
+            "h.jsonl",
+            "--workload",
+            "watch",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Check(CheckArgs {
+                workload: WorkloadKind::Watch,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn report_ends_with_a_verdict_line() {
-        let r = Report { verdict: Verdict::Invalid { anomaly: "stale read".into() }, notes: vec!["n".into()] };
+        let r = Report {
+            verdict: Verdict::Invalid {
+                anomaly: "stale read".into(),
+            },
+            notes: vec!["n".into()],
+        };
         let lines = report_lines(&r);
         assert_eq!(lines.last().unwrap(), "verdict: INVALID");
         assert!(lines.iter().any(|l| l.contains("stale read")));

@@ -313,7 +313,10 @@ impl Cluster {
     pub fn wipe(&mut self, i: usize) -> Result<(), ClusterError> {
         let m = self.get_mut(i)?;
         if m.process.is_some() {
-            return Err(ClusterError::Rpc(format!("refusing to wipe running member {}", m.name)));
+            return Err(ClusterError::Rpc(format!(
+                "refusing to wipe running member {}",
+                m.name
+            )));
         }
         match std::fs::remove_dir_all(&m.data_dir) {
             Ok(()) => Ok(()),
@@ -346,7 +349,9 @@ impl Cluster {
             if !m.is_running() || m.paused {
                 continue;
             }
-            let Ok(mut c) = connect(&m.client_url).await else { continue };
+            let Ok(mut c) = connect(&m.client_url).await else {
+                continue;
+            };
             if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), c.status()).await {
                 if let Some(h) = s.header() {
                     ids.insert(h.member_id(), i);
@@ -372,7 +377,9 @@ impl Cluster {
             .ok_or_else(|| ClusterError::Rpc(format!("{name} not in the member list")))?;
         match tokio::time::timeout(Duration::from_secs(5), c.member_remove(id)).await {
             Ok(Ok(_)) => {}
-            Ok(Err(etcd_client::Error::GRpcStatus(s))) if s.code() == tonic::Code::Unimplemented => {
+            Ok(Err(etcd_client::Error::GRpcStatus(s)))
+                if s.code() == tonic::Code::Unimplemented =>
+            {
                 return Err(ClusterError::Unsupported {
                     target: self.cfg.target.name(),
                     what: "membership changes",
@@ -434,7 +441,8 @@ impl Cluster {
                 }
                 let ok = match connect(&m.client_url).await {
                     Ok(mut c) => matches!(
-                        tokio::time::timeout(Duration::from_secs(1), c.get("jepsen/probe", None)).await,
+                        tokio::time::timeout(Duration::from_secs(1), c.get("jepsen/probe", None))
+                            .await,
                         Ok(Ok(_))
                     ),
                     Err(_) => false,
@@ -449,7 +457,13 @@ impl Cluster {
             if tokio::time::Instant::now() >= deadline {
                 let detail = pending
                     .iter()
-                    .map(|&i| format!("{} not answering\n{}", self.members[i].name, log_tail(&self.members[i].log, 10)))
+                    .map(|&i| {
+                        format!(
+                            "{} not answering\n{}",
+                            self.members[i].name,
+                            log_tail(&self.members[i].log, 10)
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n");
                 return Err(ClusterError::NotReady { within, detail });

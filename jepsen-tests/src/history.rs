@@ -304,7 +304,10 @@ mod tests {
     #[test]
     fn rejects_malformed_histories() {
         let double = vec![ev(0, 1, Kind::Invoke, 0), ev(1, 1, Kind::Invoke, 1)];
-        assert!(matches!(pair(&double), Err(HistoryError::DoubleInvoke { .. })));
+        assert!(matches!(
+            pair(&double),
+            Err(HistoryError::DoubleInvoke { .. })
+        ));
         let orphan = vec![ev(0, 1, Kind::Ok, 0)];
         assert!(matches!(
             pair(&orphan),
@@ -337,7 +340,11 @@ mod tests {
     fn load_reports_the_bad_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h.jsonl");
-        std::fs::write(&path, "{\"index\":0,\"time_ns\":0,\"process\":0,\"type\":\"invoke\",\"op\":1}\nnot json\n").unwrap();
+        std::fs::write(
+            &path,
+            "{\"index\":0,\"time_ns\":0,\"process\":0,\"type\":\"invoke\",\"op\":1}\nnot json\n",
+        )
+        .unwrap();
         match load::<u32>(&path) {
             Err(HistoryError::Parse { line, .. }) => assert_eq!(line, 2),
             other => panic!("expected a parse error, got {other:?}"),

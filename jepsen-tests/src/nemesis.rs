@@ -57,7 +57,9 @@ impl FaultKind {
     /// The fewest members the fault makes sense with.
     pub fn min_members(self) -> usize {
         match self {
-            FaultKind::Kill | FaultKind::KillLeader | FaultKind::Pause | FaultKind::PauseLeader => 1,
+            FaultKind::Kill | FaultKind::KillLeader | FaultKind::Pause | FaultKind::PauseLeader => {
+                1
+            }
             _ => 3,
         }
     }
@@ -78,7 +80,15 @@ impl FromStr for NemesisSpec {
         }
         if s == "all" {
             return Ok(NemesisSpec {
-                faults: vec![FaultKind::Kill, FaultKind::KillLeader, FaultKind::Pause, FaultKind::PauseLeader, FaultKind::Partition, FaultKind::Member, FaultKind::DiskLoss],
+                faults: vec![
+                    FaultKind::Kill,
+                    FaultKind::KillLeader,
+                    FaultKind::Pause,
+                    FaultKind::PauseLeader,
+                    FaultKind::Partition,
+                    FaultKind::Member,
+                    FaultKind::DiskLoss,
+                ],
             });
         }
         let mut faults = Vec::new();
@@ -90,7 +100,10 @@ impl FromStr for NemesisSpec {
                 .map(|(_, k)| *k)
                 .ok_or_else(|| {
                     let names: Vec<&str> = ALL.iter().map(|(n, _)| *n).collect();
-                    format!("unknown nemesis {part:?}; use none, all, or a comma-separated list of {}", names.join(", "))
+                    format!(
+                        "unknown nemesis {part:?}; use none, all, or a comma-separated list of {}",
+                        names.join(", ")
+                    )
                 })?;
             if !faults.contains(&kind) {
                 faults.push(kind);
@@ -277,28 +290,47 @@ async fn pick(target: &impl FaultTarget, leader: bool, rng: &mut StdRng) -> Opti
     }
 }
 
-async fn apply(target: &mut impl FaultTarget, kind: FaultKind, rng: &mut StdRng) -> Result<Option<(Undo, String)>, ClusterError> {
+async fn apply(
+    target: &mut impl FaultTarget,
+    kind: FaultKind,
+    rng: &mut StdRng,
+) -> Result<Option<(Undo, String)>, ClusterError> {
     let n = target.members();
     Ok(Some(match kind {
         FaultKind::Kill | FaultKind::KillLeader => {
-            let Some(m) = pick(target, kind == FaultKind::KillLeader, rng).await else { return Ok(None) };
+            let Some(m) = pick(target, kind == FaultKind::KillLeader, rng).await else {
+                return Ok(None);
+            };
             target.kill(m)?;
             (Undo::Restart(m), format!("kill -9 m{m}"))
         }
         FaultKind::Pause | FaultKind::PauseLeader => {
-            let Some(m) = pick(target, kind == FaultKind::PauseLeader, rng).await else { return Ok(None) };
+            let Some(m) = pick(target, kind == FaultKind::PauseLeader, rng).await else {
+                return Ok(None);
+            };
             target.pause(m)?;
             (Undo::Resume(m), format!("SIGSTOP m{m}"))
         }
-        FaultKind::Partition | FaultKind::PartitionHalves | FaultKind::PartitionLeader | FaultKind::PartitionBridge => {
+        FaultKind::Partition
+        | FaultKind::PartitionHalves
+        | FaultKind::PartitionLeader
+        | FaultKind::PartitionBridge => {
             let shape = if kind == FaultKind::Partition {
-                *[FaultKind::PartitionHalves, FaultKind::PartitionLeader, FaultKind::PartitionBridge].choose(rng).unwrap_or(&FaultKind::PartitionHalves)
+                *[
+                    FaultKind::PartitionHalves,
+                    FaultKind::PartitionLeader,
+                    FaultKind::PartitionBridge,
+                ]
+                .choose(rng)
+                .unwrap_or(&FaultKind::PartitionHalves)
             } else {
                 kind
             };
             let p = match shape {
                 FaultKind::PartitionLeader => {
-                    let Some(l) = target.leader().await else { return Ok(None) };
+                    let Some(l) = target.leader().await else {
+                        return Ok(None);
+                    };
                     Partition::isolate(l, n)
                 }
                 FaultKind::PartitionBridge => Partition::bridge(n, rng),
@@ -317,7 +349,10 @@ async fn apply(target: &mut impl FaultTarget, kind: FaultKind, rng: &mut StdRng)
             let m = rng.random_range(0..n.max(1));
             target.kill(m)?;
             target.wipe(m)?;
-            (Undo::Replace(m), format!("kill -9 m{m} and wipe its data dir"))
+            (
+                Undo::Replace(m),
+                format!("kill -9 m{m} and wipe its data dir"),
+            )
         }
     }))
 }
@@ -362,7 +397,12 @@ async fn sleep_unless_stopped(d: Duration, stop: &mut watch::Receiver<bool>) -> 
 }
 
 /// Runs the schedule against `target` until `stop`, then heals everything.
-pub async fn run(target: &mut impl FaultTarget, mut schedule: Schedule, mut stop: watch::Receiver<bool>, started: tokio::time::Instant) -> NemesisLog {
+pub async fn run(
+    target: &mut impl FaultTarget,
+    mut schedule: Schedule,
+    mut stop: watch::Receiver<bool>,
+    started: tokio::time::Instant,
+) -> NemesisLog {
     let mut log = NemesisLog::default();
     let mut outstanding: Option<(FaultKind, Undo)> = None;
     while let Some(step) = schedule.next_step() {
@@ -372,15 +412,30 @@ pub async fn run(target: &mut impl FaultTarget, mut schedule: Schedule, mut stop
         match apply(target, step.kind, schedule.rng()).await {
             Ok(Some((u, what))) => {
                 tracing::info!(fault = step.kind.name(), %what, "nemesis start");
-                log.events.push(NemesisEvent { at: started.elapsed(), kind: step.kind, what, start: true });
+                log.events.push(NemesisEvent {
+                    at: started.elapsed(),
+                    kind: step.kind,
+                    what,
+                    start: true,
+                });
                 outstanding = Some((step.kind, u));
             }
             Ok(None) => {
-                log.problems.push(format!("{}: no target found (no leader?)", step.kind.name()));
+                log.problems.push(format!(
+                    "{}: no target found (no leader?)",
+                    step.kind.name()
+                ));
                 continue;
             }
-            Err(ClusterError::Unsupported { target: t, what, detail }) => {
-                let msg = format!("{}: {t} does not support {what} ({detail}); fault disabled", step.kind.name());
+            Err(ClusterError::Unsupported {
+                target: t,
+                what,
+                detail,
+            }) => {
+                let msg = format!(
+                    "{}: {t} does not support {what} ({detail}); fault disabled",
+                    step.kind.name()
+                );
                 tracing::warn!("{msg}");
                 log.problems.push(msg);
                 schedule.disable(step.kind);
@@ -407,11 +462,22 @@ pub async fn run(target: &mut impl FaultTarget, mut schedule: Schedule, mut stop
     log
 }
 
-async fn heal_one(target: &mut impl FaultTarget, kind: FaultKind, u: &Undo, log: &mut NemesisLog, started: tokio::time::Instant) {
+async fn heal_one(
+    target: &mut impl FaultTarget,
+    kind: FaultKind,
+    u: &Undo,
+    log: &mut NemesisLog,
+    started: tokio::time::Instant,
+) {
     match undo(target, u).await {
         Ok(what) => {
             tracing::info!(fault = kind.name(), %what, "nemesis heal");
-            log.events.push(NemesisEvent { at: started.elapsed(), kind, what, start: false });
+            log.events.push(NemesisEvent {
+                at: started.elapsed(),
+                kind,
+                what,
+                start: false,
+            });
         }
         Err(e) => log.problems.push(format!("healing {}: {e}", kind.name())),
     }
@@ -424,9 +490,15 @@ mod tests {
     #[test]
     fn parses_nemesis_lists() {
         assert_eq!("none".parse::<NemesisSpec>().unwrap().faults, vec![]);
-        assert_eq!("kill,pause-leader".parse::<NemesisSpec>().unwrap().faults, vec![FaultKind::Kill, FaultKind::PauseLeader]);
+        assert_eq!(
+            "kill,pause-leader".parse::<NemesisSpec>().unwrap().faults,
+            vec![FaultKind::Kill, FaultKind::PauseLeader]
+        );
         assert!("kill,bogus".parse::<NemesisSpec>().is_err());
-        assert_eq!("kill,pause".parse::<NemesisSpec>().unwrap().to_string(), "kill,pause");
+        assert_eq!(
+            "kill,pause".parse::<NemesisSpec>().unwrap().to_string(),
+            "kill,pause"
+        );
     }
 
     #[test]
@@ -434,13 +506,21 @@ mod tests {
         let spec: NemesisSpec = "partition".parse().unwrap();
         assert!(spec.validate(1).unwrap_err().contains("--members 3"));
         assert!(spec.validate(3).is_ok());
-        assert!("kill,pause".parse::<NemesisSpec>().unwrap().validate(1).is_ok());
+        assert!("kill,pause"
+            .parse::<NemesisSpec>()
+            .unwrap()
+            .validate(1)
+            .is_ok());
     }
 
     #[test]
     fn schedules_are_reproducible() {
         let plan = |seed| {
-            let mut s = Schedule::new(seed, Duration::from_secs(4), vec![FaultKind::Kill, FaultKind::Pause]);
+            let mut s = Schedule::new(
+                seed,
+                Duration::from_secs(4),
+                vec![FaultKind::Kill, FaultKind::Pause],
+            );
             (0..10).map(|_| s.next_step().unwrap()).collect::<Vec<_>>()
         };
         assert_eq!(plan(1), plan(1));
@@ -448,7 +528,9 @@ mod tests {
         for step in plan(3) {
             assert!(step.wait >= Duration::from_secs(3) && step.wait <= Duration::from_secs(5));
         }
-        assert!(Schedule::new(1, Duration::from_secs(1), vec![]).next_step().is_none());
+        assert!(Schedule::new(1, Duration::from_secs(1), vec![])
+            .next_step()
+            .is_none());
     }
 
     /// Records calls instead of touching processes.
@@ -491,7 +573,11 @@ mod tests {
         }
         async fn remove_member(&mut self, m: usize) -> Result<(), ClusterError> {
             if !self.membership_supported {
-                return Err(ClusterError::Unsupported { target: "fake", what: "membership changes", detail: "Unimplemented".into() });
+                return Err(ClusterError::Unsupported {
+                    target: "fake",
+                    what: "membership changes",
+                    detail: "Unimplemented".into(),
+                });
             }
             self.calls.push(format!("remove {m}"));
             Ok(())
@@ -506,22 +592,40 @@ mod tests {
         }
     }
 
-    async fn run_fake(faults: Vec<FaultKind>, total: Duration, membership: bool) -> (Fake, NemesisLog) {
-        let mut fake = Fake { membership_supported: membership, ..Fake::default() };
+    async fn run_fake(
+        faults: Vec<FaultKind>,
+        total: Duration,
+        membership: bool,
+    ) -> (Fake, NemesisLog) {
+        let mut fake = Fake {
+            membership_supported: membership,
+            ..Fake::default()
+        };
         let (tx, rx) = watch::channel(false);
         let started = tokio::time::Instant::now();
         let stopper = tokio::spawn(async move {
             tokio::time::sleep(total).await;
             let _ = tx.send(true);
         });
-        let log = run(&mut fake, Schedule::new(9, Duration::from_secs(2), faults), rx, started).await;
+        let log = run(
+            &mut fake,
+            Schedule::new(9, Duration::from_secs(2), faults),
+            rx,
+            started,
+        )
+        .await;
         stopper.await.unwrap();
         (fake, log)
     }
 
     #[tokio::test(start_paused = true)]
     async fn every_fault_is_healed_and_the_end_heals_all() {
-        let (fake, log) = run_fake(vec![FaultKind::KillLeader, FaultKind::Pause], Duration::from_secs(20), true).await;
+        let (fake, log) = run_fake(
+            vec![FaultKind::KillLeader, FaultKind::Pause],
+            Duration::from_secs(20),
+            true,
+        )
+        .await;
         assert_eq!(fake.calls.last().map(String::as_str), Some("heal all"));
         let starts = log.events.iter().filter(|e| e.start).count();
         let heals = log.events.iter().filter(|e| !e.start).count();
@@ -538,10 +642,27 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn same_seed_same_faults() {
-        let a = run_fake(vec![FaultKind::Kill, FaultKind::Partition, FaultKind::DiskLoss], Duration::from_secs(30), true).await.0.calls;
-        let b = run_fake(vec![FaultKind::Kill, FaultKind::Partition, FaultKind::DiskLoss], Duration::from_secs(30), true).await.0.calls;
+        let a = run_fake(
+            vec![FaultKind::Kill, FaultKind::Partition, FaultKind::DiskLoss],
+            Duration::from_secs(30),
+            true,
+        )
+        .await
+        .0
+        .calls;
+        let b = run_fake(
+            vec![FaultKind::Kill, FaultKind::Partition, FaultKind::DiskLoss],
+            Duration::from_secs(30),
+            true,
+        )
+        .await
+        .0
+        .calls;
         assert_eq!(a, b);
-        assert!(a.iter().any(|c| c.starts_with("wipe")) || a.iter().any(|c| c.starts_with("partition")), "{a:?}");
+        assert!(
+            a.iter().any(|c| c.starts_with("wipe")) || a.iter().any(|c| c.starts_with("partition")),
+            "{a:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -153,7 +153,9 @@ impl SourceResolver for ProcResolver {
         pids.iter().find_map(|(pid, member)| {
             let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
             fds.flatten()
-                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == needle.as_str()))
+                .any(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == needle.as_str())
+                })
                 .then_some(*member)
         })
     }
@@ -380,7 +382,8 @@ mod tests {
         live.read_exact(&mut b).await.unwrap();
         net.apply(Partition::between(&[vec![0], vec![1]]));
         let mut rest = Vec::new();
-        let closed = tokio::time::timeout(Duration::from_secs(1), live.read_to_end(&mut rest)).await;
+        let closed =
+            tokio::time::timeout(Duration::from_secs(1), live.read_to_end(&mut rest)).await;
         assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
         assert!(!roundtrip(front).await, "cut edge must not forward");
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::checker::{self, CheckError, Report, Verdict};
-use crate::cluster::{Cluster, ClusterConfig, ClusterError, Target};
 use crate::clock::TokioClock;
+use crate::cluster::{Cluster, ClusterConfig, ClusterError, Target};
 use crate::history::{self, Event, HistoryError, Kind, Recorder};
 use crate::nemesis::{self, NemesisLog, NemesisSpec, Schedule};
 use crate::process::OsSpawner;
@@ -81,8 +81,14 @@ pub struct OpStats {
 
 /// Counts client operations (not the harness's final reads) in a history; `is_op`
 /// selects the records that are request/response operations.
-pub fn op_stats<T>(events: &[Event<T>], is_op: impl Fn(&T) -> bool) -> Result<OpStats, HistoryError> {
-    let ops: Vec<&Event<T>> = events.iter().filter(|e| e.process < FINAL_PROCESS_BASE && is_op(&e.op)).collect();
+pub fn op_stats<T>(
+    events: &[Event<T>],
+    is_op: impl Fn(&T) -> bool,
+) -> Result<OpStats, HistoryError> {
+    let ops: Vec<&Event<T>> = events
+        .iter()
+        .filter(|e| e.process < FINAL_PROCESS_BASE && is_op(&e.op))
+        .collect();
     let mut stats = OpStats::default();
     let mut latencies = Vec::new();
     let mut pending: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
@@ -290,10 +296,14 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, RunError> {
         }
     }
     if let Some(why) = &unrecovered {
-        report.notes.push(format!("cluster did not recover after healing: {why}"));
+        report
+            .notes
+            .push(format!("cluster did not recover after healing: {why}"));
         if report.verdict == Verdict::Valid {
             // Without recovery the final reads may be missing, so "no anomaly" is weak.
-            report.verdict = Verdict::Unknown { reason: "the cluster did not recover after the faults were healed".into() };
+            report.verdict = Verdict::Unknown {
+                reason: "the cluster did not recover after the faults were healed".into(),
+            };
         }
     }
     write_nemesis_log(&dir, &log);
@@ -310,7 +320,10 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, RunError> {
 
 fn validate(cfg: &RunConfig) -> Result<(), RunError> {
     if ![1, 3, 5].contains(&cfg.members) {
-        return Err(RunError::Config(format!("--members must be 1, 3 or 5 (got {})", cfg.members)));
+        return Err(RunError::Config(format!(
+            "--members must be 1, 3 or 5 (got {})",
+            cfg.members
+        )));
     }
     if cfg.concurrency == 0 {
         return Err(RunError::Config("--concurrency must be at least 1".into()));
@@ -321,9 +334,15 @@ fn validate(cfg: &RunConfig) -> Result<(), RunError> {
     if cfg.time_limit.is_zero() {
         return Err(RunError::Config("--time-limit must be positive".into()));
     }
-    cfg.nemesis.validate(cfg.members).map_err(RunError::Config)?;
+    cfg.nemesis
+        .validate(cfg.members)
+        .map_err(RunError::Config)?;
     if !cfg.binary.is_file() {
-        return Err(RunError::Config(format!("{} binary not found at {}", cfg.target.name(), cfg.binary.display())));
+        return Err(RunError::Config(format!(
+            "{} binary not found at {}",
+            cfg.target.name(),
+            cfg.binary.display()
+        )));
     }
     Ok(())
 }
@@ -331,7 +350,13 @@ fn validate(cfg: &RunConfig) -> Result<(), RunError> {
 fn write_nemesis_log(dir: &std::path::Path, log: &NemesisLog) {
     let mut text = String::new();
     for e in &log.events {
-        text.push_str(&format!("{:>8.3}s {} {}: {}\n", e.at.as_secs_f64(), if e.start { "start" } else { "heal " }, e.kind.name(), e.what));
+        text.push_str(&format!(
+            "{:>8.3}s {} {}: {}\n",
+            e.at.as_secs_f64(),
+            if e.start { "start" } else { "heal " },
+            e.kind.name(),
+            e.what
+        ));
     }
     for p in &log.problems {
         text.push_str(&format!("problem: {p}\n"));
@@ -341,15 +366,28 @@ fn write_nemesis_log(dir: &std::path::Path, log: &NemesisLog) {
     }
 }
 
-async fn progress_line(stats: Arc<Stats>, started: tokio::time::Instant, limit: Duration, stop: watch::Receiver<bool>) {
+async fn progress_line(
+    stats: Arc<Stats>,
+    started: tokio::time::Instant,
+    limit: Duration,
+    stop: watch::Receiver<bool>,
+) {
     let tty = std::io::stderr().is_terminal();
-    let every = if tty { Duration::from_secs(1) } else { Duration::from_secs(5) };
+    let every = if tty {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(5)
+    };
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
         tick.tick().await;
         let (ok, fail, info) = stats.snapshot();
-        let phase = if *stop.borrow() { "healing / final reads" } else { "running" };
+        let phase = if *stop.borrow() {
+            "healing / final reads"
+        } else {
+            "running"
+        };
         let line = format!(
             "[{:>4.0}s/{:.0}s] {phase}: {ok} ok, {fail} fail, {info} info",
             started.elapsed().as_secs_f64(),
@@ -364,13 +402,28 @@ async fn progress_line(stats: Arc<Stats>, started: tokio::time::Instant, limit: 
 }
 
 /// Re-checks a saved history.
-pub fn check_saved(workload: WorkloadKind, path: &std::path::Path) -> Result<(Report, OpStats), RunError> {
+pub fn check_saved(
+    workload: WorkloadKind,
+    path: &std::path::Path,
+) -> Result<(Report, OpStats), RunError> {
     let report = checker::check_file(workload, path)?;
     let stats = match workload {
-        WorkloadKind::Register => op_stats(&history::load::<workload::register::RegisterCall>(path)?, |_| true)?,
-        WorkloadKind::Append => op_stats(&history::load::<workload::append::AppendCall>(path)?, |_| true)?,
-        WorkloadKind::Watch => op_stats(&history::load::<workload::watch::WatchCall>(path)?, |op| matches!(op, workload::watch::WatchCall::Write { .. }))?,
-        WorkloadKind::Lock => op_stats(&history::load::<workload::lock::LockCall>(path)?, |op| !matches!(op, workload::lock::LockCall::ReadEntries { .. }))?,
+        WorkloadKind::Register => op_stats(
+            &history::load::<workload::register::RegisterCall>(path)?,
+            |_| true,
+        )?,
+        WorkloadKind::Append => op_stats(
+            &history::load::<workload::append::AppendCall>(path)?,
+            |_| true,
+        )?,
+        WorkloadKind::Watch => {
+            op_stats(&history::load::<workload::watch::WatchCall>(path)?, |op| {
+                matches!(op, workload::watch::WatchCall::Write { .. })
+            })?
+        }
+        WorkloadKind::Lock => op_stats(&history::load::<workload::lock::LockCall>(path)?, |op| {
+            !matches!(op, workload::lock::LockCall::ReadEntries { .. })
+        })?,
     };
     Ok((report, stats))
 }

@@ -50,13 +50,24 @@ impl System for RegisterSystem {
         let key = "k".to_string();
         match kind {
             0 => RegisterCall::Read { key, value: None },
-            1 => RegisterCall::Write { key, value: i64::from(value) },
-            _ => RegisterCall::Cas { key, from: i64::from(value % 2), to: i64::from(value), succeeded: None },
+            1 => RegisterCall::Write {
+                key,
+                value: i64::from(value),
+            },
+            _ => RegisterCall::Cas {
+                key,
+                from: i64::from(value % 2),
+                to: i64::from(value),
+                succeeded: None,
+            },
         }
     }
     fn apply(&mut self, call: &RegisterCall) -> RegisterCall {
         match call {
-            RegisterCall::Read { key, .. } => RegisterCall::Read { key: key.clone(), value: self.0 },
+            RegisterCall::Read { key, .. } => RegisterCall::Read {
+                key: key.clone(),
+                value: self.0,
+            },
             RegisterCall::Write { value, .. } => {
                 self.0 = Some(*value);
                 call.clone()
@@ -66,7 +77,12 @@ impl System for RegisterSystem {
                 if ok {
                     self.0 = Some(*to);
                 }
-                RegisterCall::Cas { key: key.clone(), from: *from, to: *to, succeeded: Some(ok) }
+                RegisterCall::Cas {
+                    key: key.clone(),
+                    from: *from,
+                    to: *to,
+                    succeeded: Some(ok),
+                }
             }
         }
     }
@@ -86,12 +102,18 @@ impl System for ListSystem {
             AppendCall::Read { key, list: None }
         } else {
             self.next += 1;
-            AppendCall::Append { key, elem: self.next }
+            AppendCall::Append {
+                key,
+                elem: self.next,
+            }
         }
     }
     fn apply(&mut self, call: &AppendCall) -> AppendCall {
         match call {
-            AppendCall::Read { key, .. } => AppendCall::Read { key: key.clone(), list: Some(self.list.clone()) },
+            AppendCall::Read { key, .. } => AppendCall::Read {
+                key: key.clone(),
+                list: Some(self.list.clone()),
+            },
             AppendCall::Append { elem, .. } => {
                 self.list.push(*elem);
                 call.clone()
@@ -118,7 +140,14 @@ fn simulate<S: System>(sys: &mut S, actions: &[Action]) -> Vec<Event<S::Call>> {
     let mut t = 0u64;
     let mut push = |events: &mut Vec<Event<S::Call>>, process: u64, kind: Kind, op: S::Call| {
         t += 1;
-        events.push(Event { index: events.len() as u64, time_ns: t, process, kind, op, error: None });
+        events.push(Event {
+            index: events.len() as u64,
+            time_ns: t,
+            process,
+            kind,
+            op,
+            error: None,
+        });
     };
     for a in actions {
         let p = usize::from(a.process);

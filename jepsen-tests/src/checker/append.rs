@@ -191,7 +191,10 @@ fn direct_anomalies(key: &str, kh: &KeyHistory) -> Option<Verdict> {
                     "read of an element never appended"
                 };
                 return Some(Verdict::Invalid {
-                    anomaly: format!("{what} on key {key}: read op #{} saw {e} in {list:?}", op.id),
+                    anomaly: format!(
+                        "{what} on key {key}: read op #{} saw {e} in {list:?}",
+                        op.id
+                    ),
                 });
             }
         }
@@ -232,51 +235,131 @@ mod tests {
         check(&events, 100_000).unwrap().verdict
     }
 
+    type Case = (
+        &'static str,
+        Vec<(u64, Kind, u64, AppendCall)>,
+        Option<&'static str>,
+    );
+
     #[test]
     fn table() {
-        let cases: Vec<(&str, Vec<(u64, Kind, u64, AppendCall)>, Option<&str>)> = vec![
-            ("appends then read in order", vec![
-                (1, Invoke, 0, a(1)), (1, K, 1, a(1)), (1, Invoke, 2, a(2)), (1, K, 3, a(2)),
-                (2, Invoke, 4, r(None)), (2, K, 5, r(Some(vec![1, 2]))),
-            ], None),
-            ("concurrent appends in either order", vec![
-                (1, Invoke, 0, a(1)), (2, Invoke, 0, a(2)), (1, K, 3, a(1)), (2, K, 3, a(2)),
-                (3, Invoke, 4, r(None)), (3, K, 5, r(Some(vec![2, 1]))),
-            ], None),
-            ("lost append", vec![
-                (1, Invoke, 0, a(1)), (1, K, 1, a(1)), (1, Invoke, 2, a(2)), (1, K, 3, a(2)),
-                (2, Invoke, 4, r(None)), (2, K, 5, r(Some(vec![2]))),
-            ], Some("lost")),
-            ("reordered list", vec![
-                (1, Invoke, 0, a(1)), (1, K, 1, a(1)), (1, Invoke, 2, a(2)), (1, K, 3, a(2)),
-                (2, Invoke, 4, r(None)), (2, K, 5, r(Some(vec![2, 1]))),
-            ], Some("reordered")),
-            ("reads disagree on order", vec![
-                (1, Invoke, 0, a(1)), (2, Invoke, 0, a(2)), (1, K, 3, a(1)), (2, K, 3, a(2)),
-                (3, Invoke, 4, r(None)), (3, K, 5, r(Some(vec![1, 2]))),
-                (3, Invoke, 6, r(None)), (3, K, 7, r(Some(vec![2, 1]))),
-            ], Some("disagree on order")),
-            ("duplicate element", vec![
-                (1, Invoke, 0, a(1)), (1, K, 1, a(1)),
-                (2, Invoke, 4, r(None)), (2, K, 5, r(Some(vec![1, 1]))),
-            ], Some("duplicate")),
-            ("read of a failed append", vec![
-                (1, Invoke, 0, a(1)), (1, Fail, 1, a(1)),
-                (2, Invoke, 4, r(None)), (2, K, 5, r(Some(vec![1]))),
-            ], Some("failed append")),
-            ("indeterminate append seen", vec![
-                (1, Invoke, 0, a(1)), (1, Info, 1, a(1)),
-                (2, Invoke, 4, r(None)), (2, K, 5, r(Some(vec![1]))),
-            ], None),
-            ("indeterminate append never seen", vec![
-                (1, Invoke, 0, a(1)), (1, Info, 1, a(1)), (1, Invoke, 2, a(2)), (1, K, 3, a(2)),
-                (2, Invoke, 4, r(None)), (2, K, 5, r(Some(vec![2]))),
-            ], None),
-            ("indeterminate append seen, then gone", vec![
-                (1, Invoke, 0, a(1)), (1, Info, 1, a(1)),
-                (2, Invoke, 4, r(None)), (2, K, 5, r(Some(vec![1]))),
-                (2, Invoke, 6, r(None)), (2, K, 7, r(Some(vec![]))),
-            ], Some("stale read")),
+        let cases: Vec<Case> = vec![
+            (
+                "appends then read in order",
+                vec![
+                    (1, Invoke, 0, a(1)),
+                    (1, K, 1, a(1)),
+                    (1, Invoke, 2, a(2)),
+                    (1, K, 3, a(2)),
+                    (2, Invoke, 4, r(None)),
+                    (2, K, 5, r(Some(vec![1, 2]))),
+                ],
+                None,
+            ),
+            (
+                "concurrent appends in either order",
+                vec![
+                    (1, Invoke, 0, a(1)),
+                    (2, Invoke, 0, a(2)),
+                    (1, K, 3, a(1)),
+                    (2, K, 3, a(2)),
+                    (3, Invoke, 4, r(None)),
+                    (3, K, 5, r(Some(vec![2, 1]))),
+                ],
+                None,
+            ),
+            (
+                "lost append",
+                vec![
+                    (1, Invoke, 0, a(1)),
+                    (1, K, 1, a(1)),
+                    (1, Invoke, 2, a(2)),
+                    (1, K, 3, a(2)),
+                    (2, Invoke, 4, r(None)),
+                    (2, K, 5, r(Some(vec![2]))),
+                ],
+                Some("lost"),
+            ),
+            (
+                "reordered list",
+                vec![
+                    (1, Invoke, 0, a(1)),
+                    (1, K, 1, a(1)),
+                    (1, Invoke, 2, a(2)),
+                    (1, K, 3, a(2)),
+                    (2, Invoke, 4, r(None)),
+                    (2, K, 5, r(Some(vec![2, 1]))),
+                ],
+                Some("reordered"),
+            ),
+            (
+                "reads disagree on order",
+                vec![
+                    (1, Invoke, 0, a(1)),
+                    (2, Invoke, 0, a(2)),
+                    (1, K, 3, a(1)),
+                    (2, K, 3, a(2)),
+                    (3, Invoke, 4, r(None)),
+                    (3, K, 5, r(Some(vec![1, 2]))),
+                    (3, Invoke, 6, r(None)),
+                    (3, K, 7, r(Some(vec![2, 1]))),
+                ],
+                Some("disagree on order"),
+            ),
+            (
+                "duplicate element",
+                vec![
+                    (1, Invoke, 0, a(1)),
+                    (1, K, 1, a(1)),
+                    (2, Invoke, 4, r(None)),
+                    (2, K, 5, r(Some(vec![1, 1]))),
+                ],
+                Some("duplicate"),
+            ),
+            (
+                "read of a failed append",
+                vec![
+                    (1, Invoke, 0, a(1)),
+                    (1, Fail, 1, a(1)),
+                    (2, Invoke, 4, r(None)),
+                    (2, K, 5, r(Some(vec![1]))),
+                ],
+                Some("failed append"),
+            ),
+            (
+                "indeterminate append seen",
+                vec![
+                    (1, Invoke, 0, a(1)),
+                    (1, Info, 1, a(1)),
+                    (2, Invoke, 4, r(None)),
+                    (2, K, 5, r(Some(vec![1]))),
+                ],
+                None,
+            ),
+            (
+                "indeterminate append never seen",
+                vec![
+                    (1, Invoke, 0, a(1)),
+                    (1, Info, 1, a(1)),
+                    (1, Invoke, 2, a(2)),
+                    (1, K, 3, a(2)),
+                    (2, Invoke, 4, r(None)),
+                    (2, K, 5, r(Some(vec![2]))),
+                ],
+                None,
+            ),
+            (
+                "indeterminate append seen, then gone",
+                vec![
+                    (1, Invoke, 0, a(1)),
+                    (1, Info, 1, a(1)),
+                    (2, Invoke, 4, r(None)),
+                    (2, K, 5, r(Some(vec![1]))),
+                    (2, Invoke, 6, r(None)),
+                    (2, K, 7, r(Some(vec![]))),
+                ],
+                Some("stale read"),
+            ),
         ];
         for (name, rows, anomaly) in cases {
             match (verdict(&rows), anomaly) {

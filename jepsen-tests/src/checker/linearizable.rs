@@ -58,7 +58,9 @@ pub enum Outcome {
         state: String,
     },
     /// The search gave up after `budget` steps without an answer.
-    Unknown { budget: u64 },
+    Unknown {
+        budget: u64,
+    },
 }
 
 const NIL: usize = usize::MAX;
@@ -195,10 +197,12 @@ pub fn check<M: Model>(init: &M, ops: &[Operation<M::Op>], budget: u64) -> Outco
             }
             if stack.len() > deepest.0 || deepest.1 == NIL {
                 deepest = (stack.len(), e.op, vec![state.clone()]);
-            } else if stack.len() == deepest.0 && e.op == deepest.1 && deepest.2.len() < 4 {
-                if !deepest.2.contains(&state) {
-                    deepest.2.push(state.clone());
-                }
+            } else if stack.len() == deepest.0
+                && e.op == deepest.1
+                && deepest.2.len() < 4
+                && !deepest.2.contains(&state)
+            {
+                deepest.2.push(state.clone());
             }
             let Some((call, prev_state)) = stack.pop() else {
                 let (linearized, blocked, states) = deepest;

@@ -26,7 +26,14 @@ pub fn check(events: &[Event<LockCall>]) -> Result<Report, CheckError> {
     for p in &pairs {
         let done = p.completion.map(|c| &c.op);
         match (&p.invoke.op, p.kind(), done) {
-            (LockCall::Acquire { owner, .. }, Kind::Ok, Some(LockCall::Acquire { lock_rev: Some(rev), .. })) => {
+            (
+                LockCall::Acquire { owner, .. },
+                Kind::Ok,
+                Some(LockCall::Acquire {
+                    lock_rev: Some(rev),
+                    ..
+                }),
+            ) => {
                 if let Some(other) = granted.insert(*rev, *owner) {
                     anomalies.push(format!("two holders acquired the lock at the same revision {rev}: owners {other} and {owner}"));
                 }
@@ -36,9 +43,18 @@ pub fn check(events: &[Event<LockCall>]) -> Result<Report, CheckError> {
                 }
             }
             (LockCall::Acquire { .. }, Kind::Ok, _) => {
-                return Err(CheckError::Malformed(format!("ok acquire {} without a lock revision", p.invoke.index)));
+                return Err(CheckError::Malformed(format!(
+                    "ok acquire {} without a lock revision",
+                    p.invoke.index
+                )));
             }
-            (LockCall::Fenced { entry, lock_rev, .. }, kind, _) => match kind {
+            (
+                LockCall::Fenced {
+                    entry, lock_rev, ..
+                },
+                kind,
+                _,
+            ) => match kind {
                 Kind::Ok => {
                     acked.insert(entry.clone());
                 }
@@ -55,7 +71,11 @@ pub fn check(events: &[Event<LockCall>]) -> Result<Report, CheckError> {
                     h.1 = Some(p.invoke.time_ns);
                 }
             }
-            (LockCall::ReadEntries { .. }, Kind::Ok, Some(LockCall::ReadEntries { entries: Some(e) })) => entries = Some(e),
+            (
+                LockCall::ReadEntries { .. },
+                Kind::Ok,
+                Some(LockCall::ReadEntries { entries: Some(e) }),
+            ) => entries = Some(e),
             _ => {}
         }
     }
@@ -64,7 +84,9 @@ pub fn check(events: &[Event<LockCall>]) -> Result<Report, CheckError> {
     // granted revisions are legitimate fences.
     let Some(entries) = entries else {
         return Ok(Report {
-            verdict: Verdict::Unknown { reason: "no final read of the fenced entries".into() },
+            verdict: Verdict::Unknown {
+                reason: "no final read of the fenced entries".into(),
+            },
             notes: vec![],
         });
     };
@@ -83,12 +105,16 @@ pub fn check(events: &[Event<LockCall>]) -> Result<Report, CheckError> {
         }
         max_fence = max_fence.max(*fence);
         if refused.contains(key.as_str()) {
-            anomalies.push(format!("fenced write {key} was refused but took effect (revision {rev})"));
+            anomalies.push(format!(
+                "fenced write {key} was refused but took effect (revision {rev})"
+            ));
         }
     }
     for key in &acked {
         if !present.contains(key.as_str()) {
-            anomalies.push(format!("lost write: fenced write {key} was acknowledged but is missing at the end"));
+            anomalies.push(format!(
+                "lost write: fenced write {key} was acknowledged but is missing at the end"
+            ));
         }
     }
     let mut notes = vec![format!(
@@ -123,56 +149,122 @@ mod tests {
     fn events(rows: Vec<(u64, Kind, LockCall)>) -> Vec<Event<LockCall>> {
         rows.into_iter()
             .enumerate()
-            .map(|(i, (p, k, op))| Event { index: i as u64, time_ns: i as u64, process: p, kind: k, op, error: None })
+            .map(|(i, (p, k, op))| Event {
+                index: i as u64,
+                time_ns: i as u64,
+                process: p,
+                kind: k,
+                op,
+                error: None,
+            })
             .collect()
     }
     fn acq(owner: u64, rev: Option<i64>) -> LockCall {
-        LockCall::Acquire { owner, lock_rev: rev }
+        LockCall::Acquire {
+            owner,
+            lock_rev: rev,
+        }
     }
     fn fenced(owner: u64, rev: i64, e: &str) -> LockCall {
-        LockCall::Fenced { owner, lock_rev: rev, entry: e.into() }
+        LockCall::Fenced {
+            owner,
+            lock_rev: rev,
+            entry: e.into(),
+        }
     }
     fn read(entries: Vec<(&str, i64, i64)>) -> LockCall {
-        LockCall::ReadEntries { entries: Some(entries.into_iter().map(|(k, f, r)| (k.to_string(), f, r)).collect()) }
+        LockCall::ReadEntries {
+            entries: Some(
+                entries
+                    .into_iter()
+                    .map(|(k, f, r)| (k.to_string(), f, r))
+                    .collect(),
+            ),
+        }
     }
 
     fn base() -> Vec<(u64, Kind, LockCall)> {
         vec![
-            (1, Kind::Invoke, acq(1, None)), (1, Kind::Ok, acq(1, Some(10))),
-            (1, Kind::Invoke, fenced(1, 10, "e1")), (1, Kind::Ok, fenced(1, 10, "e1")),
-            (2, Kind::Invoke, acq(2, None)), (2, Kind::Ok, acq(2, Some(20))),
-            (2, Kind::Invoke, fenced(2, 20, "e2")), (2, Kind::Ok, fenced(2, 20, "e2")),
+            (1, Kind::Invoke, acq(1, None)),
+            (1, Kind::Ok, acq(1, Some(10))),
+            (1, Kind::Invoke, fenced(1, 10, "e1")),
+            (1, Kind::Ok, fenced(1, 10, "e1")),
+            (2, Kind::Invoke, acq(2, None)),
+            (2, Kind::Ok, acq(2, Some(20))),
+            (2, Kind::Invoke, fenced(2, 20, "e2")),
+            (2, Kind::Ok, fenced(2, 20, "e2")),
         ]
     }
-    fn verdict(mut rows: Vec<(u64, Kind, LockCall)>, final_entries: Vec<(&str, i64, i64)>) -> Verdict {
+    fn verdict(
+        mut rows: Vec<(u64, Kind, LockCall)>,
+        final_entries: Vec<(&str, i64, i64)>,
+    ) -> Verdict {
         rows.push((99, Kind::Invoke, LockCall::ReadEntries { entries: None }));
         rows.push((99, Kind::Ok, read(final_entries)));
         check(&events(rows)).unwrap().verdict
     }
 
+    type Case = (
+        &'static str,
+        Vec<(u64, Kind, LockCall)>,
+        Vec<(&'static str, i64, i64)>,
+        &'static str,
+    );
+
     #[test]
     fn table() {
-        assert_eq!(verdict(base(), vec![("e1", 10, 11), ("e2", 20, 21)]), Verdict::Valid);
-        let cases: Vec<(&str, Vec<(u64, Kind, LockCall)>, Vec<(&str, i64, i64)>, &str)> = vec![
-            ("interleaved holders", base(), vec![("e1", 10, 22), ("e2", 20, 21)], "mutual exclusion"),
-            ("lost fenced write", base(), vec![("e2", 20, 21)], "lost write"),
-            ("entry under an ungranted lock", base(), vec![("e1", 10, 11), ("e2", 20, 21), ("e3", 15, 23)], "never granted"),
-            ("refused write took effect", {
-                let mut b = base();
-                b.push((1, Kind::Invoke, fenced(1, 10, "e9")));
-                b.push((1, Kind::Fail, fenced(1, 10, "e9")));
-                b
-            }, vec![("e1", 10, 11), ("e2", 20, 21), ("e9", 10, 12)], "refused"),
-            ("same lock revision granted twice", {
-                let mut b = base();
-                b.push((3, Kind::Invoke, acq(3, None)));
-                b.push((3, Kind::Ok, acq(3, Some(20))));
-                b
-            }, vec![("e1", 10, 11), ("e2", 20, 21)], "same revision"),
+        assert_eq!(
+            verdict(base(), vec![("e1", 10, 11), ("e2", 20, 21)]),
+            Verdict::Valid
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "interleaved holders",
+                base(),
+                vec![("e1", 10, 22), ("e2", 20, 21)],
+                "mutual exclusion",
+            ),
+            (
+                "lost fenced write",
+                base(),
+                vec![("e2", 20, 21)],
+                "lost write",
+            ),
+            (
+                "entry under an ungranted lock",
+                base(),
+                vec![("e1", 10, 11), ("e2", 20, 21), ("e3", 15, 23)],
+                "never granted",
+            ),
+            (
+                "refused write took effect",
+                {
+                    let mut b = base();
+                    b.push((1, Kind::Invoke, fenced(1, 10, "e9")));
+                    b.push((1, Kind::Fail, fenced(1, 10, "e9")));
+                    b
+                },
+                vec![("e1", 10, 11), ("e2", 20, 21), ("e9", 10, 12)],
+                "refused",
+            ),
+            (
+                "same lock revision granted twice",
+                {
+                    let mut b = base();
+                    b.push((3, Kind::Invoke, acq(3, None)));
+                    b.push((3, Kind::Ok, acq(3, Some(20))));
+                    b
+                },
+                vec![("e1", 10, 11), ("e2", 20, 21)],
+                "same revision",
+            ),
         ];
         for (name, rows, fin, want) in cases {
             match verdict(rows, fin) {
-                Verdict::Invalid { anomaly } => assert!(anomaly.contains(want), "{name}: wanted {want:?}, got {anomaly}"),
+                Verdict::Invalid { anomaly } => assert!(
+                    anomaly.contains(want),
+                    "{name}: wanted {want:?}, got {anomaly}"
+                ),
                 v => panic!("{name}: unexpected {v:?}"),
             }
         }

@@ -100,7 +100,11 @@ impl OrderedList {
 impl std::fmt::Debug for OrderedList {
     /// Shows the list this state stands for.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let list: Vec<i64> = self.order[..self.len].iter().chain(&self.extra).copied().collect();
+        let list: Vec<i64> = self.order[..self.len]
+            .iter()
+            .chain(&self.extra)
+            .copied()
+            .collect();
         write!(f, "{list:?}")
     }
 }

@@ -208,7 +208,12 @@ mod tests {
         let cases = vec![
             Case {
                 name: "sequential write then read",
-                rows: vec![(1, Invoke, 0, w(1)), (1, K, 1, w(1)), (2, Invoke, 2, r(None)), (2, K, 3, r(Some(1)))],
+                rows: vec![
+                    (1, Invoke, 0, w(1)),
+                    (1, K, 1, w(1)),
+                    (2, Invoke, 2, r(None)),
+                    (2, K, 3, r(Some(1))),
+                ],
                 valid: true,
                 anomaly: "",
             },
@@ -221,8 +226,12 @@ mod tests {
             Case {
                 name: "concurrent read may see the old or new value",
                 rows: vec![
-                    (1, Invoke, 0, w(1)), (1, K, 1, w(1)),
-                    (1, Invoke, 2, w(2)), (2, Invoke, 3, r(None)), (2, K, 4, r(Some(1))), (1, K, 5, w(2)),
+                    (1, Invoke, 0, w(1)),
+                    (1, K, 1, w(1)),
+                    (1, Invoke, 2, w(2)),
+                    (2, Invoke, 3, r(None)),
+                    (2, K, 4, r(Some(1))),
+                    (1, K, 5, w(2)),
                 ],
                 valid: true,
                 anomaly: "",
@@ -230,9 +239,12 @@ mod tests {
             Case {
                 name: "stale read",
                 rows: vec![
-                    (1, Invoke, 0, w(1)), (1, K, 1, w(1)),
-                    (1, Invoke, 2, w(2)), (1, K, 3, w(2)),
-                    (2, Invoke, 4, r(None)), (2, K, 5, r(Some(1))),
+                    (1, Invoke, 0, w(1)),
+                    (1, K, 1, w(1)),
+                    (1, Invoke, 2, w(2)),
+                    (1, K, 3, w(2)),
+                    (2, Invoke, 4, r(None)),
+                    (2, K, 5, r(Some(1))),
                 ],
                 valid: false,
                 anomaly: "stale read",
@@ -240,8 +252,10 @@ mod tests {
             Case {
                 name: "lost write: acknowledged, then a later read misses it",
                 rows: vec![
-                    (1, Invoke, 0, w(3)), (1, K, 1, w(3)),
-                    (2, Invoke, 2, r(None)), (2, K, 3, r(None)),
+                    (1, Invoke, 0, w(3)),
+                    (1, K, 1, w(3)),
+                    (2, Invoke, 2, r(None)),
+                    (2, K, 3, r(None)),
                 ],
                 valid: false,
                 anomaly: "stale read (or lost write)",
@@ -254,56 +268,94 @@ mod tests {
             },
             Case {
                 name: "read of a failed write",
-                rows: vec![(1, Invoke, 0, w(4)), (1, Fail, 1, w(4)), (2, Invoke, 2, r(None)), (2, K, 3, r(Some(4)))],
+                rows: vec![
+                    (1, Invoke, 0, w(4)),
+                    (1, Fail, 1, w(4)),
+                    (2, Invoke, 2, r(None)),
+                    (2, K, 3, r(Some(4))),
+                ],
                 valid: false,
                 anomaly: "failed write",
             },
             Case {
                 name: "successful CAS from the current value",
-                rows: vec![(1, Invoke, 0, w(1)), (1, K, 1, w(1)), (1, Invoke, 2, cas(1, 2, None)), (1, K, 3, cas(1, 2, Some(true))), (2, Invoke, 4, r(None)), (2, K, 5, r(Some(2)))],
+                rows: vec![
+                    (1, Invoke, 0, w(1)),
+                    (1, K, 1, w(1)),
+                    (1, Invoke, 2, cas(1, 2, None)),
+                    (1, K, 3, cas(1, 2, Some(true))),
+                    (2, Invoke, 4, r(None)),
+                    (2, K, 5, r(Some(2))),
+                ],
                 valid: true,
                 anomaly: "",
             },
             Case {
                 name: "CAS succeeded although the value differed",
-                rows: vec![(1, Invoke, 0, w(1)), (1, K, 1, w(1)), (1, Invoke, 2, cas(3, 2, None)), (1, K, 3, cas(3, 2, Some(true)))],
+                rows: vec![
+                    (1, Invoke, 0, w(1)),
+                    (1, K, 1, w(1)),
+                    (1, Invoke, 2, cas(3, 2, None)),
+                    (1, K, 3, cas(3, 2, Some(true))),
+                ],
                 valid: false,
                 anomaly: "CAS anomaly",
             },
             Case {
                 name: "CAS reported a failed compare although the value matched",
-                rows: vec![(1, Invoke, 0, w(1)), (1, K, 1, w(1)), (1, Invoke, 2, cas(1, 2, None)), (1, K, 3, cas(1, 2, Some(false)))],
+                rows: vec![
+                    (1, Invoke, 0, w(1)),
+                    (1, K, 1, w(1)),
+                    (1, Invoke, 2, cas(1, 2, None)),
+                    (1, K, 3, cas(1, 2, Some(false))),
+                ],
                 valid: false,
                 anomaly: "CAS anomaly",
             },
             Case {
                 name: "two CAS from the same value both succeed",
                 rows: vec![
-                    (1, Invoke, 0, w(0)), (1, K, 1, w(0)),
-                    (1, Invoke, 2, cas(0, 1, None)), (2, Invoke, 2, cas(0, 2, None)),
-                    (1, K, 3, cas(0, 1, Some(true))), (2, K, 3, cas(0, 2, Some(true))),
+                    (1, Invoke, 0, w(0)),
+                    (1, K, 1, w(0)),
+                    (1, Invoke, 2, cas(0, 1, None)),
+                    (2, Invoke, 2, cas(0, 2, None)),
+                    (1, K, 3, cas(0, 1, Some(true))),
+                    (2, K, 3, cas(0, 2, Some(true))),
                 ],
                 valid: false,
                 anomaly: "CAS anomaly",
             },
             Case {
                 name: "indeterminate write that took effect",
-                rows: vec![(1, Invoke, 0, w(7)), (1, Info, 1, w(7)), (2, Invoke, 5, r(None)), (2, K, 6, r(Some(7)))],
+                rows: vec![
+                    (1, Invoke, 0, w(7)),
+                    (1, Info, 1, w(7)),
+                    (2, Invoke, 5, r(None)),
+                    (2, K, 6, r(Some(7))),
+                ],
                 valid: true,
                 anomaly: "",
             },
             Case {
                 name: "indeterminate write that never took effect",
-                rows: vec![(1, Invoke, 0, w(7)), (1, Info, 1, w(7)), (2, Invoke, 5, r(None)), (2, K, 6, r(None))],
+                rows: vec![
+                    (1, Invoke, 0, w(7)),
+                    (1, Info, 1, w(7)),
+                    (2, Invoke, 5, r(None)),
+                    (2, K, 6, r(None)),
+                ],
                 valid: true,
                 anomaly: "",
             },
             Case {
                 name: "indeterminate write may take effect long after its timeout",
                 rows: vec![
-                    (1, Invoke, 0, w(7)), (1, Info, 1, w(7)),
-                    (2, Invoke, 5, r(None)), (2, K, 6, r(None)),
-                    (2, Invoke, 7, r(None)), (2, K, 8, r(Some(7))),
+                    (1, Invoke, 0, w(7)),
+                    (1, Info, 1, w(7)),
+                    (2, Invoke, 5, r(None)),
+                    (2, K, 6, r(None)),
+                    (2, Invoke, 7, r(None)),
+                    (2, K, 8, r(Some(7))),
                 ],
                 valid: true,
                 anomaly: "",
@@ -311,8 +363,10 @@ mod tests {
             Case {
                 name: "indeterminate write cannot take effect before it was invoked",
                 rows: vec![
-                    (2, Invoke, 0, r(None)), (2, K, 1, r(Some(7))),
-                    (1, Invoke, 2, w(7)), (1, Info, 3, w(7)),
+                    (2, Invoke, 0, r(None)),
+                    (2, K, 1, r(Some(7))),
+                    (1, Invoke, 2, w(7)),
+                    (1, Info, 3, w(7)),
                 ],
                 valid: false,
                 anomaly: "Read(Some(7))",
@@ -320,10 +374,14 @@ mod tests {
             Case {
                 name: "indeterminate write cannot flip back and forth",
                 rows: vec![
-                    (3, Invoke, 0, w(1)), (3, K, 1, w(1)),
-                    (1, Invoke, 2, w(7)), (1, Info, 3, w(7)),
-                    (2, Invoke, 4, r(None)), (2, K, 5, r(Some(7))),
-                    (2, Invoke, 6, r(None)), (2, K, 7, r(Some(1))),
+                    (3, Invoke, 0, w(1)),
+                    (3, K, 1, w(1)),
+                    (1, Invoke, 2, w(7)),
+                    (1, Info, 3, w(7)),
+                    (2, Invoke, 4, r(None)),
+                    (2, K, 5, r(Some(7))),
+                    (2, Invoke, 6, r(None)),
+                    (2, K, 7, r(Some(1))),
                 ],
                 valid: false,
                 anomaly: "stale read",
@@ -331,16 +389,23 @@ mod tests {
             Case {
                 name: "indeterminate CAS applied",
                 rows: vec![
-                    (1, Invoke, 0, w(1)), (1, K, 1, w(1)),
-                    (1, Invoke, 2, cas(1, 3, None)), (1, Info, 3, cas(1, 3, None)),
-                    (2, Invoke, 4, r(None)), (2, K, 5, r(Some(3))),
+                    (1, Invoke, 0, w(1)),
+                    (1, K, 1, w(1)),
+                    (1, Invoke, 2, cas(1, 3, None)),
+                    (1, Info, 3, cas(1, 3, None)),
+                    (2, Invoke, 4, r(None)),
+                    (2, K, 5, r(Some(3))),
                 ],
                 valid: true,
                 anomaly: "",
             },
             Case {
                 name: "an unfinished operation at the end of the history counts as indeterminate",
-                rows: vec![(1, Invoke, 0, w(2)), (2, Invoke, 1, r(None)), (2, K, 2, r(Some(2)))],
+                rows: vec![
+                    (1, Invoke, 0, w(2)),
+                    (2, Invoke, 1, r(None)),
+                    (2, K, 2, r(Some(2))),
+                ],
                 valid: true,
                 anomaly: "",
             },
@@ -362,13 +427,26 @@ mod tests {
 
     #[test]
     fn keys_are_checked_independently() {
-        let mut rows = vec![
-            (1, Invoke, 0, w(1)),
-            (1, K, 1, w(1)),
-        ];
+        let mut rows = vec![(1, Invoke, 0, w(1)), (1, K, 1, w(1))];
         // Same value on another key must not satisfy a read of "k".
-        rows.push((2, Invoke, 2, RegisterCall::Write { key: "other".into(), value: 9 }));
-        rows.push((2, K, 3, RegisterCall::Write { key: "other".into(), value: 9 }));
+        rows.push((
+            2,
+            Invoke,
+            2,
+            RegisterCall::Write {
+                key: "other".into(),
+                value: 9,
+            },
+        ));
+        rows.push((
+            2,
+            K,
+            3,
+            RegisterCall::Write {
+                key: "other".into(),
+                value: 9,
+            },
+        ));
         rows.push((3, Invoke, 4, r(None)));
         rows.push((3, K, 5, r(Some(9))));
         assert!(matches!(verdict(&rows), Verdict::Invalid { .. }));
@@ -392,7 +470,21 @@ mod tests {
 
     #[test]
     fn key_mismatch_is_malformed() {
-        let rows = vec![(1, Invoke, 0, w(1)), (1, K, 1, RegisterCall::Write { key: "x".into(), value: 1 })];
-        assert!(matches!(check(&h(&rows), 10), Err(CheckError::Malformed(_))));
+        let rows = vec![
+            (1, Invoke, 0, w(1)),
+            (
+                1,
+                K,
+                1,
+                RegisterCall::Write {
+                    key: "x".into(),
+                    value: 1,
+                },
+            ),
+        ];
+        assert!(matches!(
+            check(&h(&rows), 10),
+            Err(CheckError::Malformed(_))
+        ));
     }
 }

@@ -14,8 +14,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    connect, execute, join_workers, reachable, Ctx, KeyRotation, Outcome, Process,
-    WorkloadError, FINAL_PROCESS_BASE,
+    connect, execute, join_workers, reachable, Ctx, KeyRotation, Outcome, Process, WorkloadError,
+    FINAL_PROCESS_BASE,
 };
 use crate::history::{Kind, Recorder};
 
@@ -65,13 +65,16 @@ fn encode(list: &[i64]) -> String {
 
 async fn read(client: &mut Client, key: &str) -> Result<(Vec<i64>, i64), etcd_client::Error> {
     let resp = client.get(key, None).await?;
-    Ok(resp
-        .kvs()
-        .first()
-        .map_or((Vec::new(), 0), |kv| (decode(kv.value()), kv.mod_revision())))
+    Ok(resp.kvs().first().map_or((Vec::new(), 0), |kv| {
+        (decode(kv.value()), kv.mod_revision())
+    }))
 }
 
-async fn perform(client: &mut Client, call: &AppendCall, timeout: std::time::Duration) -> Outcome<AppendCall> {
+async fn perform(
+    client: &mut Client,
+    call: &AppendCall,
+    timeout: std::time::Duration,
+) -> Outcome<AppendCall> {
     match call {
         AppendCall::Read { key, .. } => match execute(timeout, true, read(client, key)).await {
             Outcome::Ok((list, _)) => Outcome::Ok(AppendCall::Read {
@@ -88,7 +91,11 @@ async fn perform(client: &mut Client, call: &AppendCall, timeout: std::time::Dur
             };
             list.push(*elem);
             let txn = Txn::new()
-                .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, seen_rev)])
+                .when([Compare::mod_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    seen_rev,
+                )])
                 .and_then([TxnOp::put(key.as_str(), encode(&list), None)]);
             match execute(timeout, false, client.txn(txn)).await {
                 Outcome::Ok(resp) if resp.succeeded() => Outcome::Ok(call.clone()),
@@ -160,7 +167,11 @@ pub async fn final_reads(
     rec: &Recorder<AppendCall>,
     op_timeout: std::time::Duration,
 ) -> Result<usize, WorkloadError> {
-    let mut keys: Vec<String> = rec.events().iter().map(|e| e.op.key().to_string()).collect();
+    let mut keys: Vec<String> = rec
+        .events()
+        .iter()
+        .map(|e| e.op.key().to_string())
+        .collect();
     keys.sort();
     keys.dedup();
     let mut clients = Vec::new();

@@ -41,8 +41,15 @@ pub enum LockCall {
         lock_rev: Option<i64>,
     },
     /// A fenced write creating `entry`, valid only while the lock is still `lock_rev`.
-    Fenced { owner: u64, lock_rev: i64, entry: String },
-    Release { owner: u64, lock_rev: i64 },
+    Fenced {
+        owner: u64,
+        lock_rev: i64,
+        entry: String,
+    },
+    Release {
+        owner: u64,
+        lock_rev: i64,
+    },
     /// The end-of-run read of every entry: (key, fencing revision in its value, mod revision).
     ReadEntries {
         #[serde(default)]
@@ -81,16 +88,25 @@ async fn worker(w: usize, ctx: Ctx, rec: Arc<Recorder<LockCall>>) {
         // The owner id doubles as the process id, so history readers can follow one
         // holder; it changes after indeterminate results like every process id.
         let owner = process.id();
-        let Outcome::Ok(lease) = execute(ctx.op_timeout, true, client.lease_grant(LEASE_TTL, None)).await else {
+        let Outcome::Ok(lease) =
+            execute(ctx.op_timeout, true, client.lease_grant(LEASE_TTL, None)).await
+        else {
             continue;
         };
         let lease = lease.id();
         let keepalive = tokio::spawn(keep_alive(client.clone(), lease));
-        let acquire = LockCall::Acquire { owner, lock_rev: None };
+        let acquire = LockCall::Acquire {
+            owner,
+            lock_rev: None,
+        };
         rec.record(owner, Kind::Invoke, acquire.clone(), None);
         let txn = Txn::new()
             .when([Compare::create_revision(LOCK_KEY, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(LOCK_KEY, owner.to_string(), Some(PutOptions::new().with_lease(lease)))]);
+            .and_then([TxnOp::put(
+                LOCK_KEY,
+                owner.to_string(),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
         let outcome = execute(ctx.op_timeout, false, client.txn(txn)).await;
         let lock_rev = match &outcome {
             Outcome::Ok(r) if r.succeeded() => r.header().map(|h| h.revision()),
@@ -110,7 +126,17 @@ async fn worker(w: usize, ctx: Ctx, rec: Arc<Recorder<LockCall>>) {
         ctx.stats.count(kind);
         process.completed(kind);
         if let Some(lock_rev) = lock_rev {
-            hold(&ctx, &mut client, &rec, &mut process, owner, lock_rev, &mut seq, &mut rng).await;
+            hold(
+                &ctx,
+                &mut client,
+                &rec,
+                &mut process,
+                owner,
+                lock_rev,
+                &mut seq,
+                &mut rng,
+            )
+            .await;
         }
         keepalive.abort();
         // Best effort: an unrevoked lease just expires after its TTL.
@@ -132,12 +158,18 @@ async fn hold(
     for _ in 0..rng.random_range(1..=3) {
         *seq += 1;
         let entry = format!("{ENTRY_PREFIX}{owner:08}-{seq:06}");
-        let call = LockCall::Fenced { owner, lock_rev, entry: entry.clone() };
+        let call = LockCall::Fenced {
+            owner,
+            lock_rev,
+            entry: entry.clone(),
+        };
         let pid = process.id();
         rec.record(pid, Kind::Invoke, call.clone(), None);
-        let txn = Txn::new()
-            .when([fence(lock_rev)])
-            .and_then([TxnOp::put(entry.as_str(), lock_rev.to_string(), None)]);
+        let txn = Txn::new().when([fence(lock_rev)]).and_then([TxnOp::put(
+            entry.as_str(),
+            lock_rev.to_string(),
+            None,
+        )]);
         let outcome = execute(ctx.op_timeout, false, client.txn(txn)).await;
         let (kind, err) = match &outcome {
             Outcome::Ok(r) if r.succeeded() => (Kind::Ok, None),
@@ -151,12 +183,15 @@ async fn hold(
         if kind != Kind::Ok {
             return;
         }
-        ctx.sleep(Duration::from_millis(rng.random_range(10..100))).await;
+        ctx.sleep(Duration::from_millis(rng.random_range(10..100)))
+            .await;
     }
     let call = LockCall::Release { owner, lock_rev };
     let pid = process.id();
     rec.record(pid, Kind::Invoke, call.clone(), None);
-    let txn = Txn::new().when([fence(lock_rev)]).and_then([TxnOp::delete(LOCK_KEY, None)]);
+    let txn = Txn::new()
+        .when([fence(lock_rev)])
+        .and_then([TxnOp::delete(LOCK_KEY, None)]);
     let outcome = execute(ctx.op_timeout, false, client.txn(txn)).await;
     let kind = outcome.kind();
     let err = match &outcome {
@@ -177,37 +212,81 @@ async fn keep_alive(mut client: Client, lease: i64) {
         if keeper.keep_alive().await.is_err() {
             return;
         }
-        if !matches!(tokio::time::timeout(Duration::from_secs(1), stream.message()).await, Ok(Ok(Some(_)))) {
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(1), stream.message()).await,
+            Ok(Ok(Some(_)))
+        ) {
             return;
         }
     }
 }
 
 /// Reads every fenced entry after the run, through any member that answers.
-pub async fn final_read(endpoints: &[String], rec: &Recorder<LockCall>, op_timeout: Duration) -> Result<(), WorkloadError> {
+pub async fn final_read(
+    endpoints: &[String],
+    rec: &Recorder<LockCall>,
+    op_timeout: Duration,
+) -> Result<(), WorkloadError> {
     let mut last = String::from("no endpoints");
-    for (attempt, endpoint) in endpoints.iter().cycle().take(endpoints.len() * 3).enumerate() {
+    for (attempt, endpoint) in endpoints
+        .iter()
+        .cycle()
+        .take(endpoints.len() * 3)
+        .enumerate()
+    {
         let mut client = connect(endpoint, op_timeout).await?;
         let process = FINAL_PROCESS_BASE + attempt as u64;
-        rec.record(process, Kind::Invoke, LockCall::ReadEntries { entries: None }, None);
-        match execute(op_timeout, true, client.get(ENTRY_PREFIX, Some(GetOptions::new().with_prefix()))).await {
+        rec.record(
+            process,
+            Kind::Invoke,
+            LockCall::ReadEntries { entries: None },
+            None,
+        );
+        match execute(
+            op_timeout,
+            true,
+            client.get(ENTRY_PREFIX, Some(GetOptions::new().with_prefix())),
+        )
+        .await
+        {
             Outcome::Ok(resp) => {
                 let entries = resp
                     .kvs()
                     .iter()
                     .map(|kv| {
-                        let fence = std::str::from_utf8(kv.value()).ok().and_then(|v| v.parse().ok()).unwrap_or(i64::MIN);
-                        (String::from_utf8_lossy(kv.key()).into_owned(), fence, kv.mod_revision())
+                        let fence = std::str::from_utf8(kv.value())
+                            .ok()
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(i64::MIN);
+                        (
+                            String::from_utf8_lossy(kv.key()).into_owned(),
+                            fence,
+                            kv.mod_revision(),
+                        )
                     })
                     .collect();
-                rec.record(process, Kind::Ok, LockCall::ReadEntries { entries: Some(entries) }, None);
+                rec.record(
+                    process,
+                    Kind::Ok,
+                    LockCall::ReadEntries {
+                        entries: Some(entries),
+                    },
+                    None,
+                );
                 return Ok(());
             }
             Outcome::Fail(e) | Outcome::Info(e) => {
-                rec.record(process, Kind::Fail, LockCall::ReadEntries { entries: None }, Some(e.clone()));
+                rec.record(
+                    process,
+                    Kind::Fail,
+                    LockCall::ReadEntries { entries: None },
+                    Some(e.clone()),
+                );
                 last = e;
             }
         }
     }
-    Err(WorkloadError::Task(format!("final read of lock entries: {last}")))
+    Err(WorkloadError::Task(format!(
+        "final read of lock entries: {last}"
+    )))
 }

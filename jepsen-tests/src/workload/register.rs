@@ -11,8 +11,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    connect, execute, join_workers, reachable, Ctx, KeyRotation, Outcome, Process,
-    WorkloadError, FINAL_PROCESS_BASE,
+    connect, execute, join_workers, reachable, Ctx, KeyRotation, Outcome, Process, WorkloadError,
+    FINAL_PROCESS_BASE,
 };
 use crate::history::{Kind, Recorder};
 
@@ -69,7 +69,10 @@ fn parse_value(bytes: &[u8]) -> i64 {
         .unwrap_or(GARBAGE)
 }
 
-async fn perform(client: &mut Client, call: &RegisterCall) -> Result<RegisterCall, etcd_client::Error> {
+async fn perform(
+    client: &mut Client,
+    call: &RegisterCall,
+) -> Result<RegisterCall, etcd_client::Error> {
     match call {
         RegisterCall::Read { key, .. } => {
             let resp = client.get(key.as_str(), None).await?;

@@ -107,7 +107,9 @@ pub async fn run(ctx: &Ctx, rec: Arc<Recorder<WatchCall>>) -> Result<i64, Worklo
     let start_rev = match execute(ctx.op_timeout, true, probe.get(PREFIX, None)).await {
         Outcome::Ok(r) => r.header().map_or(1, |h| h.revision()) + 1,
         Outcome::Fail(e) | Outcome::Info(e) => {
-            return Err(WorkloadError::Task(format!("cannot read the start revision: {e}")))
+            return Err(WorkloadError::Task(format!(
+                "cannot read the start revision: {e}"
+            )))
         }
     };
     let writers = (ctx.concurrency / 2).max(1);
@@ -129,7 +131,13 @@ pub async fn run(ctx: &Ctx, rec: Arc<Recorder<WatchCall>>) -> Result<i64, Worklo
     Ok(start_rev)
 }
 
-async fn writer(w: usize, writers: usize, ctx: Ctx, rec: Arc<Recorder<WatchCall>>, counter: Arc<AtomicI64>) {
+async fn writer(
+    w: usize,
+    writers: usize,
+    ctx: Ctx,
+    rec: Arc<Recorder<WatchCall>>,
+    counter: Arc<AtomicI64>,
+) {
     let Ok(endpoint) = ctx.endpoint_for(w).map(str::to_string) else {
         return;
     };
@@ -216,7 +224,17 @@ async fn watcher(w: usize, ctx: Ctx, rec: Arc<Recorder<WatchCall>>, start_rev: i
             },
             None,
         );
-        let reason = watch_session(&ctx, &mut client, &rec, process, id, session, &mut next_rev, &mut rng).await;
+        let reason = watch_session(
+            &ctx,
+            &mut client,
+            &rec,
+            process,
+            id,
+            session,
+            &mut next_rev,
+            &mut rng,
+        )
+        .await;
         rec.record(
             process,
             Kind::Ok,
@@ -247,11 +265,12 @@ async fn watch_session(
         .with_prefix()
         .with_start_revision(*next_rev)
         .with_progress_notify();
-    let mut stream = match tokio::time::timeout(ctx.op_timeout, client.watch(PREFIX, Some(opts))).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return format!("watch failed: {}", super::error_chain(&e)),
-        Err(_) => return "watch creation timed out".into(),
-    };
+    let mut stream =
+        match tokio::time::timeout(ctx.op_timeout, client.watch(PREFIX, Some(opts))).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return format!("watch failed: {}", super::error_chain(&e)),
+            Err(_) => return "watch creation timed out".into(),
+        };
     let lifetime = tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000)));
     tokio::pin!(lifetime);
     let mut progress_tick = tokio::time::interval(Duration::from_millis(400));
@@ -339,7 +358,9 @@ async fn replay(client: &mut Client, from: i64, to: i64) -> (Vec<WatchEvent>, bo
         return (events, true);
     }
     let opts = WatchOptions::new().with_prefix().with_start_revision(from);
-    let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(5), client.watch(PREFIX, Some(opts))).await else {
+    let Ok(Ok(mut stream)) =
+        tokio::time::timeout(Duration::from_secs(5), client.watch(PREFIX, Some(opts))).await
+    else {
         return (events, false);
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
