@@ -109,14 +109,74 @@ pub struct Cluster {
     token: String,
 }
 
-fn free_addr() -> Result<SocketAddr, ClusterError> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
+/// Reserves `n` distinct free loopback ports. All listeners stay open until every port
+/// is picked, so the kernel cannot hand out the same port twice; they are released just
+/// before the servers bind, which leaves only a small window for unrelated processes.
+/// What goes on one member's command line.
+pub struct ServerFlags<'a> {
+    pub target: Target,
+    pub name: &'a str,
+    pub data_dir: &'a Path,
+    pub client_url: &'a str,
+    pub listen_peer: SocketAddr,
+    pub advertised_peer: SocketAddr,
+    pub initial_cluster: &'a str,
+    /// `new` or `existing`.
+    pub state: &'a str,
+    pub token: &'a str,
+    pub heartbeat_ms: u64,
+    pub election_ms: u64,
+}
+
+/// The etcd-style command line, identical for etcd and raftkv (raftkv takes etcd's
+/// cluster flags), except for etcd's logger choice.
+pub fn server_args(f: &ServerFlags<'_>) -> Vec<String> {
+    let mut args: Vec<String> = [
+        ("--name", f.name.to_string()),
+        ("--data-dir", f.data_dir.display().to_string()),
+        ("--listen-client-urls", f.client_url.to_string()),
+        ("--advertise-client-urls", f.client_url.to_string()),
+        ("--listen-peer-urls", format!("http://{}", f.listen_peer)),
+        (
+            "--initial-advertise-peer-urls",
+            format!("http://{}", f.advertised_peer),
+        ),
+        ("--initial-cluster", f.initial_cluster.to_string()),
+        ("--initial-cluster-state", f.state.to_string()),
+        ("--initial-cluster-token", f.token.to_string()),
+        ("--heartbeat-interval", f.heartbeat_ms.to_string()),
+        ("--election-timeout", f.election_ms.to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_string(), value])
+    .collect();
+    if f.target == Target::Etcd {
+        // Quieter logs; etcd 3.4 otherwise warns about the deprecated default logger.
+        args.extend(["--logger".into(), "zap".into()]);
+    }
+    args
+}
+
+fn free_addrs(n: usize) -> Result<Vec<SocketAddr>, ClusterError> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|source| ClusterError::Io {
-            what: "picking a free loopback port".into(),
+            what: "picking free loopback ports".into(),
+            source,
+        })?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| ClusterError::Io {
+            what: "picking free loopback ports".into(),
             source,
         })
 }
+
+/// How often cluster start is retried when a port was taken between picking and binding.
+const START_ATTEMPTS: usize = 3;
 
 impl Cluster {
     /// Starts every member (behind the peer proxy when there is more than one) and waits
@@ -126,16 +186,40 @@ impl Cluster {
         spawner: Arc<dyn Spawner>,
         ready_within: Duration,
     ) -> Result<Cluster, ClusterError> {
+        let mut attempt = 1;
+        loop {
+            match Cluster::start_once(cfg.clone(), spawner.clone(), ready_within).await {
+                Err(ClusterError::NotReady { detail, .. })
+                    if attempt < START_ATTEMPTS && detail.contains("address already in use") =>
+                {
+                    tracing::warn!("a port was taken before the server bound it; retrying");
+                    attempt += 1;
+                    let _ = std::fs::remove_dir_all(&cfg.dir);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(
+        cfg: ClusterConfig,
+        spawner: Arc<dyn Spawner>,
+        ready_within: Duration,
+    ) -> Result<Cluster, ClusterError> {
         std::fs::create_dir_all(&cfg.dir).map_err(|source| ClusterError::Io {
             what: format!("creating {}", cfg.dir.display()),
             source,
         })?;
         let use_proxy = cfg.members > 1;
+        let mut ports = free_addrs(cfg.members * 3)?.into_iter();
         let mut members = Vec::new();
         for i in 0..cfg.members {
-            let client = free_addr()?;
-            let listen_peer = free_addr()?;
-            let advertised_peer = if use_proxy { free_addr()? } else { listen_peer };
+            let (Some(client), Some(listen_peer), Some(front)) =
+                (ports.next(), ports.next(), ports.next())
+            else {
+                return Err(ClusterError::Rpc("port allocation came up short".into()));
+            };
+            let advertised_peer = if use_proxy { front } else { listen_peer };
             members.push(Member {
                 name: format!("m{i}"),
                 client_url: format!("http://{client}"),
@@ -212,35 +296,19 @@ impl Cluster {
     /// The etcd command line for member `i`; raftkv accepts the same flags.
     fn args(&self, i: usize, state: &str) -> Vec<String> {
         let m = &self.members[i];
-        let mut args = vec![
-            "--name".into(),
-            m.name.clone(),
-            "--data-dir".into(),
-            m.data_dir.display().to_string(),
-            "--listen-client-urls".into(),
-            m.client_url.clone(),
-            "--advertise-client-urls".into(),
-            m.client_url.clone(),
-            "--listen-peer-urls".into(),
-            format!("http://{}", m.listen_peer),
-            "--initial-advertise-peer-urls".into(),
-            m.peer_url(),
-            "--initial-cluster".into(),
-            self.initial_cluster(),
-            "--initial-cluster-state".into(),
-            state.into(),
-            "--initial-cluster-token".into(),
-            self.token.clone(),
-            "--heartbeat-interval".into(),
-            self.cfg.heartbeat_ms.to_string(),
-            "--election-timeout".into(),
-            self.cfg.election_ms.to_string(),
-        ];
-        if self.cfg.target == Target::Etcd {
-            // Quieter logs; etcd 3.4 otherwise warns about the deprecated default logger.
-            args.extend(["--logger".into(), "zap".into()]);
-        }
-        args
+        server_args(&ServerFlags {
+            target: self.cfg.target,
+            name: &m.name,
+            data_dir: &m.data_dir,
+            client_url: &m.client_url,
+            listen_peer: m.listen_peer,
+            advertised_peer: m.advertised_peer,
+            initial_cluster: &self.initial_cluster(),
+            state,
+            token: &self.token,
+            heartbeat_ms: self.cfg.heartbeat_ms,
+            election_ms: self.cfg.election_ms,
+        })
     }
 
     fn spawn(&mut self, i: usize, state: &str) -> Result<(), ClusterError> {
@@ -522,4 +590,48 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(n);
     format!("--- {} ---\n{}", path.display(), lines[start..].join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_is_etcds() {
+        let flags = ServerFlags {
+            target: Target::Raftkv,
+            name: "m1",
+            data_dir: Path::new("/d/m1.data"),
+            client_url: "http://127.0.0.1:2379",
+            listen_peer: "127.0.0.1:2380".parse().unwrap(),
+            advertised_peer: "127.0.0.1:3380".parse().unwrap(),
+            initial_cluster: "m0=http://127.0.0.1:3379,m1=http://127.0.0.1:3380",
+            state: "new",
+            token: "t",
+            heartbeat_ms: 100,
+            election_ms: 1000,
+        };
+        let args = server_args(&flags).join(" ");
+        assert_eq!(
+            args,
+            "--name m1 --data-dir /d/m1.data --listen-client-urls http://127.0.0.1:2379 \
+             --advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380 \
+             --initial-advertise-peer-urls http://127.0.0.1:3380 \
+             --initial-cluster m0=http://127.0.0.1:3379,m1=http://127.0.0.1:3380 \
+             --initial-cluster-state new --initial-cluster-token t --heartbeat-interval 100 \
+             --election-timeout 1000"
+        );
+        let etcd = server_args(&ServerFlags {
+            target: Target::Etcd,
+            ..flags
+        });
+        assert_eq!(etcd[etcd.len() - 2..], ["--logger", "zap"]);
+    }
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let addrs = free_addrs(30).unwrap();
+        let unique: std::collections::BTreeSet<_> = addrs.iter().collect();
+        assert_eq!(unique.len(), 30);
+    }
 }

@@ -34,11 +34,15 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             });
             let cfg = args.config(seed).map_err(anyhow::Error::msg)?;
             println!("{}", cli::describe_run(&cfg));
-            // Ctrl-C abandons the run; returning drops the runtime and with it the
-            // cluster, which kills every server process.
+            // Ctrl-C or SIGTERM abandons the run; returning drops the runtime and with
+            // it the cluster, which kills every server process.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .context("installing the SIGTERM handler")?;
             let outcome = tokio::select! {
                 r = runner::run(cfg) => r.context("run failed")?,
                 _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+                _ = term.recv() => anyhow::bail!("terminated"),
             };
             println!("{}", cli::summarize_run(&outcome));
             Ok(exit_code(&outcome.report.verdict))

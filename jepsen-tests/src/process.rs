@@ -5,6 +5,7 @@
 //! panics — leaves a server (or a stopped one) behind.
 
 use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -70,16 +71,30 @@ impl Spawner for OsSpawner {
             path: spec.log.clone(),
             source,
         })?;
-        let child = Command::new(&spec.program)
-            .args(&spec.args)
+        let mut cmd = Command::new(&spec.program);
+        cmd.args(&spec.args)
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(|source| ProcessError::Spawn {
-                program: spec.program.clone(),
-                source,
-            })?;
+            .stderr(log2);
+        // If the harness itself is SIGKILLed (a CI timeout, say), Drop never runs; ask the
+        // kernel to kill the server when its parent goes away instead. The signal fires
+        // when the *thread* that spawned it exits; servers are spawned from tokio worker
+        // threads, which live as long as the runtime, and by then Drop has killed them.
+        // SAFETY: the closure runs between fork and exec and only calls prctl(2), which
+        // is async-signal-safe; it touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+            program: spec.program.clone(),
+            source,
+        })?;
         tracing::debug!(pid = child.id(), program = %spec.program.display(), "spawned");
         Ok(Box::new(OsProcess {
             child,
