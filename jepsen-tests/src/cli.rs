@@ -139,15 +139,22 @@ pub fn on_path(name: &str) -> Option<PathBuf> {
     })
 }
 
+/// Errors turning arguments into a run configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0} binary not found ({1}); pass --{0}-bin")]
+    BinaryNotFound(&'static str, &'static str),
+}
+
 impl RunArgs {
     /// The server binary to run.
-    pub fn binary(&self) -> Result<PathBuf, String> {
+    pub fn binary(&self) -> Result<PathBuf, CliError> {
         match self.target {
             Target::Etcd => self
                 .etcd_bin
                 .clone()
                 .or_else(|| on_path("etcd"))
-                .ok_or_else(|| "etcd not found on PATH; pass --etcd-bin".to_string()),
+                .ok_or(CliError::BinaryNotFound("etcd", "not on PATH")),
             Target::Raftkv => self
                 .raftkv_bin
                 .clone()
@@ -158,15 +165,15 @@ impl RunArgs {
                         .filter(|p| p.is_file())
                 })
                 .or_else(|| on_path("raftkv"))
-                .ok_or_else(|| {
-                    "raftkv not found next to jepsen-tests or on PATH; pass --raftkv-bin"
-                        .to_string()
-                }),
+                .ok_or(CliError::BinaryNotFound(
+                    "raftkv",
+                    "not next to jepsen-tests nor on PATH",
+                )),
         }
     }
 
     /// The run configuration; `seed` is the resolved seed.
-    pub fn config(&self, seed: u64) -> Result<RunConfig, String> {
+    pub fn config(&self, seed: u64) -> Result<RunConfig, CliError> {
         Ok(RunConfig {
             workload: self.workload,
             nemesis: self.nemesis.clone(),

@@ -32,7 +32,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs())
             });
-            let cfg = args.config(seed).map_err(anyhow::Error::msg)?;
+            let cfg = args.config(seed)?;
             println!("{}", cli::describe_run(&cfg));
             // Ctrl-C or SIGTERM abandons the run; returning drops the runtime and with
             // it the cluster, which kills every server process.
