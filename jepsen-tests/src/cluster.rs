@@ -90,12 +90,8 @@ impl Member {
         format!("http://{}", self.advertised_peer)
     }
 
-    pub fn is_running(&self) -> bool {
+    fn is_running(&self) -> bool {
         self.process.is_some()
-    }
-
-    pub fn is_paused(&self) -> bool {
-        self.paused
     }
 }
 
@@ -258,20 +254,9 @@ impl Cluster {
         Ok(cluster)
     }
 
-    pub fn len(&self) -> usize {
+    /// Number of members (including any currently removed by the member nemesis).
+    pub fn size(&self) -> usize {
         self.members.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
-    pub fn target(&self) -> Target {
-        self.cfg.target
-    }
-
-    pub fn member(&self, i: usize) -> Option<&Member> {
-        self.members.get(i)
     }
 
     /// Client URLs of all members, by index.

@@ -250,20 +250,6 @@ impl<T: Serialize + Clone> Recorder<T> {
             .events
             .clone()
     }
-
-    /// Number of events recorded so far, for the progress line.
-    pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .events
-            .len()
-    }
-
-    /// Whether nothing was recorded yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]

@@ -157,7 +157,7 @@ pub trait FaultTarget {
 
 impl FaultTarget for Cluster {
     fn members(&self) -> usize {
-        self.len()
+        self.size()
     }
     async fn leader(&self) -> Option<usize> {
         Cluster::leader(self).await

@@ -68,15 +68,6 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
-impl Report {
-    pub fn valid(notes: Vec<String>) -> Report {
-        Report {
-            verdict: Verdict::Valid,
-            notes,
-        }
-    }
-}
-
 /// Errors that prevent checking at all.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {

@@ -9,12 +9,11 @@ pub mod lock;
 pub mod register;
 pub mod watch;
 
-use std::collections::BTreeSet;
 use std::error::Error as _;
 use std::future::Future;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
@@ -221,14 +220,10 @@ pub async fn connect(endpoint: &str, op_timeout: Duration) -> Result<Client, Wor
 /// timeouts against a dead member (etcd-client's balanced channel waits, rather than
 /// failing, while its only endpoint is down).
 pub async fn reachable(endpoint: &str) -> bool {
-    let Some(addr) = endpoint
-        .strip_prefix("http://")
-        .or_else(|| endpoint.strip_prefix("https://"))
-        .or(Some(endpoint))
-    else {
-        return false;
-    };
-    let addr = addr.trim_end_matches('/');
+    let addr = endpoint
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
     matches!(
         tokio::time::timeout(
             Duration::from_millis(300),
@@ -313,28 +308,6 @@ fn definitely_not_executed(e: &etcd_client::Error, msg: &str) -> bool {
         | etcd_client::Error::InvalidUri(_)
         | etcd_client::Error::EndpointError(_) => true,
         _ => false,
-    }
-}
-
-/// The set of keys a workload touched, for its end-of-run reads.
-#[derive(Debug, Default)]
-pub struct KeySet(Mutex<BTreeSet<String>>);
-
-impl KeySet {
-    pub fn insert(&self, key: &str) {
-        let mut keys = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if !keys.contains(key) {
-            keys.insert(key.to_string());
-        }
-    }
-
-    pub fn all(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .cloned()
-            .collect()
     }
 }
 
