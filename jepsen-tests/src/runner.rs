@@ -81,10 +81,7 @@ pub struct OpStats {
 
 /// Counts client operations (not the harness's final reads) in a history; `is_op`
 /// selects the records that are request/response operations.
-pub fn op_stats<T>(
-    events: &[Event<T>],
-    is_op: impl Fn(&T) -> bool,
-) -> Result<OpStats, HistoryError> {
+pub fn op_stats<T>(events: &[Event<T>], is_op: impl Fn(&T) -> bool) -> OpStats {
     let ops: Vec<&Event<T>> = events
         .iter()
         .filter(|e| e.process < FINAL_PROCESS_BASE && is_op(&e.op))
@@ -120,7 +117,7 @@ pub fn op_stats<T>(
     };
     stats.p50_ms = pct(0.50);
     stats.p99_ms = pct(0.99);
-    Ok(stats)
+    stats
 }
 
 /// What a run produced.
@@ -261,7 +258,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, RunError> {
                 source,
             })?;
             let report = $check?;
-            (report, op_stats(&$events, $is_op)?, log, unrecovered)
+            (report, op_stats(&$events, $is_op), log, unrecovered)
         }};
     }
     let op_timeout = cfg.op_timeout;
@@ -411,19 +408,60 @@ pub fn check_saved(
         WorkloadKind::Register => op_stats(
             &history::load::<workload::register::RegisterCall>(path)?,
             |_| true,
-        )?,
+        ),
         WorkloadKind::Append => op_stats(
             &history::load::<workload::append::AppendCall>(path)?,
             |_| true,
-        )?,
+        ),
         WorkloadKind::Watch => {
             op_stats(&history::load::<workload::watch::WatchCall>(path)?, |op| {
                 matches!(op, workload::watch::WatchCall::Write { .. })
-            })?
+            })
         }
         WorkloadKind::Lock => op_stats(&history::load::<workload::lock::LockCall>(path)?, |op| {
             !matches!(op, workload::lock::LockCall::ReadEntries { .. })
-        })?,
+        }),
     };
     Ok((report, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(index: u64, process: u64, kind: Kind, time_ms: u64) -> Event<()> {
+        Event {
+            index,
+            time_ns: time_ms * 1_000_000,
+            process,
+            kind,
+            op: (),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn stats_count_client_ops_and_latencies() {
+        let events = vec![
+            ev(0, 1, Kind::Invoke, 0),
+            ev(1, 1, Kind::Ok, 2),
+            ev(2, 2, Kind::Invoke, 2),
+            ev(3, 2, Kind::Fail, 3),
+            ev(4, 3, Kind::Invoke, 3),
+            ev(5, 3, Kind::Info, 9),
+            ev(6, 1, Kind::Invoke, 10),
+            ev(7, 1, Kind::Ok, 20),
+            // Unfinished: counts as indeterminate.
+            ev(8, 4, Kind::Invoke, 21),
+            // The harness's own final read is not a client operation.
+            ev(9, FINAL_PROCESS_BASE, Kind::Invoke, 30),
+            ev(10, FINAL_PROCESS_BASE, Kind::Ok, 31),
+        ];
+        let s = op_stats(&events, |_| true);
+        assert_eq!((s.ok, s.fail, s.info), (2, 1, 2));
+        assert_eq!(s.p50_ms, Some(10.0));
+        assert_eq!(s.p99_ms, Some(10.0));
+        let none = op_stats::<()>(&[], |_| true);
+        assert_eq!(none.p50_ms, None);
+    }
 }
