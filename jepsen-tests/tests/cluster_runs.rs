@@ -66,6 +66,7 @@ fn config(target: Target, members: usize, binary: PathBuf, store: PathBuf, seed:
 
 async fn run_expecting_valid(cfg: RunConfig) {
     let name = format!("{} x{}", cfg.target.name(), cfg.members);
+    println!("{name}: testing {}", cfg.binary.display());
     // A hard bound on the whole run, so a hang fails the test instead of CI.
     let outcome = tokio::time::timeout(Duration::from_secs(90), runner::run(cfg))
         .await
