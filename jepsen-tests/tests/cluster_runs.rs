@@ -1,7 +1,8 @@
 //! End-to-end runs against real servers: a short register workload with the kill
-//! nemesis against etcd (3 members) and raftkv (1 member), each expected VALID. Both
-//! tests run concurrently (about 15 s of wall time in all) and everything they start is
-//! killed when the run ends, or when a test fails (the cluster's Drop).
+//! nemesis against etcd (3 members) and raftkv (1 member), and a list-append workload
+//! under partitions through the peer proxy against etcd, each expected VALID. The tests
+//! run concurrently (about 15 s of wall time in all) and everything they start is killed
+//! when the run ends, or when a test fails (the cluster's Drop).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -64,7 +65,7 @@ fn config(target: Target, members: usize, binary: PathBuf, store: PathBuf, seed:
     }
 }
 
-async fn run_expecting_valid(cfg: RunConfig) {
+async fn run_expecting_valid(cfg: RunConfig, fault: &str) {
     let name = format!("{} x{}", cfg.target.name(), cfg.members);
     println!("{name}: testing {}", cfg.binary.display());
     // A hard bound on the whole run, so a hang fails the test instead of CI.
@@ -94,8 +95,8 @@ async fn run_expecting_valid(cfg: RunConfig) {
         outcome.stats
     );
     assert!(
-        outcome.faults().get("kill").copied().unwrap_or(0) >= 2,
-        "{name}: the nemesis should have killed members: {:?}",
+        outcome.faults().get(fault).copied().unwrap_or(0) >= 2,
+        "{name}: the nemesis should have injected {fault} at least twice: {:?}",
         outcome.nemesis
     );
     assert!(outcome.history.is_file());
@@ -104,25 +105,34 @@ async fn run_expecting_valid(cfg: RunConfig) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_with_kills_on_etcd_3_members_is_valid() {
     let dir = tempfile::tempdir().expect("tempdir");
-    run_expecting_valid(config(
-        Target::Etcd,
-        3,
-        etcd_binary(),
-        dir.path().to_path_buf(),
-        11,
-    ))
+    run_expecting_valid(
+        config(Target::Etcd, 3, etcd_binary(), dir.path().to_path_buf(), 11),
+        "kill",
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_with_kills_on_raftkv_1_member_is_valid() {
     let dir = tempfile::tempdir().expect("tempdir");
-    run_expecting_valid(config(
-        Target::Raftkv,
-        1,
-        raftkv_binary(),
-        dir.path().to_path_buf(),
-        12,
-    ))
+    run_expecting_valid(
+        config(
+            Target::Raftkv,
+            1,
+            raftkv_binary(),
+            dir.path().to_path_buf(),
+            12,
+        ),
+        "kill",
+    )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_with_partitions_on_etcd_3_members_is_valid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(Target::Etcd, 3, etcd_binary(), dir.path().to_path_buf(), 13);
+    cfg.workload = WorkloadKind::Append;
+    cfg.nemesis = "partition".parse::<NemesisSpec>().expect("nemesis spec");
+    run_expecting_valid(cfg, "partition").await;
 }
