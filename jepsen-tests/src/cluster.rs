@@ -105,9 +105,11 @@ pub struct Cluster {
     token: String,
 }
 
-/// Reserves `n` distinct free loopback ports. All listeners stay open until every port
-/// is picked, so the kernel cannot hand out the same port twice; they are released just
-/// before the servers bind, which leaves only a small window for unrelated processes.
+/// Reserves `n` distinct free loopback ports as open listeners, so the kernel cannot hand
+/// out the same port twice. The proxy keeps its fronts' listeners; the servers' ports are
+/// released just before the servers bind them, leaving only a small window for another
+/// process (or another cluster in the same test binary) to take one, which `start`
+/// retries.
 /// What goes on one member's command line.
 pub struct ServerFlags<'a> {
     pub target: Target,
@@ -153,22 +155,21 @@ pub fn server_args(f: &ServerFlags<'_>) -> Vec<String> {
     args
 }
 
-fn free_addrs(n: usize) -> Result<Vec<SocketAddr>, ClusterError> {
-    let listeners = (0..n)
+fn free_listeners(n: usize) -> Result<Vec<TcpListener>, ClusterError> {
+    (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| ClusterError::Io {
             what: "picking free loopback ports".into(),
             source,
-        })?;
-    listeners
-        .iter()
-        .map(|l| l.local_addr())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| ClusterError::Io {
-            what: "picking free loopback ports".into(),
-            source,
         })
+}
+
+fn addr_of(l: &TcpListener) -> Result<SocketAddr, ClusterError> {
+    l.local_addr().map_err(|source| ClusterError::Io {
+        what: "reading a listener's address".into(),
+        source,
+    })
 }
 
 /// How often cluster start is retried when a port was taken between picking and binding.
@@ -186,7 +187,8 @@ impl Cluster {
         loop {
             match Cluster::start_once(cfg.clone(), spawner.clone(), ready_within).await {
                 Err(ClusterError::NotReady { detail, .. })
-                    if attempt < START_ATTEMPTS && detail.contains("address already in use") =>
+                    if attempt < START_ATTEMPTS
+                        && detail.to_lowercase().contains("address already in use") =>
                 {
                     tracing::warn!("a port was taken before the server bound it; retrying");
                     attempt += 1;
@@ -207,18 +209,26 @@ impl Cluster {
             source,
         })?;
         let use_proxy = cfg.members > 1;
-        let mut ports = free_addrs(cfg.members * 3)?.into_iter();
+        let mut listeners = free_listeners(cfg.members * 3)?.into_iter();
         let mut members = Vec::new();
+        // Held until just before the servers start.
+        let mut reserved = Vec::new();
+        let mut fronts = Vec::new();
         for i in 0..cfg.members {
-            let (Some(client), Some(listen_peer), Some(front)) =
-                (ports.next(), ports.next(), ports.next())
+            let (Some(client), Some(peer), Some(front)) =
+                (listeners.next(), listeners.next(), listeners.next())
             else {
                 return Err(ClusterError::Rpc("port allocation came up short".into()));
             };
-            let advertised_peer = if use_proxy { front } else { listen_peer };
+            let listen_peer = addr_of(&peer)?;
+            let advertised_peer = if use_proxy {
+                addr_of(&front)?
+            } else {
+                listen_peer
+            };
             members.push(Member {
                 name: format!("m{i}"),
-                client_url: format!("http://{client}"),
+                client_url: format!("http://{}", addr_of(&client)?),
                 listen_peer,
                 advertised_peer,
                 data_dir: cfg.dir.join(format!("m{i}.data")),
@@ -227,17 +237,17 @@ impl Cluster {
                 paused: false,
                 removed: false,
             });
+            reserved.extend([client, peer]);
+            fronts.push((front, listen_peer));
         }
         let pids: PidMap = Arc::new(RwLock::new(HashMap::new()));
         let net = if use_proxy {
-            let routes: Vec<(SocketAddr, SocketAddr)> = members
-                .iter()
-                .map(|m| (m.advertised_peer, m.listen_peer))
-                .collect();
-            Some(ProxyNet::start(&routes, Arc::new(ProcResolver { pids: pids.clone() })).await?)
+            let resolver = Arc::new(ProcResolver { pids: pids.clone() });
+            Some(ProxyNet::start(fronts, resolver)?)
         } else {
             None
         };
+        drop(reserved);
         let token = format!("jepsen-{}", std::process::id());
         let mut cluster = Cluster {
             cfg,
@@ -615,8 +625,9 @@ mod tests {
 
     #[test]
     fn free_ports_are_distinct() {
-        let addrs = free_addrs(30).unwrap();
-        let unique: std::collections::BTreeSet<_> = addrs.iter().collect();
+        let listeners = free_listeners(30).unwrap();
+        let unique: std::collections::BTreeSet<_> =
+            listeners.iter().map(|l| addr_of(l).unwrap()).collect();
         assert_eq!(unique.len(), 30);
     }
 }

@@ -122,11 +122,8 @@ pub trait Network: Send + Sync {
 /// Errors setting up the proxy.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error("cannot serve a proxy front: {0}")]
+    Listener(std::io::Error),
 }
 
 /// Works out which member opened an incoming connection.
@@ -194,20 +191,21 @@ pub struct ProxyNet {
 }
 
 impl ProxyNet {
-    /// Binds `(front, backend)` for each member (index = member) and starts forwarding.
-    pub async fn start(
-        routes: &[(SocketAddr, SocketAddr)],
+    /// Serves each member's front (index = member) on an already bound listener —
+    /// handed over rather than re-bound, so no other process can take the port in
+    /// between — forwarding to that member's real peer address.
+    pub fn start(
+        fronts: Vec<(std::net::TcpListener, SocketAddr)>,
         resolver: Arc<dyn SourceResolver>,
     ) -> Result<ProxyNet, ProxyError> {
         let (state, _) = watch::channel(Partition::healed());
         let mut tasks = Vec::new();
-        for (member, &(front, backend)) in routes.iter().enumerate() {
-            let listener = TcpListener::bind(front)
-                .await
-                .map_err(|source| ProxyError::Bind {
-                    addr: front,
-                    source,
-                })?;
+        for (member, (listener, backend)) in fronts.into_iter().enumerate() {
+            let front = listener.local_addr().map_err(ProxyError::Listener)?;
+            listener
+                .set_nonblocking(true)
+                .map_err(ProxyError::Listener)?;
+            let listener = TcpListener::from_std(listener).map_err(ProxyError::Listener)?;
             let rx = state.subscribe();
             let resolver = resolver.clone();
             tasks.push(tokio::spawn(accept_loop(
@@ -365,14 +363,10 @@ mod tests {
     #[tokio::test]
     async fn proxy_forwards_and_cuts() {
         let backend = echo_server().await;
-        let front = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let front = listener.local_addr().unwrap();
         // All connections look like they come from member 1; the front is member 0.
-        let net = ProxyNet::start(&[(front, backend)], Arc::new(Fixed(Some(1))))
-            .await
-            .unwrap();
+        let net = ProxyNet::start(vec![(listener, backend)], Arc::new(Fixed(Some(1)))).unwrap();
         assert!(roundtrip(front).await);
 
         // A live connection dies when its edge is cut.
