@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::Stream;
 use prost::Message;
@@ -23,6 +24,8 @@ use crate::server::EtcdServer;
 
 /// etcd's `clientv3.InvalidWatchID`.
 const INVALID_WATCH_ID: i64 = -1;
+/// How often a progress request waiting for catching-up watchers looks again.
+const PROGRESS_RETRY: Duration = Duration::from_millis(50);
 /// Responses buffered per stream before watchers fall back to catching up from storage.
 const EVENT_BUFFER: usize = 1024;
 
@@ -62,6 +65,8 @@ struct StreamTask {
     events_rx: mpsc::Receiver<WatchEvents>,
     watches: HashMap<i64, WatchState>,
     next_id: i64,
+    /// A progress request waits until every watch of the stream is caught up.
+    progress_pending: bool,
 }
 
 impl StreamTask {
@@ -74,6 +79,7 @@ impl StreamTask {
             events_rx,
             watches: HashMap::new(),
             next_id: 0,
+            progress_pending: false,
         }
     }
 
@@ -88,6 +94,7 @@ impl StreamTask {
                 },
                 Some(ev) = self.events_rx.recv() => self.deliver(ev).await,
                 _ = progress.tick() => { self.progress_tick(); true }
+                _ = tokio::time::sleep(PROGRESS_RETRY), if self.progress_pending => self.answer_progress().await,
             };
             if !ok {
                 break;
@@ -119,13 +126,8 @@ impl StreamTask {
                 self.send(resp).await
             }
             Some(watch_request::RequestUnion::ProgressRequest(_)) => {
-                // Not tied to one watch: clients deliver it to all of theirs.
-                let resp = WatchResponse {
-                    header: self.server.header(0),
-                    watch_id: INVALID_WATCH_ID,
-                    ..Default::default()
-                };
-                self.send(resp).await
+                self.progress_pending = true;
+                self.answer_progress().await
             }
             None => true,
         }
@@ -210,6 +212,35 @@ impl StreamTask {
         } else {
             Ok(c.watch_id)
         }
+    }
+
+    /// Answers a pending progress request with the store revision, once nothing up to that
+    /// revision can still be on its way: a progress response promises the client it has seen
+    /// every event up to it (etcd 3.4 could break that promise, etcd-io/etcd#15220).
+    async fn answer_progress(&mut self) -> bool {
+        if !self.progress_pending {
+            return true;
+        }
+        // The hub is notified under the state write lock, so once this read lock is held
+        // every event up to `rev` is already queued for this stream.
+        let rev = self.server.sm.read().mvcc.current_rev();
+        while let Ok(ev) = self.events_rx.try_recv() {
+            if !self.deliver(ev).await {
+                return false;
+            }
+        }
+        let hub = self.server.sm.hub();
+        if self.watches.values().any(|w| !hub.is_synced(w.key)) {
+            return true;
+        }
+        self.progress_pending = false;
+        // Not tied to one watch: clients deliver it to all of theirs.
+        let resp = WatchResponse {
+            header: self.server.header(rev),
+            watch_id: INVALID_WATCH_ID,
+            ..Default::default()
+        };
+        self.send(resp).await
     }
 
     fn progress_tick(&mut self) {

@@ -154,6 +154,11 @@ impl WatchHub {
         }
     }
 
+    /// Whether a watcher has been sent everything up to the current revision.
+    pub fn is_synced(&self, key: WatcherKey) -> bool {
+        self.groups().synced.contains_key(&key)
+    }
+
     /// Makes every watcher catch up from storage, e.g. after the store was replaced by a
     /// snapshot and revisions jumped ahead of what was notified.
     pub fn resync_all(&self) {
