@@ -222,16 +222,17 @@ impl StreamTask {
             return true;
         }
         // The hub is notified under the state write lock, so once this read lock is held
-        // every event up to `rev` is already queued for this stream.
+        // every event up to `rev` is already queued for synced watchers; and a watcher is
+        // marked synced only after its catch-up events are queued. So: check, then drain.
         let rev = self.server.sm.read().mvcc.current_rev();
+        let hub = self.server.sm.hub();
+        if self.watches.values().any(|w| !hub.is_synced(w.key)) {
+            return true;
+        }
         while let Ok(ev) = self.events_rx.try_recv() {
             if !self.deliver(ev).await {
                 return false;
             }
-        }
-        let hub = self.server.sm.hub();
-        if self.watches.values().any(|w| !hub.is_synced(w.key)) {
-            return true;
         }
         self.progress_pending = false;
         // Not tied to one watch: clients deliver it to all of theirs.
