@@ -69,9 +69,10 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Runs `bench compare` with `args` plus the binaries and `--out <dir>/results.json`, and
+/// Runs `bench compare` with `args` (whitespace-separated) plus the binaries and `--out <dir>/results.json`, and
 /// returns its stdout (the table) and the parsed JSON.
-fn run_compare(dir: &Path, args: &[&str]) -> (String, serde_json::Value) {
+fn run_compare(dir: &Path, args: &str) -> (String, serde_json::Value) {
+    let args: Vec<&str> = args.split_whitespace().collect();
     assert!(Path::new(ETCD).is_file(), "etcd 3.4 is expected at {ETCD}");
     let json_path = dir.join("results.json");
     // Files rather than pipes: nothing to drain while waiting with a deadline.
@@ -80,7 +81,7 @@ fn run_compare(dir: &Path, args: &[&str]) -> (String, serde_json::Value) {
     let stderr = File::create(&stderr_path).expect("creating stderr.txt");
     let child = Command::new(env!("CARGO_BIN_EXE_bench"))
         .arg("compare")
-        .args(args)
+        .args(&args)
         .arg("--raftkv-bin")
         .arg(raftkv_binary())
         .args(["--etcd-bin", ETCD])
@@ -172,27 +173,11 @@ fn every_workload_against_single_member_clusters() {
         "watch",
     ];
     let list = workloads.join(",");
-    let (table, json) = run_compare(
-        dir.path(),
-        &[
-            "--members",
-            "1",
-            "--clients",
-            "1,4",
-            "--ops",
-            "40",
-            "--workload",
-            &list,
-            "--watch-puts",
-            "10",
-            "--watch-put-rate",
-            "200",
-            "--range-keys",
-            "50",
-            "--verify-sample",
-            "20",
-        ],
+    let args = format!(
+        "--members 1 --clients 1,4 --ops 40 --workload {list} --watch-puts 10 \
+         --watch-put-rate 200 --range-keys 50 --verify-sample 20"
     );
+    let (table, json) = run_compare(dir.path(), &args);
     assert_sound(&table, &json, &workloads, &[1, 4]);
     // Writes were read back and matched.
     let put = &json["steps"][0];
@@ -206,20 +191,8 @@ fn writes_and_reads_against_three_member_clusters() {
     let workloads = ["put-rand", "range-lin"];
     let (table, json) = run_compare(
         dir.path(),
-        &[
-            "--members",
-            "3",
-            "--clients",
-            "1,4",
-            "--ops",
-            "40",
-            "--workload",
-            "put-rand,range-lin",
-            "--range-keys",
-            "20",
-            "--verify-sample",
-            "20",
-        ],
+        "--members 3 --clients 1,4 --ops 40 --workload put-rand,range-lin --range-keys 20 \
+         --verify-sample 20",
     );
     assert_sound(&table, &json, &workloads, &[1, 4]);
     assert_eq!(json["run"]["members"], 3);
