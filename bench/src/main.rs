@@ -2,7 +2,9 @@
 //! prints the table (stdout) and writes the JSON and SVG files. Ctrl-C or SIGTERM abandon
 //! the run, which drops (and so kills) every server it started.
 
-use anyhow::{anyhow, Context};
+use std::process::ExitCode;
+
+use anyhow::Context;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -10,22 +12,31 @@ use bench::cli::{Cli, Command, CompareArgs};
 use bench::plot::throughput_ratio_svg;
 use bench::report::render_table;
 
-fn main() -> anyhow::Result<()> {
+/// Exit status of a run stopped by a signal, as a shell reports one stopped by SIGINT.
+const INTERRUPTED: u8 = 130;
+
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Compare(args) => compare(args),
     }
 }
 
-fn compare(args: CompareArgs) -> anyhow::Result<()> {
+fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     args.validate()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the Tokio runtime")?;
     let report = runtime.block_on(async {
         tokio::select! {
-            result = bench::compare::run(&args) => result.map_err(anyhow::Error::from),
-            name = shutdown_signal() => Err(anyhow!("interrupted by {name}; servers stopped")),
+            result = bench::compare::run(&args) => result.map(Some),
+            name = shutdown_signal() => {
+                eprintln!("bench: interrupted by {name}; servers stopped");
+                Ok(None)
+            }
         }
     })?;
+    let Some(report) = report else {
+        return Ok(ExitCode::from(INTERRUPTED));
+    };
     print!("{}", render_table(&report));
     if let Some(path) = &args.out {
         report.write_json(path)?;
@@ -40,7 +51,7 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves on SIGINT or SIGTERM with the signal's name. Handling them (instead of the
