@@ -24,8 +24,6 @@ use crate::workload::{
 pub enum CompareError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
-    #[error(transparent)]
-    Workload(#[from] WorkloadError),
     #[error("creating the run directory: {0}")]
     TempDir(std::io::Error),
     #[error("connecting to {endpoint}: {source}")]
@@ -88,10 +86,6 @@ pub async fn run(args: &CompareArgs) -> Result<Report, CompareError> {
             step_no += 1;
             for target in &mut targets {
                 target.cluster.check_alive()?;
-                if workload.reads_range_keys() && !target.range_keys_written {
-                    populate_range_keys(&target.conns[0], &config).await?;
-                    target.range_keys_written = true;
-                }
                 let step = StepSpec {
                     workload,
                     clients,
@@ -100,7 +94,7 @@ pub async fn run(args: &CompareArgs) -> Result<Report, CompareError> {
                     verify_sample: args.verify_sample,
                     limits,
                 };
-                let result = run_step(target, &step, &config).await?;
+                let result = run_step(target, &step, &config).await;
                 // A member that died during the step invalidates it: stop rather than report.
                 target.cluster.check_alive()?;
                 steps.push(result);
@@ -158,45 +152,25 @@ struct StepSpec {
     limits: Limits,
 }
 
-async fn run_step(
-    target: &Target,
-    spec: &StepSpec,
-    config: &WorkloadConfig,
-) -> Result<StepResult, CompareError> {
-    let flavor = target.cluster.flavor;
-    let label = format!("[{flavor}] {} clients={}", spec.workload, spec.clients);
-    let (ops, mut outcome) = if spec.workload == Workload::Watch {
-        let events = config.watch_puts * spec.clients as u64;
-        let outcome = run_watch_step(
-            &target.conns,
-            spec.clients,
-            config,
-            spec.step,
-            spec.limits,
-            &label,
-        )
-        .await?;
-        (events, outcome)
-    } else {
-        let mut workers = Vec::with_capacity(spec.clients);
-        for task in 0..spec.clients {
-            let conn = target.conns[task % target.conns.len()].clone();
-            let worker = Worker::new(spec.workload, conn, config.clone(), spec.step, task);
-            workers.push(worker.await?);
+/// Runs one step on one server. A step that cannot be set up (say, a lease grant fails)
+/// is reported as failed rather than ending the run, so the other results are kept.
+async fn run_step(target: &mut Target, spec: &StepSpec, config: &WorkloadConfig) -> StepResult {
+    let ops = match spec.workload {
+        Workload::Watch => config.watch_puts * spec.clients as u64,
+        _ => spec.ops,
+    };
+    let (outcome, verified) = match measure(target, spec, config).await {
+        Ok(measured) => measured,
+        Err(e) => {
+            let mut outcome = StepOutcome::default();
+            outcome.add_error(e.to_string());
+            (outcome, 0)
         }
-        let outcome = run_closed_loop(workers, spec.ops, spec.limits, &label).await;
-        (spec.ops, outcome)
     };
-
-    let verified = if spec.workload.writes() {
-        verify(target, spec, config, &mut outcome).await
-    } else {
-        0
-    };
-    Ok(StepResult {
+    StepResult {
         workload: spec.workload,
         clients: spec.clients,
-        server: flavor,
+        server: target.cluster.flavor,
         ops,
         acked: outcome.acked,
         errors: outcome.errors,
@@ -205,7 +179,71 @@ async fn run_step(
         elapsed_s: outcome.elapsed.as_secs_f64(),
         throughput: outcome.throughput(),
         latency: outcome.latency.summary(),
-    })
+    }
+}
+
+/// Sets up, runs and checks one step; returns what it measured and how many written keys
+/// were read back.
+async fn measure(
+    target: &mut Target,
+    spec: &StepSpec,
+    config: &WorkloadConfig,
+) -> Result<(StepOutcome, usize), WorkloadError> {
+    let label = format!(
+        "[{}] {} clients={}",
+        target.cluster.flavor, spec.workload, spec.clients
+    );
+    let too_slow = |what: String| WorkloadError::SetupCheck {
+        workload: spec.workload,
+        message: what,
+    };
+    if spec.workload.reads_range_keys() && !target.range_keys_written {
+        let populate = populate_range_keys(&target.conns[0], config);
+        tokio::time::timeout(spec.limits.step_timeout, populate)
+            .await
+            .map_err(|_| {
+                too_slow(format!(
+                    "writing the range keys took over {:?}",
+                    spec.limits.step_timeout
+                ))
+            })??;
+        target.range_keys_written = true;
+    }
+
+    let mut outcome = if spec.workload == Workload::Watch {
+        run_watch_step(
+            &target.conns,
+            spec.clients,
+            config,
+            spec.step,
+            spec.limits,
+            &label,
+        )
+        .await?
+    } else {
+        let mut workers = Vec::with_capacity(spec.clients);
+        for task in 0..spec.clients {
+            let conn = target.conns[task % target.conns.len()].clone();
+            let worker = Worker::new(spec.workload, conn, config.clone(), spec.step, task);
+            let worker = tokio::time::timeout(spec.limits.op_timeout, worker)
+                .await
+                .map_err(|_| {
+                    too_slow(format!(
+                        "preparing client task {task} took over {:?}",
+                        spec.limits.op_timeout
+                    ))
+                })??;
+            workers.push(worker);
+        }
+        run_closed_loop(workers, spec.ops, spec.limits, &label).await
+    };
+
+    let verified = if spec.workload.writes() {
+        verify(target, spec, config, &mut outcome).await
+    } else {
+        0
+    };
+    Ok((outcome, verified))
 }
 
 /// Reads back a sample of the step's acknowledged writes; each mismatch is an error of the
