@@ -14,7 +14,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use etcd_client::Client;
+use rand::Rng;
 use serde::Serialize;
+
+/// Ports the servers listen on: below the ephemeral range, see [`free_ports`].
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_768;
+
+/// Attempts of [`Cluster::launch`] when a member finds its port taken.
+const LAUNCH_ATTEMPTS: usize = 3;
 
 /// Where a release build of raftkv lands when the workspace is built with the shared cache.
 const RELEASE_RAFTKV: &str = "/var/cache/raftkv/target-main/release/raftkv";
@@ -139,6 +146,41 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Starts a cluster in `root` and waits until it is ready. If a member lost its port to
+    /// another process in the meantime, starts over with fresh ports and data dirs.
+    pub async fn launch(
+        flavor: Flavor,
+        program: &Path,
+        members: usize,
+        root: &Path,
+        within: Duration,
+    ) -> Result<Cluster, ClusterError> {
+        let mut attempt = 1;
+        loop {
+            let dir = if attempt == 1 {
+                root.to_path_buf()
+            } else {
+                root.join(format!("attempt-{attempt}"))
+            };
+            std::fs::create_dir_all(&dir).map_err(|source| ClusterError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            let mut cluster = Cluster::start(flavor, program, members, &dir)?;
+            match cluster.wait_ready(within).await {
+                Ok(()) => return Ok(cluster),
+                Err(ClusterError::Exited { log_tail, .. })
+                    if attempt < LAUNCH_ATTEMPTS
+                        && log_tail.to_lowercase().contains("address already in use") =>
+                {
+                    eprintln!("{flavor}: a port was taken meanwhile; starting over");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Starts `members` processes of `program` with data dirs and logs under `root` (which
     /// must exist). Returns once they are spawned; call [`Cluster::wait_ready`] next.
     pub fn start(
@@ -273,19 +315,30 @@ impl Drop for Cluster {
     }
 }
 
-/// Returns `n` distinct loopback ports that were free a moment ago. All listeners are held
-/// until every port is picked, so the ports are distinct among themselves; another process
-/// could still take one before the server binds it, which on a test machine has not mattered.
+/// Returns `n` distinct loopback ports that were free a moment ago, picked at random below
+/// Linux's ephemeral range (32768 and up): a port from `bind(:0)` could be reused for an
+/// outgoing connection (of any process) before the server binds it, one out of that range
+/// cannot. All listeners are held until every port is picked, so the ports are distinct.
+/// Another process could still take one in between; [`Cluster::launch`] retries then.
 fn free_ports(n: usize) -> Result<Vec<u16>, ClusterError> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(ClusterError::Port)?;
-    listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(ClusterError::Port)
+    let mut rng = rand::rng();
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..n * 100 {
+        if listeners.len() == n {
+            break;
+        }
+        let port = rng.random_range(PORT_RANGE);
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push((port, listener));
+        }
+    }
+    if listeners.len() < n {
+        return Err(ClusterError::Port(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("no {n} free ports in {PORT_RANGE:?}"),
+        )));
+    }
+    Ok(listeners.into_iter().map(|(port, _)| port).collect())
 }
 
 /// The last lines of a member's log, for error messages.

@@ -61,22 +61,18 @@ pub async fn run(args: &CompareArgs) -> Result<Report, CompareError> {
         root.path().display()
     );
 
+    let ready_timeout = Duration::from_secs_f64(args.ready_timeout);
     let mut targets = Vec::new();
     for (flavor, program) in [(Flavor::Etcd, &etcd_bin), (Flavor::Raftkv, &raftkv_bin)] {
-        let dir = root.path().join(flavor.name());
-        std::fs::create_dir(&dir).map_err(CompareError::TempDir)?;
         eprintln!("starting {flavor}: {}", program.display());
-        let cluster = Cluster::start(flavor, program, members, &dir)?;
+        let dir = root.path().join(flavor.name());
+        let cluster = Cluster::launch(flavor, program, members, &dir, ready_timeout).await?;
+        let conns = connect(&cluster.endpoints, args.conns).await?;
         targets.push(Target {
             cluster,
-            conns: Vec::new(),
+            conns,
             range_keys_written: false,
         });
-    }
-    let ready_timeout = Duration::from_secs_f64(args.ready_timeout);
-    for target in &mut targets {
-        target.cluster.wait_ready(ready_timeout).await?;
-        target.conns = connect(&target.cluster.endpoints, args.conns).await?;
     }
 
     let mut steps = Vec::new();

@@ -23,11 +23,15 @@ fn config() -> WorkloadConfig {
 }
 
 async fn etcd(dir: &Path) -> (Cluster, etcd_client::Client) {
-    let mut cluster = Cluster::start(Flavor::Etcd, Path::new(ETCD), 1, dir).expect("start etcd");
-    cluster
-        .wait_ready(Duration::from_secs(30))
-        .await
-        .expect("etcd ready");
+    let cluster = Cluster::launch(
+        Flavor::Etcd,
+        Path::new(ETCD),
+        1,
+        dir,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("starting etcd");
     let client = etcd_client::Client::connect([cluster.endpoints[0].as_str()], None)
         .await
         .expect("connect");
