@@ -255,6 +255,12 @@ pub fn render_table(report: &Report) -> String {
         out.push_str(&note);
         out.push('\n');
     }
+    let read_back: usize = report.steps.iter().map(|s| s.verified).sum();
+    let errors: u64 = report.steps.iter().map(|s| s.errors).sum();
+    let _ = writeln!(
+        out,
+        "checked: every range value and watch event; {read_back} acknowledged writes read back; {errors} errors in all"
+    );
     out
 }
 
@@ -387,6 +393,7 @@ put-rand       16  etcd          1000    1.00    2.00    4.00  0
                    raftkv        1500    0.50    1.00    8.00  2 [1]
                    raftkv/etcd  1.50x   0.50x   0.50x   2.00x
 [1] raftkv put-rand clients=16: 2 errors, first: put: timed out
+checked: every range value and watch event; 400 acknowledged writes read back; 2 errors in all
 ";
         assert_eq!(table, expected);
     }
