@@ -33,7 +33,7 @@ pub struct ServerArgs {
     /// Client URLs advertised to the cluster, comma-separated.
     #[arg(long, default_value = "http://localhost:2379", value_delimiter = ',')]
     pub advertise_client_urls: Vec<String>,
-    /// URLs to listen on for peer traffic (used once Raft replication lands).
+    /// URLs to listen on for peer traffic (Raft between members).
     #[arg(long, default_value = "http://localhost:2380", value_delimiter = ',')]
     pub listen_peer_urls: Vec<String>,
     /// Peer URLs advertised to the cluster.
@@ -57,7 +57,7 @@ pub struct ServerArgs {
     /// Time (in milliseconds) for an election to timeout.
     #[arg(long, default_value_t = 1000)]
     pub election_timeout: u64,
-    /// Number of committed transactions to trigger a snapshot (used once Raft lands).
+    /// Number of committed entries between Raft snapshots (after which the log is compacted).
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_count: u64,
     /// Maximum number of operations permitted in a transaction.

@@ -55,6 +55,10 @@ pub enum ServerError {
     /// The member believed to lead did not answer; the caller may retry with a new leader.
     #[error("etcdserver: request timed out, possibly due to connection lost")]
     Unreachable,
+    /// The connection to the leader broke after the request was sent: it may or may not have
+    /// been applied, so it must not be sent again (etcd's `ErrTimeoutDueToLeaderFail`).
+    #[error("etcdserver: request timed out, possibly due to previous leader failure")]
+    LeaderFail,
     #[error("etcdserver: storage failure: {0}")]
     Storage(#[from] BackendError),
     #[error("etcdserver: {0}")]
@@ -65,7 +69,7 @@ pub enum ServerError {
 }
 
 /// Errors whose message identifies them, for [`ServerError::from_wire`].
-fn known() -> [ServerError; 23] {
+fn known() -> [ServerError; 24] {
     use ServerError::*;
     [
         EmptyKey,
@@ -87,6 +91,7 @@ fn known() -> [ServerError; 23] {
         NoLeader,
         NotLeader,
         Unreachable,
+        LeaderFail,
         MemberExists,
         PeerUrlExists,
         MemberNotLearner,
@@ -136,7 +141,7 @@ impl ServerError {
             LeaseNotFound | MemberNotFound => Code::NotFound,
             LeaseExists | NotLeader | MemberExists | PeerUrlExists | MemberNotLearner
             | LearnerNotReady => Code::FailedPrecondition,
-            Stopped | Timeout | NoLeader | Unreachable => Code::Unavailable,
+            Stopped | Timeout | NoLeader | Unreachable | LeaderFail => Code::Unavailable,
             Storage(_) | Internal(_) => Code::Internal,
             Remote { code, .. } => *code,
         }

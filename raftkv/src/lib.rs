@@ -2,8 +2,11 @@
 //! `etcd-client` crate, python-etcd3) talk to it over etcd's gRPC API.
 //!
 //! Layers, bottom up: [`mvcc`] (revisions, key index, RocksDB backend, watchers) and [`lease`]
-//! know nothing of requests; [`state_machine`] applies log entries to them; [`server`] turns
-//! requests into proposals and runs the background loops; [`api`] and [`http`] are the wire.
+//! know nothing of requests; [`state_machine`] applies log entries to them; [`raft`] is
+//! consensus (openraft: the log store, the adapter onto the state machine, the peer
+//! transport) and knows the state machine only through its apply and snapshot calls;
+//! [`server`] turns requests into proposals and reads into read-index waits and runs the
+//! background loops; [`api`], [`http`] and [`listener`] are the client wire.
 
 pub mod api;
 pub mod clock;

@@ -4,6 +4,15 @@
 //!
 //! Both servers start once, with fresh data directories, and see every case in the same
 //! order, so global revisions stay comparable. Each case writes under its own key prefix.
+//!
+//! Two comparisons run: `differential` (one member each side; `DIFF_MEMBERS=<n>` makes it
+//! n members) and `differential_cluster` (3 members each side). With several members, both
+//! sides are clusters — a real 3-member etcd as the reference — and each client talks to a
+//! follower, so every write is forwarded, every linearizable read waits for the leader's
+//! read index, keep-alives and TimeToLive are forwarded and watches are served by a member
+//! that learns of writes through replication. No case needs masking in cluster mode: the
+//! Status rendering (`leader_is_self`) is false on both sides. The two comparisons run one
+//! after the other (lease-expiry and watch cases are timing-sensitive).
 //! The subject is the `raftkv` binary, or etcd itself with `DIFF_TARGET=etcd` (which checks
 //! that every case is deterministic and every mask is right). `DIFF_CASES=<substring>` runs
 //! only the matching cases and `DIFF_VERBOSE=1` prints every rendering, for debugging.
@@ -42,9 +51,11 @@ mod model;
 mod render;
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Flavor, Server};
+use common::{Cluster, Flavor, Server, Timing};
+use etcd_client::Client;
 use exec::Session;
 use render::{describe, equivalent};
 
@@ -59,8 +70,75 @@ struct Mismatch {
     subject: String,
 }
 
+/// One comparison at a time (see the module doc).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn differential() {
+    let members = match std::env::var("DIFF_MEMBERS") {
+        Ok(n) => n
+            .parse()
+            .unwrap_or_else(|_| panic!("DIFF_MEMBERS={n:?}: expected a member count")),
+        Err(_) => 1,
+    };
+    compare(members).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn differential_cluster() {
+    compare(3).await;
+}
+
+/// One side of the comparison: a single server, or a cluster whose client talks to a
+/// follower.
+enum Side {
+    Single(Server),
+    Cluster(Cluster, usize),
+}
+
+impl Side {
+    async fn start(flavor: Flavor, members: usize, dir: &Path) -> Result<(Side, Client), String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        if members == 1 {
+            let mut server = Server::spawn(flavor, &dir.join("data"), &dir.join("server.log"));
+            let client = server.wait_ready(STARTUP).await?;
+            return Ok((Side::Single(server), client));
+        }
+        let mut cluster = Cluster::spawn(flavor, members, dir, Timing::default());
+        cluster.wait_ready(STARTUP).await?;
+        let leader = cluster.leader(STARTUP).await?;
+        let follower = cluster.others(leader)[0];
+        let client = cluster.members[follower].wait_ready(STARTUP).await?;
+        Ok((Side::Cluster(cluster, follower), client))
+    }
+
+    /// The endpoint the session's client (and etcdctl) talks to.
+    fn endpoint(&self) -> String {
+        match self {
+            Side::Single(s) => s.endpoint.clone(),
+            Side::Cluster(c, follower) => c.members[*follower].endpoint.clone(),
+        }
+    }
+
+    /// What went wrong with the processes, if anything did, with their log tails.
+    fn exited(&mut self) -> Option<String> {
+        let servers: Vec<&mut Server> = match self {
+            Side::Single(s) => vec![s],
+            Side::Cluster(c, _) => c.members.iter_mut().collect(),
+        };
+        let report: Vec<String> = servers
+            .into_iter()
+            .filter_map(|s| {
+                let status = s.exited()?;
+                Some(format!("{} exited ({status})\n{}", s.name(), s.log_tail()))
+            })
+            .collect();
+        (!report.is_empty()).then(|| report.join("\n"))
+    }
+}
+
+async fn compare(members: usize) {
+    let _serial = SERIAL.lock().await;
     let subject_flavor = common::subject_flavor();
     let filter = std::env::var("DIFF_CASES").unwrap_or_default();
     let verbose = std::env::var_os("DIFF_VERBOSE").is_some();
@@ -75,30 +153,28 @@ async fn differential() {
     }
 
     let dirs = tempfile::tempdir().expect("creating the data-dir parent");
-    let mut reference = Server::spawn(
-        Flavor::Etcd,
-        &dirs.path().join("reference"),
-        &dirs.path().join("reference.log"),
+    let (ref_dir, sub_dir) = (dirs.path().join("reference"), dirs.path().join("subject"));
+    let (reference, subject) = tokio::join!(
+        Side::start(Flavor::Etcd, members, &ref_dir),
+        Side::start(subject_flavor, members, &sub_dir),
     );
-    let mut subject = Server::spawn(
-        subject_flavor,
-        &dirs.path().join("subject"),
-        &dirs.path().join("subject.log"),
-    );
-    let (reference_client, subject_client) =
-        tokio::join!(reference.wait_ready(STARTUP), subject.wait_ready(STARTUP));
-    let reference_client =
-        reference_client.unwrap_or_else(|e| panic!("the reference etcd did not start: {e}"));
-    let subject_client = subject_client.unwrap_or_else(|e| {
+    let (mut reference, reference_client) =
+        reference.unwrap_or_else(|e| panic!("the reference etcd did not start: {e}"));
+    let (mut subject, subject_client) = subject.unwrap_or_else(|e| {
         // Every case fails when the subject cannot even start; say so in the usual form.
         println!("differential: 0 passed, {} failed", cases.len());
         panic!("the subject ({}) did not start: {e}", subject_flavor.name())
     });
-    let mut ref_session = Session::new(reference_client, reference.endpoint.clone());
-    let mut sub_session = Session::new(subject_client, subject.endpoint.clone());
+    let mut ref_session = Session::new(reference_client, reference.endpoint());
+    let mut sub_session = Session::new(subject_client, subject.endpoint());
 
+    let shape = if members == 1 {
+        "single members".to_string()
+    } else {
+        format!("{members}-member clusters, clients on a follower")
+    };
     println!(
-        "differential: {} cases, reference etcd vs subject {}",
+        "differential: {} cases, reference etcd vs subject {} ({shape})",
         cases.len(),
         subject_flavor.name()
     );
@@ -151,11 +227,12 @@ async fn differential() {
         mismatches.extend(case_mismatches);
     }
 
-    if let Some(status) = subject.exited() {
-        println!(
-            "\nthe subject exited during the run ({status})\n{}",
-            subject.log_tail()
-        );
+    if let Some(report) = subject.exited() {
+        println!("\nthe subject exited during the run:\n{report}");
+    }
+    // Exits only: the reference's clients never fail, so this only explains odd renderings.
+    if let Some(report) = reference.exited() {
+        println!("\nthe reference exited during the run:\n{report}");
     }
     for m in &mismatches {
         println!(
@@ -163,7 +240,10 @@ async fn differential() {
             m.case, m.op, m.reference, m.subject
         );
     }
-    println!("\nran in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "\nran in {:.1} s ({shape})",
+        started.elapsed().as_secs_f64()
+    );
     println!("differential: {passed} passed, {failed} failed");
     assert!(
         failed == 0,

@@ -65,13 +65,13 @@ impl Peers {
             .max_encoding_message_size(usize::MAX))
     }
 
-    /// Hands a write to the leader and returns its result.
+    /// Hands a write to the leader and returns its result, with the entry's log index.
     pub async fn forward(
         &self,
         leader: &MemberNode,
         req: InternalRequest,
         timeout: Duration,
-    ) -> Result<InternalResponse, ServerError> {
+    ) -> Result<(InternalResponse, u64), ServerError> {
         let mut client = self.client(leader)?;
         let mut request = tonic::Request::new(req);
         request.set_timeout(timeout);
@@ -81,7 +81,7 @@ impl Peers {
             .map_err(status_error)?
             .into_inner();
         match resp.result {
-            Some(forward_response::Result::Response(r)) => Ok(r),
+            Some(forward_response::Result::Response(r)) => Ok((r, resp.index)),
             Some(forward_response::Result::Error(e)) => {
                 Err(ServerError::from_wire(e.code, e.message))
             }
@@ -185,10 +185,29 @@ impl Peers {
 /// A failed call to a peer, as the client of this member should see it.
 fn status_error(s: tonic::Status) -> ServerError {
     match s.code() {
+        // Connecting failed: the request never left this member.
         tonic::Code::Unavailable => ServerError::Unreachable,
         tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ServerError::Timeout,
+        // Made by our own transport rather than sent by the peer: the connection broke
+        // while the call was in flight (typically the leader died). Passing tonic's
+        // `Unknown: transport error` on would give the client neither etcd's code nor a
+        // message it knows.
+        _ if from_transport(&s) => ServerError::LeaderFail,
         code => ServerError::from_wire(code as i32, s.message().to_string()),
     }
+}
+
+/// Whether `s` was produced locally from a transport failure (statuses a peer sends carry
+/// no source).
+fn from_transport(s: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        if e.is::<tonic::transport::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// openraft's network factory.

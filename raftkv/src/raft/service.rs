@@ -27,7 +27,11 @@ use crate::error::ServerError;
 pub trait PeerHandler: Send + Sync + 'static {
     fn raft(&self) -> &Raft<TypeConfig>;
     /// Proposes a write forwarded by another member; fails if this member does not lead.
-    async fn forwarded_write(&self, req: InternalRequest) -> Result<InternalResponse, ServerError>;
+    /// Returns the result with the log index of the entry.
+    async fn forwarded_write(
+        &self,
+        req: InternalRequest,
+    ) -> Result<(InternalResponse, u64), ServerError>;
     /// Confirms leadership and returns the index a linearizable read must wait for.
     async fn read_index(&self) -> Result<u64, ServerError>;
     async fn lease_renew(
@@ -86,15 +90,19 @@ impl<H: PeerHandler> raft_server::Raft for PeerService<H> {
         &self,
         req: Request<InternalRequest>,
     ) -> Result<Response<ForwardResponse>, Status> {
-        let result = match self.0.forwarded_write(req.into_inner()).await {
-            Ok(r) => forward_response::Result::Response(r),
-            Err(e) => forward_response::Result::Error(ForwardError {
-                code: e.code() as i32,
-                message: e.to_string(),
-            }),
+        let (result, index) = match self.0.forwarded_write(req.into_inner()).await {
+            Ok((r, index)) => (forward_response::Result::Response(r), index),
+            Err(e) => (
+                forward_response::Result::Error(ForwardError {
+                    code: e.code() as i32,
+                    message: e.to_string(),
+                }),
+                0,
+            ),
         };
         Ok(Response::new(ForwardResponse {
             result: Some(result),
+            index,
         }))
     }
 

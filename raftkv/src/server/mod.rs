@@ -112,6 +112,10 @@ pub struct EtcdServer {
     request_timeout: Duration,
     next_request_id: AtomicU64,
     watch_sync: Notify,
+    /// The term in which this member, as leader, last restarted the lease deadlines (0 =
+    /// never); see [`EtcdServer::lead_leases`]. A mutex, not an atomic: a renewal in a new
+    /// term must wait until the restart is done.
+    lease_term: std::sync::Mutex<u64>,
 }
 
 /// Waits between attempts while no leader is known.
@@ -130,11 +134,15 @@ impl EtcdServer {
         let config = openraft::Config {
             cluster_name: opts.token.clone(),
             heartbeat_interval: opts.heartbeat.as_millis() as u64,
-            // openraft refuses votes for `election_timeout_max` after hearing from a leader (its
-            // leader lease). With the flag as the maximum, a follower that times out early is
-            // refused only briefly, and a dead leader is replaced in about one timeout.
-            election_timeout_min: election_ms / 2,
-            election_timeout_max: election_ms,
+            // openraft's follower campaigns only after its leader lease (= max) plus its own
+            // timeout (drawn once from [min, max)) without hearing from the leader, and backs
+            // off another 2 * max after losing to a longer log (a flag that can also linger
+            // from the previous election). With etcd's flag E as [E/2, E) that is 1.5-2 s
+            // before the first campaign and up to ~4 s when the lagging follower tries first.
+            // [2E/5, 3E/5) makes a follower wait [E, 1.2E) — never sooner than etcd's would —
+            // and bounds the back-off case by ~2.4E.
+            election_timeout_min: election_ms * 2 / 5,
+            election_timeout_max: election_ms * 3 / 5,
             // etcd's --snapshot-count; like etcd, keep some entries after a snapshot so a
             // briefly lagging member catches up from the log instead of a whole snapshot.
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_count),
@@ -181,6 +189,7 @@ impl EtcdServer {
             request_timeout: Duration::from_secs(5) + 2 * opts.election_timeout,
             next_request_id: AtomicU64::new(1),
             watch_sync: Notify::new(),
+            lease_term: std::sync::Mutex::new(0),
         });
         Ok(server)
     }
@@ -301,7 +310,13 @@ impl EtcdServer {
             if left.is_zero() {
                 return Err(ServerError::Timeout);
             }
-            match self.raft.client_write(Request(req.clone())).await {
+            // Bounded: a leader cut off from its quorum would wait for the commit forever,
+            // where etcd answers "request timed out" (the entry may still commit later).
+            let write = tokio::time::timeout(left, self.raft.client_write(Request(req.clone())));
+            let Ok(written) = write.await else {
+                return Err(ServerError::Timeout);
+            };
+            match written {
                 Ok(resp) => return from_response(resp.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                     match self.leader_node() {
@@ -312,7 +327,19 @@ impl EtcdServer {
                                 Err(ServerError::NotLeader | ServerError::Unreachable) => {
                                     tokio::time::sleep(LEADER_POLL).await
                                 }
-                                other => return other,
+                                // Answer once the entry is applied here too, as etcd does: a
+                                // client reading from this member (serializable, or a watch
+                                // opened after the answer) then sees its own write.
+                                Ok((resp, index)) => {
+                                    let left = deadline.saturating_duration_since(Instant::now());
+                                    self.raft
+                                        .wait(Some(left))
+                                        .applied_index_at_least(Some(index), "forwarded write")
+                                        .await
+                                        .map_err(|_| ServerError::Timeout)?;
+                                    return Ok(resp);
+                                }
+                                Err(e) => return Err(e),
                             }
                         }
                         _ => tokio::time::sleep(LEADER_POLL).await,
@@ -348,9 +375,13 @@ impl EtcdServer {
                                         .map(|_| ())
                                         .map_err(|_| ServerError::Timeout);
                                 }
-                                Err(ServerError::NotLeader | ServerError::Unreachable) => {
-                                    tokio::time::sleep(LEADER_POLL).await
-                                }
+                                // A read index is safe to ask for again, whatever
+                                // happened to the first request.
+                                Err(
+                                    ServerError::NotLeader
+                                    | ServerError::Unreachable
+                                    | ServerError::LeaderFail,
+                                ) => tokio::time::sleep(LEADER_POLL).await,
                                 Err(e) => return Err(e),
                             }
                         }
@@ -384,14 +415,11 @@ impl EtcdServer {
 
     /// Renews a lease on the leader (forwarding when this member does not lead).
     pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, ServerError> {
-        match self.leader_node() {
-            Some((leader, node)) if leader != self.identity.member_id => {
-                self.peers
-                    .lease_renew(&node, id, self.request_timeout)
-                    .await
-            }
-            _ => self.renew_locally(id),
-        }
+        self.on_lease_leader(
+            || self.renew_locally(id),
+            |node, left| async move { self.peers.lease_renew(&node, id, left).await },
+        )
+        .await
     }
 
     /// Carries out a membership change on the leader, wherever it is.
@@ -423,14 +451,71 @@ impl EtcdServer {
         &self,
         req: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, ServerError> {
-        match self.leader_node() {
-            Some((leader, node)) if leader != self.identity.member_id => {
-                self.peers
-                    .lease_time_to_live(&node, req, self.request_timeout)
-                    .await
+        self.on_lease_leader(
+            || Ok(self.time_to_live_locally(&req)),
+            |node, left| async move { self.peers.lease_time_to_live(&node, req, left).await },
+        )
+        .await
+    }
+
+    /// Runs a lease request where the deadlines live: `local` if this member leads, else
+    /// `remote` on the leader. While no leader is known, or the one known is gone, it waits
+    /// for the next (as etcd's followers do) up to the request timeout: a follower's own
+    /// deadlines were never renewed, so answering from them would report live leases as
+    /// expired (TTL 0), and a client told that stops renewing its lease.
+    async fn on_lease_leader<T, F>(
+        &self,
+        local: impl Fn() -> Result<T, ServerError>,
+        remote: impl Fn(MemberNode, Duration) -> F,
+    ) -> Result<T, ServerError>
+    where
+        F: std::future::Future<Output = Result<T, ServerError>>,
+    {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            if self.lead_leases() {
+                return local();
             }
-            _ => Ok(self.time_to_live_locally(&req)),
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ServerError::Timeout);
+            }
+            match self.leader_node() {
+                Some((id, node)) if id != self.identity.member_id => {
+                    match remote(node, left).await {
+                        // Renewals and TTL queries are safe to repeat.
+                        Err(
+                            ServerError::NotLeader
+                            | ServerError::Unreachable
+                            | ServerError::LeaderFail,
+                        ) => tokio::time::sleep(LEADER_POLL).await,
+                        other => return other,
+                    }
+                }
+                _ => tokio::time::sleep(LEADER_POLL).await,
+            }
         }
+    }
+
+    /// Whether this member leads. The first call in each term of leadership restarts every
+    /// lease deadline (etcd's `Promote`) before anything renews, reads or expires a lease:
+    /// until then the deadlines are the ones this member kept as a follower, which nothing
+    /// renewed, so live leases would look expired.
+    fn lead_leases(&self) -> bool {
+        let (state, term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.state, m.current_term)
+        };
+        if state != ServerState::Leader {
+            return false;
+        }
+        let mut promoted = self.lease_term.lock().expect("lease term lock");
+        if *promoted != term {
+            self.sm.read().lessor.promote();
+            *promoted = term;
+        }
+        true
     }
 
     fn time_to_live_locally(&self, r: &LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse {
@@ -501,15 +586,9 @@ impl EtcdServer {
     /// restarts every deadline, since it cannot know when the old leader last renewed them.
     async fn expire_leases(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
-        let mut leading = false;
         loop {
             tick.tick().await;
-            let now_leading = self.raft.metrics().borrow().state == ServerState::Leader;
-            if now_leading && !leading {
-                self.sm.read().lessor.promote();
-            }
-            leading = now_leading;
-            if !leading {
+            if !self.lead_leases() {
                 continue;
             }
             let expired = self.sm.read().lessor.take_expired(1000);
@@ -604,9 +683,12 @@ impl PeerHandler for EtcdServer {
         &self.raft
     }
 
-    async fn forwarded_write(&self, req: InternalRequest) -> Result<InternalResponse, ServerError> {
+    async fn forwarded_write(
+        &self,
+        req: InternalRequest,
+    ) -> Result<(InternalResponse, u64), ServerError> {
         match self.raft.client_write(Request(req)).await {
-            Ok(resp) => from_response(resp.data),
+            Ok(resp) => from_response(resp.data).map(|r| (r, resp.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(ServerError::NotLeader)
             }
@@ -632,7 +714,7 @@ impl PeerHandler for EtcdServer {
         &self,
         req: LeaseKeepAliveRequest,
     ) -> Result<LeaseKeepAliveResponse, ServerError> {
-        if self.raft.metrics().borrow().state != ServerState::Leader {
+        if !self.lead_leases() {
             return Err(ServerError::NotLeader);
         }
         self.renew_locally(req.id)
@@ -642,7 +724,7 @@ impl PeerHandler for EtcdServer {
         &self,
         req: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, ServerError> {
-        if self.raft.metrics().borrow().state != ServerState::Leader {
+        if !self.lead_leases() {
             return Err(ServerError::NotLeader);
         }
         Ok(self.time_to_live_locally(&req))
