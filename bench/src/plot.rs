@@ -10,7 +10,9 @@ use crate::report::Comparison;
 const BAR_WIDTH: f64 = 28.0;
 const GAP: f64 = 12.0;
 const PLOT_HEIGHT: f64 = 300.0;
-const LEFT: f64 = 50.0;
+const LEFT: f64 = 70.0;
+/// Room for the last labels, which are rotated to the right.
+const RIGHT: f64 = 100.0;
 const TOP: f64 = 30.0;
 const BOTTOM: f64 = 110.0;
 
@@ -21,7 +23,8 @@ pub fn throughput_ratio_svg(comparisons: &[Comparison], title: &str) -> String {
         .filter_map(|c| c.throughput)
         .fold(2.0_f64, f64::max)
         .ceil();
-    let width = LEFT + comparisons.len() as f64 * (BAR_WIDTH + GAP) + GAP;
+    let plot_right = LEFT + comparisons.len() as f64 * (BAR_WIDTH + GAP) + GAP;
+    let width = plot_right + RIGHT;
     let height = TOP + PLOT_HEIGHT + BOTTOM;
     let y = |ratio: f64| TOP + PLOT_HEIGHT * (1.0 - ratio / max_ratio);
 
@@ -39,7 +42,7 @@ pub fn throughput_ratio_svg(comparisons: &[Comparison], title: &str) -> String {
     for (ratio, label, color) in [(1.0, "1x", "#888"), (1.5, "1.5x goal", "#c60")] {
         let _ = writeln!(
             svg,
-            r#"<line x1="{LEFT}" x2="{width:.0}" y1="{0:.1}" y2="{0:.1}" stroke="{color}" stroke-dasharray="4 3"/><text x="4" y="{1:.1}" fill="{color}">{label}</text>"#,
+            r#"<line x1="{LEFT}" x2="{plot_right:.0}" y1="{0:.1}" y2="{0:.1}" stroke="{color}" stroke-dasharray="4 3"/><text x="4" y="{1:.1}" fill="{color}">{label}</text>"#,
             y(ratio),
             y(ratio) + 4.0
         );
