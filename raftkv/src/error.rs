@@ -42,6 +42,8 @@ pub enum ServerError {
     MemberExists,
     #[error("etcdserver: Peer URLs already exists")]
     PeerUrlExists,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
     #[error("etcdserver: can only promote a learner member")]
     MemberNotLearner,
     #[error("etcdserver: can only promote a learner member which is in sync with leader")]
@@ -69,7 +71,7 @@ pub enum ServerError {
 }
 
 /// Errors whose message identifies them, for [`ServerError::from_wire`].
-fn known() -> [ServerError; 24] {
+fn known() -> [ServerError; 25] {
     use ServerError::*;
     [
         EmptyKey,
@@ -93,6 +95,7 @@ fn known() -> [ServerError; 24] {
         Unreachable,
         LeaderFail,
         MemberExists,
+        BadLeaderTransferee,
         PeerUrlExists,
         MemberNotLearner,
         LearnerNotReady,
@@ -139,8 +142,8 @@ impl ServerError {
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             NoSpace => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            LeaseExists | NotLeader | MemberExists | PeerUrlExists | MemberNotLearner
-            | LearnerNotReady => Code::FailedPrecondition,
+            LeaseExists | NotLeader | MemberExists | BadLeaderTransferee | PeerUrlExists
+            | MemberNotLearner | LearnerNotReady => Code::FailedPrecondition,
             Stopped | Timeout | NoLeader | Unreachable | LeaderFail => Code::Unavailable,
             Storage(_) | Internal(_) => Code::Internal,
             Remote { code, .. } => *code,

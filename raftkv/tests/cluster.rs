@@ -1263,3 +1263,56 @@ async fn follower_watch_sees_every_write_in_order() {
     })
     .await;
 }
+
+/// etcd's MoveLeader: leadership goes to the chosen voter quickly, the cluster keeps taking
+/// writes, and a transferee that is not a member is refused with etcd's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_leader_transfers_leadership() {
+    run_alone("move_leader_transfers_leadership", async {
+        let (_dir, mut cluster, leader) = start_cluster().await;
+        assert!(leader < MEMBERS);
+        for round in 0..2 {
+            let current = cluster
+                .leader(Duration::from_secs(10))
+                .await
+                .expect("a leader");
+            let target = cluster.others(current)[round % 2];
+            let target_id = cluster.member_id(target).expect("member id");
+            let mut on_leader = client(&cluster, current).await;
+            let started = Instant::now();
+            on_leader.move_leader(target_id).await.unwrap_or_else(|e| {
+                panic!("move leader to {}: {e}", cluster.members[target].name())
+            });
+            println!("round {round}: moved leadership in {:?}", started.elapsed());
+            let now = cluster
+                .leader(Duration::from_secs(10))
+                .await
+                .expect("a leader");
+            assert_eq!(now, target, "the transferee leads");
+            let mut c = client(&cluster, current).await;
+            c.put(format!("/move/{round}"), "v", None)
+                .await
+                .expect("writes go on through the old leader");
+        }
+        // Table: (ask the leader?, expected error) — etcd answers a follower "not leader"
+        // and the leader "bad leader transferee" for an ID that is not a voter.
+        let current = cluster
+            .leader(Duration::from_secs(10))
+            .await
+            .expect("a leader");
+        let follower = cluster.others(current)[0];
+        for (member, want) in [
+            (current, "etcdserver: bad leader transferee"),
+            (follower, "etcdserver: not leader"),
+        ] {
+            let mut c = client(&cluster, member).await;
+            let err = c.move_leader(0x1234).await.expect_err("refused");
+            assert!(
+                err.to_string().contains(want),
+                "asked {}: {err}",
+                cluster.members[member].name()
+            );
+        }
+    })
+    .await;
+}

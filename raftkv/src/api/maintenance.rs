@@ -200,13 +200,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        // Leadership transfer to another member is not supported yet; moving it to the
-        // current leader is a no-op, as in etcd.
-        if Some(req.into_inner().target_id) != self.0.leader() {
-            return Err(Status::failed_precondition(
-                "etcdserver: bad leader transferee",
-            ));
-        }
+        self.0.move_leader(req.into_inner().target_id).await?;
         Ok(Response::new(MoveLeaderResponse {
             header: self.0.header(0),
         }))

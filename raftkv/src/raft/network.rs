@@ -20,8 +20,8 @@ use proto::etcdserverpb::{
 };
 use proto::raftkvpb::raft_client::RaftClient;
 use proto::raftkvpb::{
-    forward_response, ClusterInfoRequest, InternalRequest, InternalResponse, RaftPayload,
-    ReadIndexRequest,
+    forward_response, CampaignRequest, ClusterInfoRequest, InternalRequest, InternalResponse,
+    RaftPayload, ReadIndexRequest,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -162,6 +162,22 @@ impl Peers {
         let result: Result<(), (i32, String)> = decode(&reply.data)
             .map_err(|e| ServerError::Internal(format!("undecodable membership reply: {e}")))?;
         result.map_err(|(code, message)| ServerError::from_wire(code, message))
+    }
+
+    /// Asks a member to campaign for leadership after `after` (MoveLeader).
+    pub async fn campaign(
+        &self,
+        node: &MemberNode,
+        after: Duration,
+        timeout: Duration,
+    ) -> Result<(), ServerError> {
+        let mut client = self.client(node)?;
+        let mut request = tonic::Request::new(CampaignRequest {
+            after_ms: after.as_millis() as u64,
+        });
+        request.set_timeout(timeout);
+        client.campaign(request).await.map_err(status_error)?;
+        Ok(())
     }
 
     /// The cluster ID a running member reports (for a member joining an existing cluster).

@@ -10,8 +10,9 @@ use proto::etcdserverpb::{
 };
 use proto::raftkvpb::raft_server;
 use proto::raftkvpb::{
-    forward_response, ClusterInfoRequest, ClusterInfoResponse, ForwardError, ForwardResponse,
-    InternalRequest, InternalResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
+    forward_response, CampaignRequest, CampaignResponse, ClusterInfoRequest, ClusterInfoResponse,
+    ForwardError, ForwardResponse, InternalRequest, InternalResponse, RaftPayload,
+    ReadIndexRequest, ReadIndexResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -46,6 +47,8 @@ pub trait PeerHandler: Send + Sync + 'static {
     /// Carries out a membership change; fails if this member does not lead.
     async fn change_membership(&self, change: Change) -> Result<(), ServerError>;
     fn cluster_id(&self) -> u64;
+    /// Campaigns for leadership after `after` (MoveLeader's transferee).
+    fn campaign(&self, after: std::time::Duration);
 }
 
 pub struct PeerService<H>(pub Arc<H>);
@@ -150,5 +153,14 @@ impl<H: PeerHandler> raft_server::Raft for PeerService<H> {
         Ok(Response::new(ClusterInfoResponse {
             cluster_id: self.0.cluster_id(),
         }))
+    }
+
+    async fn campaign(
+        &self,
+        req: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignResponse>, Status> {
+        let after = std::time::Duration::from_millis(req.into_inner().after_ms);
+        self.0.campaign(after);
+        Ok(Response::new(CampaignResponse {}))
     }
 }

@@ -110,6 +110,8 @@ pub struct EtcdServer {
     pub raft: Raft<TypeConfig>,
     peers: Peers,
     request_timeout: Duration,
+    /// `--election-timeout`, for leadership transfer.
+    election_timeout: Duration,
     next_request_id: AtomicU64,
     watch_sync: Notify,
     /// The term in which this member, as leader, last restarted the lease deadlines (0 =
@@ -187,6 +189,7 @@ impl EtcdServer {
             raft,
             peers,
             request_timeout: Duration::from_secs(5) + 2 * opts.election_timeout,
+            election_timeout: opts.election_timeout,
             next_request_id: AtomicU64::new(1),
             watch_sync: Notify::new(),
             lease_term: std::sync::Mutex::new(0),
@@ -420,6 +423,41 @@ impl EtcdServer {
             |node, left| async move { self.peers.lease_renew(&node, id, left).await },
         )
         .await
+    }
+
+    /// etcd's MoveLeader, on the leader: pauses heartbeats so the followers' leader lease
+    /// (openraft's `election_timeout_max`, 3/5 of `--election-timeout`) lapses, has the
+    /// transferee campaign right then (before any other follower's election timer, which
+    /// needs a full timeout), and waits to see it lead. Heartbeats resume either way.
+    pub async fn move_leader(&self, target: u64) -> Result<(), ServerError> {
+        let m = self.raft_metrics();
+        if m.state != ServerState::Leader {
+            return Err(ServerError::NotLeader);
+        }
+        if target == self.identity.member_id {
+            return Ok(());
+        }
+        let membership = m.membership_config.membership();
+        let is_voter = membership.voter_ids().any(|v| v == target);
+        let node = match membership.get_node(&target) {
+            Some(node) if is_voter => node.clone(),
+            _ => return Err(ServerError::BadLeaderTransferee),
+        };
+        let lease = self.election_timeout * 3 / 5 + Duration::from_millis(50);
+        self.raft.runtime_config().heartbeat(false);
+        let moved = async {
+            self.peers
+                .campaign(&node, lease, self.election_timeout)
+                .await?;
+            self.raft
+                .wait(Some(lease + 2 * self.election_timeout))
+                .metrics(|m| m.current_leader == Some(target), "leadership transfer")
+                .await
+                .map_err(|_| ServerError::Timeout)
+        }
+        .await;
+        self.raft.runtime_config().heartbeat(true);
+        moved.map(|_| ())
     }
 
     /// Carries out a membership change on the leader, wherever it is.
@@ -739,5 +777,15 @@ impl PeerHandler for EtcdServer {
 
     fn cluster_id(&self) -> u64 {
         self.identity.cluster_id
+    }
+
+    fn campaign(&self, after: Duration) {
+        let raft = self.raft.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if let Err(e) = raft.trigger().elect().await {
+                tracing::warn!(error = %e, "campaigning for a leadership transfer failed");
+            }
+        });
     }
 }
