@@ -353,40 +353,33 @@ impl Backend {
         self.write(b, true)
     }
 
+    /// A RocksDB integer property summed over the column families (0 where unavailable:
+    /// sizes are estimates for Status and the quota, never a reason to fail a request).
+    fn property_sum(&self, name: &str) -> u64 {
+        [CF_KV, CF_LEASE, CF_META]
+            .iter()
+            .map(|cf| {
+                self.db
+                    .property_int_value_cf(self.cf(cf), name)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
     /// Bytes the database occupies on disk plus what is buffered in memtables.
     pub fn size(&self) -> u64 {
-        let prop = |name: &str| {
-            [CF_KV, CF_LEASE, CF_META]
-                .iter()
-                .map(|cf| {
-                    self.db
-                        .property_int_value_cf(self.cf(cf), name)
-                        .ok()
-                        .flatten()
-                        .unwrap_or(0)
-                })
-                .sum::<u64>()
-        };
-        prop("rocksdb.total-sst-files-size") + prop("rocksdb.cur-size-all-mem-tables")
+        self.property_sum("rocksdb.total-sst-files-size")
+            + self.property_sum("rocksdb.cur-size-all-mem-tables")
     }
 
     /// Bytes of live data, the counterpart of etcd's `dbSizeInUse`: RocksDB's estimate of live
     /// SST data plus what memtables hold (the estimate alone ignores unflushed writes).
     pub fn size_in_use(&self) -> u64 {
-        let sum = |name: &str| -> u64 {
-            [CF_KV, CF_LEASE, CF_META]
-                .iter()
-                .map(|cf| {
-                    self.db
-                        .property_int_value_cf(self.cf(cf), name)
-                        .ok()
-                        .flatten()
-                        .unwrap_or(0)
-                })
-                .sum()
-        };
-        (sum("rocksdb.estimate-live-data-size") + sum("rocksdb.cur-size-all-mem-tables"))
-            .min(self.size())
+        (self.property_sum("rocksdb.estimate-live-data-size")
+            + self.property_sum("rocksdb.cur-size-all-mem-tables"))
+        .min(self.size())
     }
 
     /// Rewrites every column family so deleted rows give their space back (etcd's defrag).
