@@ -1,9 +1,12 @@
 //! End-to-end runs against real servers: a short register workload with the kill
-//! nemesis against etcd (3 members) and raftkv (1 member), and a list-append workload
-//! under partitions through the peer proxy against etcd, each expected VALID. The tests
+//! nemesis against etcd (3 members) and raftkv (1 member), list-append under partitions
+//! through the peer proxy against etcd, and register under partitions against a 3-member
+//! raftkv, each expected VALID; plus the self-test: the same partitions against raftkv in
+//! its unsafe stale-read mode must be found INVALID, so we know the checker can fail. The tests
 //! run concurrently (about 15 s of wall time in all) and everything they start is killed
 //! when the run ends, or when a test fails (the cluster's Drop).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -65,14 +68,19 @@ fn config(target: Target, members: usize, binary: PathBuf, store: PathBuf, seed:
     }
 }
 
-async fn run_expecting_valid(cfg: RunConfig, fault: &str) {
+async fn run_bounded(cfg: RunConfig) -> runner::RunOutcome {
     let name = format!("{} x{}", cfg.target.name(), cfg.members);
     println!("{name}: testing {}", cfg.binary.display());
     // A hard bound on the whole run, so a hang fails the test instead of CI.
-    let outcome = tokio::time::timeout(Duration::from_secs(90), runner::run(cfg))
+    tokio::time::timeout(Duration::from_secs(90), runner::run(cfg))
         .await
         .unwrap_or_else(|_| panic!("{name}: run did not finish within 90 s"))
-        .unwrap_or_else(|e| panic!("{name}: run failed: {e}"));
+        .unwrap_or_else(|e| panic!("{name}: run failed: {e}"))
+}
+
+async fn run_expecting_valid(cfg: RunConfig, fault: &str) {
+    let name = format!("{} x{}", cfg.target.name(), cfg.members);
+    let outcome = run_bounded(cfg).await;
     println!(
         "{name}: {:?} in {:.1}s; {} ok / {} fail / {} info; faults {:?}; {:?}",
         outcome.report.verdict,
@@ -135,4 +143,51 @@ async fn append_with_partitions_on_etcd_3_members_is_valid() {
     cfg.workload = WorkloadKind::Append;
     cfg.nemesis = "partition".parse::<NemesisSpec>().expect("nemesis spec");
     run_expecting_valid(cfg, "partition").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_with_partitions_on_raftkv_3_members_is_valid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(
+        Target::Raftkv,
+        3,
+        raftkv_binary(),
+        dir.path().to_path_buf(),
+        1,
+    );
+    cfg.nemesis = "partition".parse::<NemesisSpec>().expect("nemesis spec");
+    cfg.time_limit = Duration::from_secs(15);
+    run_expecting_valid(cfg, "partition").await;
+}
+
+/// raftkv's hidden `--experimental-unsafe-stale-reads` serves linearizable reads from local
+/// state; under partitions an isolated member answers stale data, which must be caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_stale_reads_are_caught() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wrapper = dir.path().join("raftkv-unsafe");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec '{}' --experimental-unsafe-stale-reads \"$@\"\n",
+            raftkv_binary().display()
+        ),
+    )
+    .expect("write wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+        .expect("chmod wrapper");
+    let store = dir.path().join("store");
+    let mut cfg = config(Target::Raftkv, 3, wrapper, store, 1);
+    cfg.nemesis = "partition".parse::<NemesisSpec>().expect("nemesis spec");
+    cfg.time_limit = Duration::from_secs(15);
+    let outcome = run_bounded(cfg).await;
+    println!(
+        "unsafe raftkv x3: {:?}; {:?}",
+        outcome.report.verdict, outcome.report.notes
+    );
+    assert!(
+        matches!(outcome.report.verdict, Verdict::Invalid { .. }),
+        "stale reads during partitions went unnoticed: {:?}",
+        outcome.report
+    );
 }

@@ -69,6 +69,11 @@ pub struct ServerArgs {
     /// Raise alarms when backend size exceeds the given quota (0 = the 2 GiB default).
     #[arg(long, default_value_t = 0)]
     pub quota_backend_bytes: u64,
+    /// Test only, unsafe: serve linearizable reads from local state without asking the
+    /// leader, so a partitioned member returns stale data. It exists so the fault-injection
+    /// harness can prove it catches such a server.
+    #[arg(long = "experimental-unsafe-stale-reads", hide = true)]
+    pub unsafe_stale_reads: bool,
     /// Duration of periodic watch progress notifications (e.g. 10m, 500ms).
     #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
     pub watch_progress_notify_interval: Duration,
@@ -175,6 +180,7 @@ mod tests {
                 max_request_bytes: 0,
                 quota_backend_bytes: 0,
                 watch_progress_notify_interval: Duration::from_secs(1),
+                unsafe_stale_reads: false,
             };
             assert_eq!(a.min_lease_ttl().unwrap(), want, "{hb}/{el}");
             a.heartbeat_interval = 0;

@@ -176,6 +176,7 @@ async fn serve(args: ServerArgs) -> Result<()> {
             max_request_bytes: args.max_request_bytes,
             quota_backend_bytes: args.quota(),
             watch_progress_interval: args.watch_progress_notify_interval,
+            unsafe_stale_reads: args.unsafe_stale_reads,
         },
         clock: Arc::new(SystemClock),
     };
