@@ -34,8 +34,6 @@ use crate::mvcc::{
 pub struct State {
     pub mvcc: MvccState,
     pub lessor: Lessor,
-    /// Index of the last applied log entry.
-    pub applied_index: u64,
     /// Active alarms as (member, alarm type).
     pub alarms: BTreeSet<(u64, i32)>,
 }
@@ -133,7 +131,6 @@ impl StateMachine {
         Ok(State {
             mvcc: restored.state,
             lessor,
-            applied_index: backend.get_meta_u64(META_CONSISTENT_INDEX)?.unwrap_or(0),
             alarms: backend.alarms()?.into_iter().collect(),
         })
     }
@@ -227,7 +224,6 @@ impl StateMachine {
         for (index, req) in entries {
             let Some(req) = req else {
                 batch.put_meta_u64(META_CONSISTENT_INDEX, index);
-                st.applied_index = index;
                 results.push(None);
                 continue;
             };
@@ -250,7 +246,6 @@ impl StateMachine {
                 notifications.push((rev, events));
             }
             batch.put_meta_u64(META_CONSISTENT_INDEX, index);
-            st.applied_index = index;
             results.push(Some(res));
         }
         for (key, value) in consensus {

@@ -92,7 +92,7 @@ impl RaftStateMachine {
 
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, std::io::Error> {
         let raw = self.sm.backend().get_meta_raw(key).map_err(io_error)?;
-        raw.map(|b| decode(&b)).transpose().map_err(io_error)
+        decode_opt(&raw).map_err(io_error)
     }
 }
 
