@@ -40,7 +40,7 @@ pub struct RunArgs {
     pub workload: WorkloadKind,
     /// Faults: none, all, or a comma-separated list of kill, kill-leader, pause,
     /// pause-leader, partition, partition-halves, partition-leader, partition-bridge,
-    /// member, disk-loss.
+    /// member, disk-loss, lose-unsynced.
     #[arg(long, default_value = "none")]
     pub nemesis: NemesisSpec,
     /// How long clients run (e.g. 60s, 2m).

@@ -2,8 +2,9 @@
 //! command line (identical for etcd and raftkv), starting members behind the peer
 //! proxy, waiting for readiness, and the primitive operations faults are made of —
 //! kill, restart, pause, resume, wipe a data dir, find the leader, and remove / re-add a
-//! member through the Cluster API. The cluster owns its processes; dropping it kills
-//! them all.
+//! member through the Cluster API, and a power loss (kill everything, drop un-fsynced
+//! data) when the members' data dirs are [`lazyfs`] mounts. The cluster owns its
+//! processes and mounts; dropping it kills the processes, then unmounts.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
 
+use crate::lazyfs::{LazyFsError, Lost, Mount};
 use crate::process::{ProcessError, ProcessHandle, ProcessSpec, Spawner};
 use crate::proxy::{Network, Partition, PidMap, ProcResolver, ProxyError, ProxyNet};
 
@@ -42,6 +44,9 @@ pub struct ClusterConfig {
     pub dir: PathBuf,
     pub heartbeat_ms: u64,
     pub election_ms: u64,
+    /// Put each member's data dir on a [`lazyfs`](crate::lazyfs) mount, so un-fsynced
+    /// writes can be lost (the `lose-unsynced` fault). Needs root and /dev/fuse.
+    pub lazy_disk: bool,
 }
 
 /// Errors from cluster operations.
@@ -51,6 +56,8 @@ pub enum ClusterError {
     Process(#[from] ProcessError),
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    Disk(#[from] LazyFsError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -78,6 +85,8 @@ pub struct Member {
     /// What the others dial: the proxy front when there is a proxy.
     advertised_peer: SocketAddr,
     data_dir: PathBuf,
+    /// The lazy mount at `data_dir`, if the cluster has lazy disks.
+    disk: Option<Mount>,
     log: PathBuf,
     process: Option<Box<dyn ProcessHandle>>,
     paused: bool,
@@ -226,12 +235,19 @@ impl Cluster {
             } else {
                 listen_peer
             };
+            let data_dir = cfg.dir.join(format!("m{i}.data"));
+            let disk = if cfg.lazy_disk {
+                Some(Mount::new(&cfg.dir.join(format!("m{i}.disk")), &data_dir)?)
+            } else {
+                None
+            };
             members.push(Member {
                 name: format!("m{i}"),
                 client_url: format!("http://{}", addr_of(&client)?),
                 listen_peer,
                 advertised_peer,
-                data_dir: cfg.dir.join(format!("m{i}.data")),
+                data_dir,
+                disk,
                 log: cfg.dir.join(format!("m{i}.log")),
                 process: None,
                 paused: false,
@@ -381,7 +397,22 @@ impl Cluster {
                 m.name
             )));
         }
-        match std::fs::remove_dir_all(&m.data_dir) {
+        let wiped = if m.disk.is_some() {
+            // The mount point itself stays: empty it through the mount.
+            std::fs::read_dir(&m.data_dir).and_then(|entries| {
+                entries.into_iter().try_for_each(|e| {
+                    let e = e?;
+                    if e.file_type()?.is_dir() {
+                        std::fs::remove_dir_all(e.path())
+                    } else {
+                        std::fs::remove_file(e.path())
+                    }
+                })
+            })
+        } else {
+            std::fs::remove_dir_all(&m.data_dir)
+        };
+        match wiped {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(ClusterError::Io {
@@ -389,6 +420,36 @@ impl Cluster {
                 source,
             }),
         }
+    }
+
+    /// A power loss of the whole cluster: SIGKILLs every running member at once, then
+    /// drops every write they had not fsynced. Returns the members hit and what each
+    /// lost; [`Cluster::restart`] brings them back on what survived.
+    pub fn power_loss(&mut self) -> Result<Vec<(usize, Lost)>, ClusterError> {
+        if self.members.iter().any(|m| m.disk.is_none()) {
+            return Err(ClusterError::Unsupported {
+                target: self.cfg.target.name(),
+                what: "lose-unsynced",
+                detail: "the cluster was started without lazy disks".into(),
+            });
+        }
+        let running: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.members[i].is_running())
+            .collect();
+        for &i in &running {
+            self.kill(i)?;
+        }
+        Ok(running
+            .into_iter()
+            .map(|i| {
+                let lost = self.members[i]
+                    .disk
+                    .as_ref()
+                    .map(Mount::lose_unsynced)
+                    .unwrap_or_default();
+                (i, lost)
+            })
+            .collect())
     }
 
     /// A client for some running, unpaused member other than `except`.
@@ -539,10 +600,13 @@ impl Cluster {
     /// runs add up). Stops the members first.
     pub fn remove_data(&mut self) {
         self.shutdown();
-        for m in &self.members {
-            if let Err(e) = std::fs::remove_dir_all(&m.data_dir) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!("cannot remove {}: {e}", m.data_dir.display());
+        for m in &mut self.members {
+            let backing = m.disk.take().map(|d| d.backing().to_path_buf());
+            for dir in backing.iter().chain([&m.data_dir]) {
+                if let Err(e) = std::fs::remove_dir_all(dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!("cannot remove {}: {e}", dir.display());
+                    }
                 }
             }
         }

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod history;
+pub mod lazyfs;
 pub mod nemesis;
 pub mod process;
 pub mod proxy;

@@ -6,7 +6,8 @@
 //! Faults: kill -9 (random member or the leader) then restart; SIGSTOP/SIGCONT (random
 //! member or leader); network partitions (majority/minority, isolated leader, bridge);
 //! membership change (remove a member, later add it back empty); disk loss (kill, wipe
-//! the data dir, replace the member through the membership API).
+//! the data dir, replace the member through the membership API); lost un-fsynced writes
+//! (a power loss of the whole cluster on [`lazyfs`](crate::lazyfs) disks).
 
 use std::fmt;
 use std::str::FromStr;
@@ -34,6 +35,7 @@ pub enum FaultKind {
     PartitionBridge,
     Member,
     DiskLoss,
+    LoseUnsynced,
 }
 
 const ALL: &[(&str, FaultKind)] = &[
@@ -47,6 +49,7 @@ const ALL: &[(&str, FaultKind)] = &[
     ("partition-bridge", FaultKind::PartitionBridge),
     ("member", FaultKind::Member),
     ("disk-loss", FaultKind::DiskLoss),
+    ("lose-unsynced", FaultKind::LoseUnsynced),
 ];
 
 impl FaultKind {
@@ -57,9 +60,11 @@ impl FaultKind {
     /// The fewest members the fault makes sense with.
     pub fn min_members(self) -> usize {
         match self {
-            FaultKind::Kill | FaultKind::KillLeader | FaultKind::Pause | FaultKind::PauseLeader => {
-                1
-            }
+            FaultKind::Kill
+            | FaultKind::KillLeader
+            | FaultKind::Pause
+            | FaultKind::PauseLeader
+            | FaultKind::LoseUnsynced => 1,
             _ => 3,
         }
     }
@@ -88,6 +93,7 @@ impl FromStr for NemesisSpec {
                     FaultKind::Partition,
                     FaultKind::Member,
                     FaultKind::DiskLoss,
+                    FaultKind::LoseUnsynced,
                 ],
             });
         }
@@ -151,6 +157,9 @@ pub trait FaultTarget {
     fn wipe(&mut self, member: usize) -> Result<(), ClusterError>;
     async fn remove_member(&mut self, member: usize) -> Result<(), ClusterError>;
     async fn add_member(&mut self, member: usize) -> Result<(), ClusterError>;
+    /// Kills every running member and drops their un-fsynced writes; returns the members
+    /// hit and a description of what each lost.
+    fn power_loss(&mut self) -> Result<Vec<(usize, String)>, ClusterError>;
     /// Undo everything (resume, restart, heal network).
     fn heal_all(&mut self) -> Vec<ClusterError>;
 }
@@ -191,6 +200,12 @@ impl FaultTarget for Cluster {
     }
     async fn add_member(&mut self, m: usize) -> Result<(), ClusterError> {
         Cluster::add_member(self, m).await
+    }
+    fn power_loss(&mut self) -> Result<Vec<(usize, String)>, ClusterError> {
+        Ok(Cluster::power_loss(self)?
+            .into_iter()
+            .map(|(m, lost)| (m, format!("{} KiB in {} files", lost.bytes / 1024, lost.files)))
+            .collect())
     }
     fn heal_all(&mut self) -> Vec<ClusterError> {
         Cluster::heal_all(self)
@@ -251,6 +266,7 @@ enum Undo {
     HealNetwork,
     AddBack(usize),
     Replace(usize),
+    RestartAll(Vec<usize>),
 }
 
 /// What happened, for the summary and the nemesis log.
@@ -354,6 +370,18 @@ async fn apply(
                 format!("kill -9 m{m} and wipe its data dir"),
             )
         }
+        FaultKind::LoseUnsynced => {
+            let hit = target.power_loss()?;
+            let what = hit
+                .iter()
+                .map(|(m, lost)| format!("m{m} lost {lost}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            (
+                Undo::RestartAll(hit.into_iter().map(|(m, _)| m).collect()),
+                format!("power loss: kill -9 all, drop un-fsynced writes ({what})"),
+            )
+        }
     }))
 }
 
@@ -381,6 +409,12 @@ async fn undo(target: &mut impl FaultTarget, u: &Undo) -> Result<String, Cluster
             target.remove_member(m).await?;
             target.add_member(m).await?;
             format!("replace m{m} with an empty member")
+        }
+        Undo::RestartAll(ref ms) => {
+            for &m in ms {
+                target.restart(m)?;
+            }
+            "restart all after power loss".into()
         }
     })
 }
@@ -586,6 +620,10 @@ mod tests {
             self.calls.push(format!("add {m}"));
             Ok(())
         }
+        fn power_loss(&mut self) -> Result<Vec<(usize, String)>, ClusterError> {
+            self.calls.push("power loss".into());
+            Ok((0..3).map(|m| (m, format!("{m} KiB"))).collect())
+        }
         fn heal_all(&mut self) -> Vec<ClusterError> {
             self.calls.push("heal all".into());
             vec![]
@@ -663,6 +701,15 @@ mod tests {
             a.iter().any(|c| c.starts_with("wipe")) || a.iter().any(|c| c.starts_with("partition")),
             "{a:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn power_loss_restarts_every_member_it_hit() {
+        let (fake, log) =
+            run_fake(vec![FaultKind::LoseUnsynced], Duration::from_secs(7), true).await;
+        let first = &fake.calls[..4];
+        assert_eq!(first, ["power loss", "restart 0", "restart 1", "restart 2"]);
+        assert!(log.events[0].what.contains("m1 lost 1 KiB"), "{log:?}");
     }
 
     #[tokio::test(start_paused = true)]

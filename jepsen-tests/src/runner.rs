@@ -167,6 +167,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, RunError> {
             dir: dir.clone(),
             heartbeat_ms: cfg.heartbeat_ms,
             election_ms: cfg.election_ms,
+            lazy_disk: cfg.nemesis.faults.contains(&FaultKind::LoseUnsynced),
         },
         Arc::new(OsSpawner),
         Duration::from_secs(30),

@@ -74,6 +74,11 @@ pub struct ServerArgs {
     /// harness can prove it catches such a server.
     #[arg(long = "experimental-unsafe-stale-reads", hide = true)]
     pub unsafe_stale_reads: bool,
+    /// Test only, unsafe: acknowledge Raft log appends without fsyncing them, so a power
+    /// loss loses acknowledged writes. It exists so the fault-injection harness can prove
+    /// it catches such a server.
+    #[arg(long = "experimental-unsafe-no-fsync", hide = true)]
+    pub unsafe_no_fsync: bool,
     /// Duration of periodic watch progress notifications (e.g. 10m, 500ms).
     #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
     pub watch_progress_notify_interval: Duration,
@@ -181,6 +186,7 @@ mod tests {
                 quota_backend_bytes: 0,
                 watch_progress_notify_interval: Duration::from_secs(1),
                 unsafe_stale_reads: false,
+                unsafe_no_fsync: false,
             };
             assert_eq!(a.min_lease_ttl().unwrap(), want, "{hb}/{el}");
             a.heartbeat_interval = 0;

@@ -177,6 +177,7 @@ async fn serve(args: ServerArgs) -> Result<()> {
             quota_backend_bytes: args.quota(),
             watch_progress_interval: args.watch_progress_notify_interval,
             unsafe_stale_reads: args.unsafe_stale_reads,
+            unsafe_no_fsync: args.unsafe_no_fsync,
         },
         clock: Arc::new(SystemClock),
     };

@@ -140,6 +140,9 @@ impl StateMachine {
     pub fn dump(&self, meta_keys: &[&[u8]]) -> Result<Dump, BackendError> {
         // The read lock keeps an apply from being half visible in the RocksDB snapshot.
         let _st = self.read();
+        // Applies are written without fsync because the Raft log holds them; a snapshot
+        // lets openraft purge that log, so what it covers must be durable here first.
+        self.backend.sync()?;
         let export = self.backend.export();
         let meta = meta_keys
             .iter()

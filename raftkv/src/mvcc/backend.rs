@@ -427,6 +427,13 @@ impl Backend {
         Ok(())
     }
 
+    /// Fsyncs the RocksDB WAL: every write so far, including those made with
+    /// `sync == false`, is durable when this returns.
+    pub fn sync(&self) -> Result<(), BackendError> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
     /// A consistent point-in-time view of every row, for snapshots.
     pub fn export(&self) -> Export<'_> {
         Export {

@@ -46,16 +46,22 @@ fn index_key(index: u64) -> [u8; 8] {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    /// `false` only under the test-only `--experimental-unsafe-no-fsync`.
+    fsync: bool,
 }
 
 impl LogStore {
-    pub fn open(path: &Path) -> Result<Self, rocksdb::Error> {
+    /// Opens (or creates) the log. `fsync == false` acknowledges appends before they are
+    /// on disk, which loses acknowledged entries on a power loss: it exists only so the
+    /// fault-injection harness can show that it catches such a server.
+    pub fn open(path: &Path, fsync: bool) -> Result<Self, rocksdb::Error> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         let cfs = [CF_LOG, CF_STATE].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         Ok(Self {
             db: Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?),
+            fsync,
         })
     }
 
@@ -65,9 +71,9 @@ impl LogStore {
             .expect("column families are created at open")
     }
 
-    fn sync_opts() -> WriteOptions {
+    fn sync_opts(&self) -> WriteOptions {
         let mut wo = WriteOptions::default();
-        wo.set_sync(true);
+        wo.set_sync(self.fsync);
         wo
     }
 
@@ -86,7 +92,7 @@ impl LogStore {
 
     fn put_state<T: Serialize>(&self, key: &[u8], v: &T) -> Result<(), rocksdb::Error> {
         self.db
-            .put_cf_opt(self.cf(CF_STATE), key, encode(v), &Self::sync_opts())
+            .put_cf_opt(self.cf(CF_STATE), key, encode(v), &self.sync_opts())
     }
 
     /// Writes entries and fsyncs them; what [`RaftLogStorage::append`] acknowledges.
@@ -99,7 +105,7 @@ impl LogStore {
         for entry in entries {
             batch.put_cf(cf, index_key(entry.log_id.index), encode(&entry));
         }
-        self.db.write_opt(batch, &Self::sync_opts())
+        self.db.write_opt(batch, &self.sync_opts())
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId<u64>>, String> {
@@ -221,7 +227,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         );
         // delete_range excludes its end; u64::MAX itself is never a real index.
         self.db
-            .write_opt(batch, &Self::sync_opts())
+            .write_opt(batch, &self.sync_opts())
             .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
@@ -234,7 +240,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(self.cf(CF_LOG), index_key(0), index_key(log_id.index + 1));
         self.db
-            .write_opt(batch, &Self::sync_opts())
+            .write_opt(batch, &self.sync_opts())
             .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
@@ -274,7 +280,7 @@ mod tests {
     #[tokio::test]
     async fn append_read_truncate_purge_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = LogStore::open(dir.path()).unwrap();
+        let mut s = LogStore::open(dir.path(), true).unwrap();
         let state = s.get_log_state().await.unwrap();
         assert_eq!((state.last_purged_log_id, state.last_log_id), (None, None));
 
@@ -306,7 +312,7 @@ mod tests {
         s.save_committed(Some(log_id(2, 8))).await.unwrap();
         drop(s);
 
-        let mut s = LogStore::open(dir.path()).unwrap();
+        let mut s = LogStore::open(dir.path(), true).unwrap();
         let state = s.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(log_id(1, 3)));
         assert_eq!(state.last_log_id, Some(log_id(2, 8)));

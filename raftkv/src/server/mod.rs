@@ -51,6 +51,8 @@ pub struct Limits {
     pub watch_progress_interval: Duration,
     /// Test only: linearizable reads skip the read index (see `--experimental-unsafe-stale-reads`).
     pub unsafe_stale_reads: bool,
+    /// Test only: the Raft log is not fsynced (see `--experimental-unsafe-no-fsync`).
+    pub unsafe_no_fsync: bool,
 }
 
 impl Default for Limits {
@@ -61,6 +63,7 @@ impl Default for Limits {
             quota_backend_bytes: 2 * 1024 * 1024 * 1024,
             watch_progress_interval: Duration::from_secs(600),
             unsafe_stale_reads: false,
+            unsafe_no_fsync: false,
         }
     }
 }
@@ -134,7 +137,7 @@ impl EtcdServer {
             opts.min_lease_ttl,
             opts.clock.clone(),
         )?);
-        let log = LogStore::open(&opts.raft_dir)?;
+        let log = LogStore::open(&opts.raft_dir, !opts.limits.unsafe_no_fsync)?;
         let election_ms = opts.election_timeout.as_millis() as u64;
         let config = openraft::Config {
             cluster_name: opts.token.clone(),
