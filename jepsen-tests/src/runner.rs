@@ -15,7 +15,7 @@ use crate::checker::{self, CheckError, Report, Verdict};
 use crate::clock::TokioClock;
 use crate::cluster::{Cluster, ClusterConfig, ClusterError, Target};
 use crate::history::{self, Event, HistoryError, Kind, Recorder};
-use crate::nemesis::{self, NemesisLog, NemesisSpec, Schedule};
+use crate::nemesis::{self, FaultKind, NemesisLog, NemesisSpec, Schedule};
 use crate::process::OsSpawner;
 use crate::workload::{self, Ctx, Stats, WorkloadError, WorkloadKind, FINAL_PROCESS_BASE};
 
