@@ -17,6 +17,8 @@ pub enum ConfigError {
     Resolve(String, std::io::Error),
     #[error("--heartbeat-interval must be > 0 and at most --election-timeout / 5")]
     Timing,
+    #[error("--auth-token {0:?}: only 'simple' tokens are supported")]
+    AuthToken(String),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -77,6 +79,16 @@ pub struct ServerArgs {
     /// Duration of periodic watch progress notifications (e.g. 10m, 500ms).
     #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
     pub watch_progress_notify_interval: Duration,
+    /// Specify a v3 authentication token type and its options ('simple' only).
+    #[arg(long, default_value = "simple")]
+    pub auth_token: String,
+    /// Time (in seconds) of the auth-token-ttl.
+    #[arg(long, default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// Specify the cost / strength of the bcrypt algorithm for hashing auth passwords.
+    /// Valid values are between 4 and 31.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
 }
 
 /// Parses Go-style durations: a number followed by ms, s, m or h.
@@ -111,6 +123,14 @@ impl ServerArgs {
         let election_ticks = self.election_timeout / self.heartbeat_interval;
         let min_ttl_ms = (3 * election_ticks / 2) * self.heartbeat_interval;
         Ok(min_ttl_ms.div_ceil(1000) as i64)
+    }
+
+    /// Checks `--auth-token`: etcd's `simple` (JWT is not implemented).
+    pub fn check_auth_token(&self) -> Result<(), ConfigError> {
+        match self.auth_token.split(',').next() {
+            Some("simple") => Ok(()),
+            _ => Err(ConfigError::AuthToken(self.auth_token.clone())),
+        }
     }
 
     pub fn quota(&self) -> u64 {
@@ -181,6 +201,9 @@ mod tests {
                 quota_backend_bytes: 0,
                 watch_progress_notify_interval: Duration::from_secs(1),
                 unsafe_stale_reads: false,
+                auth_token: "simple".into(),
+                auth_token_ttl: 300,
+                bcrypt_cost: 10,
             };
             assert_eq!(a.min_lease_ttl().unwrap(), want, "{hb}/{el}");
             a.heartbeat_interval = 0;

@@ -9,6 +9,7 @@
 //! background loops; [`api`], [`http`] and [`listener`] are the client wire.
 
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -161,6 +161,7 @@ async fn serve(args: ServerArgs) -> Result<()> {
         &args.initial_cluster_token,
         joined_cluster_id,
     )?;
+    args.check_auth_token()?;
     let opts = Options {
         identity,
         initial_cluster,
@@ -177,10 +178,15 @@ async fn serve(args: ServerArgs) -> Result<()> {
             quota_backend_bytes: args.quota(),
             watch_progress_interval: args.watch_progress_notify_interval,
             unsafe_stale_reads: args.unsafe_stale_reads,
+            bcrypt_cost: args.bcrypt_cost,
         },
         clock: Arc::new(SystemClock),
     };
     let server = EtcdServer::start(opts, backend).await?;
+    server
+        .sm
+        .tokens()
+        .set_ttl(Duration::from_secs(args.auth_token_ttl));
     server.spawn_background();
     tracing::info!(
         name = %args.name,

@@ -27,12 +27,16 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let who = self.0.auth_info(req.metadata()).await?;
         let mut r = req.into_inner();
         while r.id == 0 {
             // Positive IDs only, like etcd's request ID generator.
             r.id = (rand::random::<u64>() >> 1) as i64;
         }
-        let mut resp = expect_response!(self.0.propose(Rq::LeaseGrant(r)).await?, LeaseGrant);
+        let mut resp = expect_response!(self
+            .0
+            .propose_as(who.as_ref(), Rq::LeaseGrant(r))
+            .await?, LeaseGrant);
         self.0.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -41,8 +45,11 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let who = self.0.auth_info(req.metadata()).await?;
         let mut resp = expect_response!(
-            self.0.propose(Rq::LeaseRevoke(req.into_inner())).await?,
+            self.0
+                .propose_as(who.as_ref(), Rq::LeaseRevoke(req.into_inner()))
+                .await?,
             LeaseRevoke
         );
         self.0.fill(&mut resp.header);

@@ -71,6 +71,14 @@ fn send_snapshot(
     }));
 }
 
+impl MaintenanceService {
+    /// etcd's `authMaintenanceServer`: defragment, hashes and snapshots need root.
+    async fn admin_only<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let who = self.0.auth_info(req.metadata()).await?;
+        Ok(self.0.check_admin(who.as_ref())?)
+    }
+}
+
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
@@ -116,8 +124,9 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.admin_only(&req).await?;
         let server = self.0.clone();
         tokio::task::spawn_blocking(move || server.sm.backend().defragment())
             .await
@@ -130,7 +139,8 @@ impl Maintenance for MaintenanceService {
 
     /// Digest of the whole key space at the current revision (our backend's bytes are not
     /// etcd's bbolt file, so unlike `HashKV` this value is ours alone).
-    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.admin_only(&req).await?;
         let (hash, rev, _) = {
             let st = self.0.sm.read();
             st.mvcc
@@ -147,6 +157,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.admin_only(&req).await?;
         let rev = req.into_inner().revision;
         let (hash, current, compact) = {
             let st = self.0.sm.read();
@@ -168,8 +179,9 @@ impl Maintenance for MaintenanceService {
     /// so memory stays bounded whatever the store's size.
     async fn snapshot(
         &self,
-        _: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
+        self.admin_only(&req).await?;
         let server = self.0.clone();
         let saved = tokio::task::spawn_blocking(move || {
             let backend = server.sm.backend();

@@ -1,6 +1,7 @@
 //! gRPC services with etcd's service paths (`/etcdserverpb.KV/Range`, ...). Each module turns
 //! wire requests into reads of the state machine or proposals, and fills response headers.
 
+pub mod auth;
 pub mod cluster;
 pub mod kv;
 pub mod lease;
@@ -9,6 +10,7 @@ pub mod watch;
 
 use std::sync::Arc;
 
+use proto::etcdserverpb::auth_server::AuthServer;
 use proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
@@ -60,8 +62,10 @@ pub fn routes(server: Arc<EtcdServer>) -> Routes {
             .max_encoding_message_size(usize::MAX),
     )
     .add_service(
-        ClusterServer::new(cluster::ClusterService(server)).max_decoding_message_size(max_recv),
+        ClusterServer::new(cluster::ClusterService(server.clone()))
+            .max_decoding_message_size(max_recv),
     )
+    .add_service(AuthServer::new(auth::AuthService(server)).max_decoding_message_size(max_recv))
 }
 
 /// Extracts the response variant a proposal of a given kind yields.

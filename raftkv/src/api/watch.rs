@@ -16,7 +16,10 @@ use proto::etcdserverpb::{
 use proto::mvccpb::{event::EventType, Event};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::{AuthError, Caller};
 
 use crate::mvcc::watch::{WatchEvents, WatchSpec, WatcherKey};
 use crate::mvcc::{KeyRange, RangeEnd};
@@ -42,7 +45,7 @@ impl Watch for WatchService {
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
         let (out, rx) = mpsc::channel(128);
-        let stream = StreamTask::new(self.0.clone(), out);
+        let stream = StreamTask::new(self.0.clone(), out, req.metadata().clone());
         tokio::spawn(stream.run(req.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -67,10 +70,16 @@ struct StreamTask {
     next_id: i64,
     /// A progress request waits until every watch of the stream is caught up.
     progress_pending: bool,
+    /// The stream's metadata: its token is resolved again at each create, as etcd does.
+    metadata: MetadataMap,
 }
 
 impl StreamTask {
-    fn new(server: Arc<EtcdServer>, out: mpsc::Sender<Result<WatchResponse, Status>>) -> Self {
+    fn new(
+        server: Arc<EtcdServer>,
+        out: mpsc::Sender<Result<WatchResponse, Status>>,
+        metadata: MetadataMap,
+    ) -> Self {
         let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
         Self {
             server,
@@ -80,6 +89,7 @@ impl StreamTask {
             watches: HashMap::new(),
             next_id: 0,
             progress_pending: false,
+            metadata,
         }
     }
 
@@ -140,6 +150,20 @@ impl StreamTask {
             c.key.clone()
         };
         let range = KeyRange::new(&key, &c.range_end);
+        if !self.is_watch_permitted(&key, &c.range_end).await {
+            let resp = WatchResponse {
+                header: self.server.header(0),
+                watch_id: c.watch_id,
+                created: true,
+                canceled: true,
+                cancel_reason: format!(
+                    "rpc error: code = PermissionDenied desc = {}",
+                    AuthError::PermissionDenied
+                ),
+                ..Default::default()
+            };
+            return self.send(resp).await;
+        }
         let id = match self.pick_id(&c, &range) {
             Ok(id) => id,
             Err(reason) => {
@@ -192,6 +216,18 @@ impl StreamTask {
             self.server.kick_watch_sync();
         }
         ok
+    }
+
+    /// etcd's `isWatchPermitted`: read permission on the range, with etcd's quirk that a
+    /// from-key watch (range end "\0") is checked as the single key.
+    async fn is_watch_permitted(&self, key: &[u8], range_end: &[u8]) -> bool {
+        let Ok(who) = self.server.auth_info(&self.metadata).await else {
+            return false;
+        };
+        let range_end: &[u8] = if range_end == [0] { &[] } else { range_end };
+        let caller = Caller::Client(who.unwrap_or_default());
+        let st = self.server.sm.read();
+        st.auth.check(&caller, key, range_end, false).is_ok()
     }
 
     /// etcd's `watchStream.Watch` id rules.

@@ -1,0 +1,126 @@
+//! The server side of authentication: resolving a request's token to the user it runs as
+//! (etcd's `AuthInfoFromCtx`), proposing as that user, and the parts of the Auth RPCs that
+//! run before the log: password checks and hashing (bcrypt at `--bcrypt-cost`). Hashing
+//! happens once, on the member that takes the request, so the log carries only hashes and
+//! every member stores the same bytes.
+
+use proto::etcdserverpb::AuthenticateResponse;
+use proto::raftkvpb::{
+    auth_request, auth_response, internal_request, internal_response, AuthRequest,
+    InternalAuthenticateRequest, InternalResponse,
+};
+use tonic::metadata::MetadataMap;
+
+use super::EtcdServer;
+use crate::auth::{tokens, AuthError, AuthInfo, Caller};
+use crate::error::ServerError;
+
+/// The gRPC metadata key etcd clients send their token under.
+pub const TOKEN_METADATA: &str = "token";
+
+impl EtcdServer {
+    /// Who the request's token names; `None` without a token. A token is checked even
+    /// while auth is disabled, as etcd does.
+    pub async fn auth_info(&self, md: &MetadataMap) -> Result<Option<AuthInfo>, ServerError> {
+        let Some(token) = md.get(TOKEN_METADATA) else {
+            return Ok(None);
+        };
+        let token = token.to_str().map_err(|_| AuthError::InvalidToken)?;
+        let index = tokens::token_index(token).ok_or(AuthError::InvalidToken)?;
+        // The token was registered by the Authenticate entry at `index`: a member that has
+        // not applied that far does not know it yet.
+        self.raft
+            .wait(Some(self.request_timeout))
+            .applied_index_at_least(Some(index), "auth token")
+            .await
+            .map_err(|_| AuthError::InvalidToken)?;
+        let info = self.sm.read().auth.info_from_token(token);
+        Ok(Some(info.ok_or(AuthError::InvalidToken)?))
+    }
+
+    /// [`Self::propose`] as `who` (`None`: a client without a token).
+    pub async fn propose_as(
+        &self,
+        who: Option<&AuthInfo>,
+        request: internal_request::Request,
+    ) -> Result<InternalResponse, ServerError> {
+        self.propose_with(self.request_header(who, false), request)
+            .await
+    }
+
+    /// Proposes one auth request as `who` and returns what it answered.
+    pub async fn propose_auth(
+        &self,
+        who: Option<&AuthInfo>,
+        request: auth_request::Request,
+    ) -> Result<auth_response::Response, ServerError> {
+        let req = internal_request::Request::Auth(AuthRequest {
+            request: Some(request),
+        });
+        match self.propose_as(who, req).await?.response {
+            Some(internal_response::Response::Auth(a)) => a
+                .response
+                .ok_or_else(|| ServerError::Internal("empty auth response".into())),
+            other => Err(ServerError::Internal(format!(
+                "auth proposal answered with {other:?}"
+            ))),
+        }
+    }
+
+    /// etcd's `IsAdminPermitted` for requests served outside the log (maintenance).
+    pub fn check_admin(&self, who: Option<&AuthInfo>) -> Result<(), ServerError> {
+        let caller = Caller::Client(who.cloned().unwrap_or_default());
+        Ok(self.sm.read().auth.check_admin(&caller)?)
+    }
+
+    /// A bcrypt hash of `password` in Go's `$2a$` form (etcd's format, so snapshots carry
+    /// hashes either side can check).
+    pub async fn hash_password(&self, password: String) -> Result<String, ServerError> {
+        let cost = self.limits.bcrypt_cost;
+        tokio::task::spawn_blocking(move || {
+            bcrypt::hash_with_result(password, cost).map(|h| h.format_for_version(bcrypt::Version::TwoA))
+        })
+        .await
+        .map_err(|e| ServerError::Internal(e.to_string()))?
+        .map_err(|e| ServerError::Internal(format!("hashing the password: {e}")))
+    }
+
+    /// etcd's `Authenticate`: checks the password against this member's (linearizable)
+    /// view of the store, then has every member register a new token through the log. If
+    /// the auth store changed in between, the check is repeated.
+    pub async fn authenticate(
+        &self,
+        name: String,
+        password: String,
+    ) -> Result<AuthenticateResponse, ServerError> {
+        self.read_barrier().await?;
+        loop {
+            let (hash, checked) = self.sm.read().auth.password_hash(&name)?;
+            let pw = password.clone();
+            let ok = tokio::task::spawn_blocking(move || {
+                bcrypt::verify(pw, &String::from_utf8_lossy(&hash)).unwrap_or(false)
+            })
+            .await
+            .map_err(|e| ServerError::Internal(e.to_string()))?;
+            if !ok {
+                return Err(AuthError::AuthFailed.into());
+            }
+            let req = auth_request::Request::Authenticate(InternalAuthenticateRequest {
+                name: name.clone(),
+                simple_token: tokens::gen_prefix(),
+            });
+            let resp = match self.propose_auth(None, req).await? {
+                auth_response::Response::Authenticate(r) => r,
+                other => {
+                    return Err(ServerError::Internal(format!(
+                        "authenticate answered with {other:?}"
+                    )))
+                }
+            };
+            if checked == self.sm.read().auth.revision() {
+                return Ok(resp);
+            }
+            tracing::info!("auth store changed while checking a password; checking again");
+        }
+    }
+}
