@@ -31,6 +31,8 @@ mod common;
 
 #[path = "differential/cases.rs"]
 mod cases;
+#[path = "differential/cases_auth.rs"]
+mod cases_auth;
 #[path = "differential/cases_ctl.rs"]
 mod cases_ctl;
 #[path = "differential/cases_kv.rs"]

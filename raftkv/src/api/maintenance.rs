@@ -72,10 +72,15 @@ fn send_snapshot(
 }
 
 impl MaintenanceService {
-    /// etcd's `authMaintenanceServer`: defragment, hashes and snapshots need root.
+    /// etcd's `authMaintenanceServer`: defragment, hashes and snapshots need root. Its
+    /// auth errors reach the client unconverted: code `Unknown`, the auth package's text.
     async fn admin_only<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let who = self.0.auth_info(req.metadata()).await?;
-        Ok(self.0.check_admin(who.as_ref())?)
+        let raw = |e: ServerError| match e {
+            ServerError::Auth(a) => Status::unknown(a.raw_message()),
+            other => other.into(),
+        };
+        let who = self.0.auth_info(req.metadata()).await.map_err(raw)?;
+        self.0.check_admin(who.as_ref()).map_err(raw)
     }
 }
 

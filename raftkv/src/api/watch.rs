@@ -20,6 +20,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{AuthError, Caller};
+use crate::error::ServerError;
 
 use crate::mvcc::watch::{WatchEvents, WatchSpec, WatcherKey};
 use crate::mvcc::{KeyRange, RangeEnd};
@@ -150,16 +151,15 @@ impl StreamTask {
             c.key.clone()
         };
         let range = KeyRange::new(&key, &c.range_end);
-        if !self.is_watch_permitted(&key, &c.range_end).await {
+        if let Err(e) = self.is_watch_permitted(&key, &c.range_end).await {
             let resp = WatchResponse {
                 header: self.server.header(0),
                 watch_id: c.watch_id,
                 created: true,
                 canceled: true,
-                cancel_reason: format!(
-                    "rpc error: code = PermissionDenied desc = {}",
-                    AuthError::PermissionDenied
-                ),
+                // Go's text form of the gRPC error, as etcd puts it in the reason; Code's
+                // Debug names are grpc-go's.
+                cancel_reason: format!("rpc error: code = {:?} desc = {e}", e.code()),
                 ..Default::default()
             };
             return self.send(resp).await;
@@ -219,15 +219,24 @@ impl StreamTask {
     }
 
     /// etcd's `isWatchPermitted`: read permission on the range, with etcd's quirk that a
-    /// from-key watch (range end "\0") is checked as the single key.
-    async fn is_watch_permitted(&self, key: &[u8], range_end: &[u8]) -> bool {
-        let Ok(who) = self.server.auth_info(&self.metadata).await else {
-            return false;
+    /// from-key watch (range end "\0") is checked as the single key. Errors other than a
+    /// bad token, a stale revision or a missing user are reported as permission denied.
+    async fn is_watch_permitted(&self, key: &[u8], range_end: &[u8]) -> Result<(), AuthError> {
+        let who = match self.server.auth_info(&self.metadata).await {
+            Ok(who) => who,
+            Err(ServerError::Auth(e)) => return Err(e),
+            Err(_) => return Err(AuthError::PermissionDenied),
         };
         let range_end: &[u8] = if range_end == [0] { &[] } else { range_end };
         let caller = Caller::Client(who.unwrap_or_default());
         let st = self.server.sm.read();
-        st.auth.check(&caller, key, range_end, false).is_ok()
+        match st.auth.check(&caller, key, range_end, false) {
+            Ok(()) => Ok(()),
+            Err(e @ (AuthError::InvalidToken | AuthError::OldRevision | AuthError::UserEmpty)) => {
+                Err(e)
+            }
+            Err(_) => Err(AuthError::PermissionDenied),
+        }
     }
 
     /// etcd's `watchStream.Watch` id rules.

@@ -84,6 +84,30 @@ impl AuthError {
         AuthError::OldRevision,
     ];
 
+    /// The `auth` package's own text for the error (`auth/store.go`), which etcd 3.4's
+    /// maintenance server returns unconverted, as gRPC `Unknown`.
+    pub fn raw_message(&self) -> &'static str {
+        use AuthError::*;
+        match self {
+            RootUserNotExist => "auth: root user does not exist",
+            RootRoleNotExist => "auth: root user does not have root role",
+            UserAlreadyExist => "auth: user already exists",
+            UserEmpty => "auth: user name is empty",
+            UserNotFound => "auth: user not found",
+            RoleAlreadyExist => "auth: role already exists",
+            RoleNotFound => "auth: role not found",
+            RoleEmpty => "auth: role name is empty",
+            AuthFailed => "auth: authentication failed, invalid user ID or password",
+            PermissionDenied => "auth: permission denied",
+            RoleNotGranted => "auth: role is not granted to the user",
+            PermissionNotGranted => "auth: permission is not granted to the role",
+            NotEnabled => "auth: authentication is not enabled",
+            InvalidToken => "auth: invalid auth token",
+            InvalidMgmt => "auth: invalid auth management",
+            OldRevision => "auth: revision in header is old",
+        }
+    }
+
     pub fn code(&self) -> Code {
         use AuthError::*;
         match self {
