@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::tls::TlsFiles;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("invalid URL {0:?}: expected http://host:port")]
+    #[error("invalid URL {0:?}: expected http://host:port or https://host:port")]
     BadUrl(String),
-    #[error("URL {0:?}: TLS (https) is not supported yet")]
-    Tls(String),
     #[error("cannot resolve {0:?}: {1}")]
     Resolve(String, std::io::Error),
     #[error("--heartbeat-interval must be > 0 and at most --election-timeout / 5")]
@@ -79,6 +79,30 @@ pub struct ServerArgs {
     /// Duration of periodic watch progress notifications (e.g. 10m, 500ms).
     #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
     pub watch_progress_notify_interval: Duration,
+    /// Path to the client server TLS cert file.
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    /// Path to the client server TLS key file.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// Path to the client server TLS trusted CA cert file.
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Enable client cert authentication.
+    #[arg(long)]
+    pub client_cert_auth: bool,
+    /// Path to the peer server TLS cert file.
+    #[arg(long)]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Path to the peer server TLS key file.
+    #[arg(long)]
+    pub peer_key_file: Option<PathBuf>,
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(long)]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Enable peer client cert authentication.
+    #[arg(long)]
+    pub peer_client_cert_auth: bool,
     /// Specify a v3 authentication token type and its options ('simple' only).
     #[arg(long, default_value = "simple")]
     pub auth_token: String,
@@ -133,6 +157,26 @@ impl ServerArgs {
         }
     }
 
+    /// The client port's TLS flags.
+    pub fn client_tls(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.cert_file.clone(),
+            key: self.key_file.clone(),
+            trusted_ca: self.trusted_ca_file.clone(),
+            client_cert_auth: self.client_cert_auth,
+        }
+    }
+
+    /// The peer port's TLS flags.
+    pub fn peer_tls(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.peer_cert_file.clone(),
+            key: self.peer_key_file.clone(),
+            trusted_ca: self.peer_trusted_ca_file.clone(),
+            client_cert_auth: self.peer_client_cert_auth,
+        }
+    }
+
     pub fn quota(&self) -> u64 {
         if self.quota_backend_bytes == 0 {
             2 * 1024 * 1024 * 1024
@@ -142,13 +186,16 @@ impl ServerArgs {
     }
 }
 
-/// Resolves an `http://host:port` URL to socket addresses.
+/// Whether a URL asks for TLS.
+pub fn is_https(url: &str) -> bool {
+    url.starts_with("https://")
+}
+
+/// Resolves an `http://host:port` or `https://host:port` URL to socket addresses.
 pub async fn resolve(url: &str) -> Result<Vec<SocketAddr>, ConfigError> {
-    if url.starts_with("https://") {
-        return Err(ConfigError::Tls(url.to_string()));
-    }
     let hostport = url
         .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
         .map(|s| s.trim_end_matches('/'))
         .filter(|s| s.contains(':'))
         .ok_or_else(|| ConfigError::BadUrl(url.to_string()))?;
@@ -202,6 +249,14 @@ mod tests {
                 watch_progress_notify_interval: Duration::from_secs(1),
                 unsafe_stale_reads: false,
                 auth_token: "simple".into(),
+                cert_file: None,
+                key_file: None,
+                trusted_ca_file: None,
+                client_cert_auth: false,
+                peer_cert_file: None,
+                peer_key_file: None,
+                peer_trusted_ca_file: None,
+                peer_client_cert_auth: false,
                 auth_token_ttl: 300,
                 bcrypt_cost: 10,
             };

@@ -22,3 +22,4 @@ pub mod raft;
 pub mod server;
 pub mod snapshot;
 pub mod state_machine;
+pub mod tls;

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use proto::raftkvpb::raft_server::RaftServer;
 use raftkv::clock::SystemClock;
-use raftkv::config::{resolve, ServerArgs};
+use raftkv::config::{is_https, resolve, ServerArgs};
 use raftkv::listener::ClientListener;
 use raftkv::mvcc::backend::META_CLUSTER_ID;
 use raftkv::mvcc::Backend;
@@ -16,6 +16,7 @@ use raftkv::raft::network::Peers;
 use raftkv::raft::service::PeerService;
 use raftkv::raft::MemberNode;
 use raftkv::server::{EtcdServer, Identity, InitialCluster, Limits, Options};
+use raftkv::tls::TlsListener;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
@@ -110,8 +111,12 @@ fn restore(
 
 /// Asks the other members of `--initial-cluster` for the cluster ID (etcd's
 /// `GetClusterFromRemotePeers`), for a member joining with `--initial-cluster-state existing`.
-async fn fetch_cluster_id(cluster: &InitialCluster, me: &str) -> Result<u64> {
-    let peers = Peers::default();
+async fn fetch_cluster_id(
+    cluster: &InitialCluster,
+    me: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<u64> {
+    let peers = Peers::with_tls(tls);
     let others: Vec<MemberNode> = cluster
         .members
         .iter()
@@ -148,10 +153,16 @@ async fn serve(args: ServerArgs) -> Result<()> {
         "existing" => false,
         other => bail!("invalid --initial-cluster-state {other:?}: expected new or existing"),
     };
+    // Members dial https peers with the peer CA and present the peer certificate.
+    let peer_client_tls = if args.peer_tls().is_set() {
+        Some(args.peer_tls().client_config()?)
+    } else {
+        None
+    };
     let joined_cluster_id = if new_cluster || backend.get_meta_u64(META_CLUSTER_ID)?.is_some() {
         None
     } else {
-        Some(fetch_cluster_id(&initial_cluster, &args.name).await?)
+        Some(fetch_cluster_id(&initial_cluster, &args.name, peer_client_tls.clone()).await?)
     };
     let identity = Identity::resolve(
         &backend,
@@ -181,6 +192,7 @@ async fn serve(args: ServerArgs) -> Result<()> {
             bcrypt_cost: args.bcrypt_cost,
         },
         clock: Arc::new(SystemClock),
+        peer_tls: peer_client_tls.clone(),
     };
     let server = EtcdServer::start(opts, backend).await?;
     server
@@ -206,28 +218,46 @@ async fn serve(args: ServerArgs) -> Result<()> {
     )
     .into_axum_router();
     let mut tasks = tokio::task::JoinSet::new();
+    let (client_tls, peer_tls) = (args.client_tls(), args.peer_tls());
     let listeners = [
-        (&args.listen_peer_urls, peer_app, "peer traffic (Raft)"),
+        (
+            &args.listen_peer_urls,
+            peer_app,
+            &peer_tls,
+            "peer traffic (Raft)",
+        ),
         (
             &args.listen_client_urls,
             client_app,
+            &client_tls,
             "client requests (gRPC + HTTP)",
         ),
         (
             &args.listen_metrics_urls,
             raftkv::http::router(server.clone()),
+            &client_tls,
             "metrics",
         ),
     ];
-    for (urls, app, what) in listeners {
+    for (urls, app, tls, what) in listeners {
         for url in urls {
+            // Built per URL, so a bad certificate fails only configurations that use it.
+            let tls_config = is_https(url).then(|| tls.server_config()).transpose()?;
             for addr in resolve(url).await? {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("listen on {addr}"))?;
-                tracing::info!(%addr, "serving {what}");
+                tracing::info!(%addr, tls = tls_config.is_some(), "serving {what}");
                 let app = app.clone();
-                tasks.spawn(async move { axum::serve(ClientListener(listener), app).await });
+                match &tls_config {
+                    Some(config) => {
+                        let listener = TlsListener::new(listener, config.clone())?;
+                        tasks.spawn(async move { axum::serve(listener, app).await });
+                    }
+                    None => {
+                        tasks.spawn(async move { axum::serve(ClientListener(listener), app).await });
+                    }
+                }
             }
         }
     }

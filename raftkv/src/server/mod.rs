@@ -85,6 +85,8 @@ pub struct Options {
     pub snapshot_count: u64,
     pub limits: Limits,
     pub clock: Arc<dyn Clock>,
+    /// How to dial `https://` peers (see [`crate::tls`]).
+    pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +162,9 @@ impl EtcdServer {
             ..Default::default()
         }
         .validate()?;
-        let network = Network::default();
+        let network = Network {
+            peers: Peers::with_tls(opts.peer_tls.clone()),
+        };
         let peers = network.peers.clone();
         let raft = Raft::new(
             opts.identity.member_id,
