@@ -98,13 +98,15 @@ fn restore(
     // Prove the restored store opens before reporting success.
     Backend::open(&dir).context("restored store does not open")?;
     eprintln!(
-        "restored {} into {}: revision {}, {} key rows, {} leases, {} alarms",
+        "restored {} into {}: revision {}, {} key rows, {} leases, {} alarms, {} users, {} roles",
         file.display(),
         data_dir.display(),
         restored.revision,
         restored.kv_rows,
         restored.leases,
-        restored.alarms
+        restored.alarms,
+        restored.users,
+        restored.roles
     );
     Ok(())
 }

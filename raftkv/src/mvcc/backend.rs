@@ -44,8 +44,8 @@ pub const META_MEMBER_ID: &[u8] = b"member_id";
 pub const META_CLUSTER_ID: &[u8] = b"cluster_id";
 const META_ALARM_PREFIX: &[u8] = b"alarm";
 const META_MEMBER_ATTRS_PREFIX: &[u8] = b"member_attrs";
-const META_AUTH_ENABLED: &[u8] = b"authEnabled";
-const META_AUTH_REVISION: &[u8] = b"authRevision";
+pub const META_AUTH_ENABLED: &[u8] = b"authEnabled";
+pub const META_AUTH_REVISION: &[u8] = b"authRevision";
 const META_AUTH_USER_PREFIX: &[u8] = b"authUsers/";
 const META_AUTH_ROLE_PREFIX: &[u8] = b"authRoles/";
 
@@ -182,6 +182,24 @@ impl Batch {
             CF_META,
             prefixed(META_AUTH_USER_PREFIX, &user.name),
             user.encode_to_vec(),
+        ));
+    }
+
+    /// Puts a user row as given (restore: `authpb.User` bytes from an etcd snapshot).
+    pub fn put_auth_user_raw(&mut self, name: &[u8], value: Vec<u8>) {
+        self.ops.push(BatchOp::Put(
+            CF_META,
+            prefixed(META_AUTH_USER_PREFIX, name),
+            value,
+        ));
+    }
+
+    /// Puts a role row as given (restore: `authpb.Role` bytes from an etcd snapshot).
+    pub fn put_auth_role_raw(&mut self, name: &[u8], value: Vec<u8>) {
+        self.ops.push(BatchOp::Put(
+            CF_META,
+            prefixed(META_AUTH_ROLE_PREFIX, name),
+            value,
         ));
     }
 
@@ -605,6 +623,41 @@ impl Export<'_> {
             })?;
         }
         Ok(out)
+    }
+
+    fn for_each_meta_prefixed<E: From<BackendError>>(
+        &self,
+        prefix: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let it = self.snap.iterator_cf(
+            self.backend.cf(CF_META),
+            IteratorMode::From(prefix, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item.map_err(BackendError::from)?;
+            let Some(name) = k.strip_prefix(prefix) else {
+                break;
+            };
+            f(name, &v)?;
+        }
+        Ok(())
+    }
+
+    /// Every user in name order, as stored: name, `authpb.User` bytes.
+    pub fn for_each_auth_user<E: From<BackendError>>(
+        &self,
+        f: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.for_each_meta_prefixed(META_AUTH_USER_PREFIX, f)
+    }
+
+    /// Every role in name order, as stored: name, `authpb.Role` bytes.
+    pub fn for_each_auth_role<E: From<BackendError>>(
+        &self,
+        f: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.for_each_meta_prefixed(META_AUTH_ROLE_PREFIX, f)
     }
 
     /// A `meta` value as stored (one of the `META_*` names).
