@@ -461,3 +461,147 @@ impl AuthStore {
         self.tokens.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proto::etcdserverpb::{
+        AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest,
+        AuthUserAddRequest, AuthUserDeleteRequest, AuthUserGrantRoleRequest,
+    };
+
+    use super::*;
+    use crate::clock::SystemClock;
+
+    fn empty() -> AuthStore {
+        let tokens = TokenStore::new(Duration::from_secs(300), Arc::new(SystemClock));
+        AuthStore::load(AuthRows::default(), Arc::new(tokens))
+    }
+
+    fn apply(s: &mut AuthStore, q: auth_request::Request) -> Result<(), AuthError> {
+        s.apply(&Caller::Internal, q, 1, &mut Batch::default())
+            .map(|_| ())
+    }
+
+    fn user(name: &str) -> auth_request::Request {
+        auth_request::Request::UserAdd(AuthUserAddRequest {
+            name: name.into(),
+            password: "hash".into(),
+            options: None,
+        })
+    }
+
+    fn grant(user: &str, role: &str) -> auth_request::Request {
+        auth_request::Request::UserGrantRole(AuthUserGrantRoleRequest {
+            user: user.into(),
+            role: role.into(),
+        })
+    }
+
+    fn enable() -> auth_request::Request {
+        auth_request::Request::Enable(AuthEnableRequest {})
+    }
+
+    /// root (root role) and alice (role `r`: read on "a"), auth enabled.
+    fn sample() -> AuthStore {
+        let mut s = empty();
+        assert_eq!(apply(&mut s, enable()), Err(AuthError::RootUserNotExist));
+        apply(&mut s, user("root")).unwrap();
+        assert_eq!(apply(&mut s, enable()), Err(AuthError::RootRoleNotExist));
+        apply(&mut s, grant("root", ROOT)).unwrap();
+        apply(&mut s, user("alice")).unwrap();
+        apply(
+            &mut s,
+            auth_request::Request::RoleAdd(AuthRoleAddRequest { name: "r".into() }),
+        )
+        .unwrap();
+        apply(
+            &mut s,
+            auth_request::Request::RoleGrantPermission(AuthRoleGrantPermissionRequest {
+                name: "r".into(),
+                perm: Some(Permission {
+                    perm_type: 0,
+                    key: b"a".to_vec(),
+                    range_end: Vec::new(),
+                }),
+            }),
+        )
+        .unwrap();
+        apply(&mut s, grant("alice", "r")).unwrap();
+        let before = s.revision();
+        apply(&mut s, enable()).unwrap();
+        assert_eq!(s.revision(), before, "enabling does not bump the revision");
+        s
+    }
+
+    fn client(name: &str, revision: u64) -> Caller {
+        Caller::Client(AuthInfo {
+            username: name.into(),
+            revision,
+        })
+    }
+
+    #[test]
+    fn permission_checks_follow_etcd() {
+        let s = sample();
+        let rev = s.revision();
+        // (caller, key, write, expected)
+        let cases = [
+            (Caller::Internal, "z", true, Ok(())),
+            (client("", 0), "a", false, Err(AuthError::UserEmpty)),
+            (client("alice", rev - 1), "a", false, Err(AuthError::OldRevision)),
+            (client("alice", rev), "a", false, Ok(())),
+            (client("alice", rev), "a", true, Err(AuthError::PermissionDenied)),
+            (client("alice", rev), "b", false, Err(AuthError::PermissionDenied)),
+            (client("ghost", rev), "a", false, Err(AuthError::PermissionDenied)),
+            (client("root", rev), "z", true, Ok(())),
+        ];
+        for (caller, key, write, want) in cases {
+            assert_eq!(s.check(&caller, key.as_bytes(), &[], write), want, "{caller:?} {key}");
+        }
+        let admin = [
+            (client("root", rev), Ok(())),
+            (client("alice", rev), Err(AuthError::PermissionDenied)),
+            (client("ghost", rev), Err(AuthError::UserNotFound)),
+            (client("", 0), Err(AuthError::UserEmpty)),
+        ];
+        for (caller, want) in admin {
+            assert_eq!(s.check_admin(&caller), want, "{caller:?}");
+        }
+    }
+
+    #[test]
+    fn mutations_bump_the_revision_and_guard_root() {
+        let mut s = sample();
+        let rev = s.revision();
+        let root = client("root", rev);
+        let delete_root = auth_request::Request::UserDelete(AuthUserDeleteRequest {
+            name: ROOT.into(),
+        });
+        let mut batch = Batch::default();
+        assert_eq!(
+            s.apply(&root, delete_root, 9, &mut batch).map(|_| ()),
+            Err(AuthError::InvalidMgmt)
+        );
+        assert_eq!(
+            s.apply(&client("alice", rev), user("bob"), 9, &mut batch)
+                .map(|_| ()),
+            Err(AuthError::PermissionDenied),
+            "only root manages auth"
+        );
+        assert_eq!(s.revision(), rev, "failed requests change nothing");
+        s.apply(&root, user("bob"), 9, &mut batch).unwrap();
+        assert_eq!(s.revision(), rev + 1);
+        assert_eq!(
+            s.check(&client("alice", rev), b"a", &[], false),
+            Err(AuthError::OldRevision),
+            "a request checked before the change is refused after it"
+        );
+        s.apply(&root, auth_request::Request::Disable(Default::default()), 9, &mut batch)
+            .unwrap();
+        assert_eq!(s.revision(), rev + 2);
+        assert!(!s.is_enabled());
+        assert_eq!(s.check(&client("", 0), b"a", &[], true), Ok(()));
+    }
+}
