@@ -16,7 +16,7 @@ use raftkv::raft::network::Peers;
 use raftkv::raft::service::PeerService;
 use raftkv::raft::MemberNode;
 use raftkv::server::{EtcdServer, Identity, InitialCluster, Limits, Options};
-use raftkv::tls::TlsListener;
+use raftkv::tls::{ClientIdentity, TlsListener};
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
@@ -192,6 +192,7 @@ async fn serve(args: ServerArgs) -> Result<()> {
             watch_progress_interval: args.watch_progress_notify_interval,
             unsafe_stale_reads: args.unsafe_stale_reads,
             bcrypt_cost: args.bcrypt_cost,
+            client_cert_auth: args.client_cert_auth,
         },
         clock: Arc::new(SystemClock),
         peer_tls: peer_client_tls.clone(),
@@ -250,7 +251,10 @@ async fn serve(args: ServerArgs) -> Result<()> {
                     .await
                     .with_context(|| format!("listen on {addr}"))?;
                 tracing::info!(%addr, tls = tls_config.is_some(), "serving {what}");
-                let app = app.clone();
+                // Requests learn the client certificate's CN (ClientIdentity) through this.
+                let app = app
+                    .clone()
+                    .into_make_service_with_connect_info::<ClientIdentity>();
                 match &tls_config {
                     Some(config) => {
                         let listener = TlsListener::new(listener, config.clone())?;

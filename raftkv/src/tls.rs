@@ -24,7 +24,10 @@ use tokio_rustls::rustls::{
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::listener::FixAuthority;
+use axum::extract::connect_info::Connected;
+use axum::serve::IncomingStream;
+
+use crate::listener::{ClientListener, FixAuthority};
 
 /// A TLS handshake that has not finished by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -133,6 +136,69 @@ impl TlsFiles {
     }
 }
 
+/// Who a client proved to be with its certificate (etcd's `AuthInfoFromTLS`): the subject
+/// CN of the certificate it presented, which rustls asks for and verifies only under
+/// client-cert-auth. Attached to every request of the connection by the HTTP server.
+#[derive(Clone, Debug, Default)]
+pub struct ClientIdentity {
+    pub common_name: Option<String>,
+}
+
+/// The subject CN of a DER certificate: the first `2.5.4.3` attribute of the subject
+/// name (RFC 5280: Certificate = SEQUENCE { tbsCertificate = SEQUENCE { [0] version
+/// OPTIONAL, serialNumber, signature, issuer, validity, subject, ... }, ... }).
+fn common_name(der: &[u8]) -> Option<String> {
+    use yasna::Tag;
+    const CN: &[u64] = &[2, 5, 4, 3];
+    let mut cn = None;
+    let parsed = yasna::parse_der(der, |r| {
+        r.read_sequence(|r| {
+            r.next().read_sequence(|r| {
+                r.read_optional(|r| r.read_tagged(Tag::context(0), |r| r.read_der()))?;
+                for _ in 0..4 {
+                    // serialNumber, signature, issuer, validity
+                    r.next().read_der()?;
+                }
+                r.next().read_sequence_of(|r| {
+                    r.read_set_of(|r| {
+                        r.read_sequence(|r| {
+                            let oid = r.next().read_oid()?;
+                            let value = r.next().read_tagged_der()?;
+                            if cn.is_none() && oid.components().as_slice() == CN {
+                                cn = String::from_utf8(value.value().to_vec()).ok();
+                            }
+                            Ok(())
+                        })
+                    })
+                })?;
+                while r.read_optional(|r| r.read_der())?.is_some() {}
+                Ok(())
+            })?;
+            while r.read_optional(|r| r.read_der())?.is_some() {}
+            Ok(())
+        })
+    });
+    parsed.ok().and(cn)
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for ClientIdentity {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        let (_, conn) = stream.io().get_ref().get_ref();
+        ClientIdentity {
+            common_name: conn
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| common_name(leaf)),
+        }
+    }
+}
+
+impl Connected<IncomingStream<'_, ClientListener>> for ClientIdentity {
+    fn connect_info(_: IncomingStream<'_, ClientListener>) -> Self {
+        ClientIdentity::default()
+    }
+}
+
 /// Accepts TCP connections and completes their TLS handshakes concurrently (a slow client
 /// holds up only itself), handing finished ones to the HTTP server.
 pub struct TlsListener {
@@ -189,5 +255,31 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_subject_common_name() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "raftkv");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "alice");
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(common_name(cert.der()).as_deref(), Some("alice"));
+
+        let no_cn = rcgen::CertificateParams::new(vec!["x".to_string()]).unwrap();
+        let mut no_cn = no_cn;
+        no_cn.distinguished_name = rcgen::DistinguishedName::new();
+        let cert = no_cn.self_signed(&key).unwrap();
+        assert_eq!(common_name(cert.der()), None);
+        assert_eq!(common_name(b"not a certificate"), None);
     }
 }

@@ -10,13 +10,14 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::AuthInfo;
 use crate::error::ServerError;
+use crate::server::authn::Credentials;
 use crate::server::EtcdServer;
 
 pub struct AuthService(pub Arc<EtcdServer>);
 
 impl AuthService {
     async fn who<T>(&self, req: &Request<T>) -> Result<Option<AuthInfo>, Status> {
-        Ok(self.0.auth_info(req.metadata()).await?)
+        Ok(self.0.auth_info(&Credentials::of(req)).await?)
     }
 
     /// Proposes `q` as `who` and picks the expected answer out of the result.

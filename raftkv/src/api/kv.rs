@@ -10,6 +10,7 @@ use proto::raftkvpb::internal_request::Request as Rq;
 use tonic::{Request, Response, Status};
 
 use super::{check_size, expect_response};
+use crate::server::authn::Credentials;
 use crate::server::EtcdServer;
 use crate::state_machine::{is_txn_readonly, validate};
 
@@ -18,7 +19,7 @@ pub struct KvService(pub Arc<EtcdServer>);
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let who = self.0.auth_info(req.metadata()).await?;
+        let who = self.0.auth_info(&Credentials::of(&req)).await?;
         let r = req.into_inner();
         check_size(&self.0, &r)?;
         validate::range(&r)?;
@@ -28,7 +29,7 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let who = self.0.auth_info(req.metadata()).await?;
+        let who = self.0.auth_info(&Credentials::of(&req)).await?;
         let r = req.into_inner();
         check_size(&self.0, &r)?;
         validate::put(&r)?;
@@ -41,7 +42,7 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let who = self.0.auth_info(req.metadata()).await?;
+        let who = self.0.auth_info(&Credentials::of(&req)).await?;
         let r = req.into_inner();
         check_size(&self.0, &r)?;
         validate::delete(&r)?;
@@ -54,7 +55,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let who = self.0.auth_info(req.metadata()).await?;
+        let who = self.0.auth_info(&Credentials::of(&req)).await?;
         let r = req.into_inner();
         check_size(&self.0, &r)?;
         validate::txn(&r, self.0.limits.max_txn_ops)?;
@@ -72,7 +73,7 @@ impl Kv for KvService {
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         // Compaction is always physical here: it finishes before the response.
-        let who = self.0.auth_info(req.metadata()).await?;
+        let who = self.0.auth_info(&Credentials::of(&req)).await?;
         let mut resp = expect_response!(
             self.0
                 .propose_as(who.as_ref(), Rq::Compaction(req.into_inner()))

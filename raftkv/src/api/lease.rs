@@ -15,6 +15,7 @@ use proto::raftkvpb::internal_request::Request as Rq;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::expect_response;
+use crate::server::authn::Credentials;
 use crate::server::EtcdServer;
 
 pub struct LeaseService(pub Arc<EtcdServer>);
@@ -27,7 +28,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        let who = self.0.auth_info(req.metadata()).await?;
+        let who = self.0.auth_info(&Credentials::of(&req)).await?;
         let mut r = req.into_inner();
         while r.id == 0 {
             // Positive IDs only, like etcd's request ID generator.
@@ -45,7 +46,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let who = self.0.auth_info(req.metadata()).await?;
+        let who = self.0.auth_info(&Credentials::of(&req)).await?;
         let mut resp = expect_response!(
             self.0
                 .propose_as(who.as_ref(), Rq::LeaseRevoke(req.into_inner()))

@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 use super::expect_response;
 use crate::error::ServerError;
 use crate::http::ETCD_VERSION;
+use crate::server::authn::Credentials;
 use crate::server::EtcdServer;
 
 pub struct MaintenanceService(pub Arc<EtcdServer>);
@@ -79,7 +80,7 @@ impl MaintenanceService {
             ServerError::Auth(a) => Status::unknown(a.raw_message()),
             other => other.into(),
         };
-        let who = self.0.auth_info(req.metadata()).await.map_err(raw)?;
+        let who = self.0.auth_info(&Credentials::of(req)).await.map_err(raw)?;
         self.0.check_admin(who.as_ref()).map_err(raw)
     }
 }

@@ -16,11 +16,11 @@ use proto::etcdserverpb::{
 use proto::mvccpb::{event::EventType, Event};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{AuthError, Caller};
 use crate::error::ServerError;
+use crate::server::authn::Credentials;
 
 use crate::mvcc::watch::{WatchEvents, WatchSpec, WatcherKey};
 use crate::mvcc::{KeyRange, RangeEnd};
@@ -46,7 +46,7 @@ impl Watch for WatchService {
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
         let (out, rx) = mpsc::channel(128);
-        let stream = StreamTask::new(self.0.clone(), out, req.metadata().clone());
+        let stream = StreamTask::new(self.0.clone(), out, Credentials::of(&req));
         tokio::spawn(stream.run(req.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -71,15 +71,15 @@ struct StreamTask {
     next_id: i64,
     /// A progress request waits until every watch of the stream is caught up.
     progress_pending: bool,
-    /// The stream's metadata: its token is resolved again at each create, as etcd does.
-    metadata: MetadataMap,
+    /// Who opened the stream: resolved again at each create, as etcd does.
+    credentials: Credentials,
 }
 
 impl StreamTask {
     fn new(
         server: Arc<EtcdServer>,
         out: mpsc::Sender<Result<WatchResponse, Status>>,
-        metadata: MetadataMap,
+        credentials: Credentials,
     ) -> Self {
         let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
         Self {
@@ -90,7 +90,7 @@ impl StreamTask {
             watches: HashMap::new(),
             next_id: 0,
             progress_pending: false,
-            metadata,
+            credentials,
         }
     }
 
@@ -222,7 +222,7 @@ impl StreamTask {
     /// from-key watch (range end "\0") is checked as the single key. Errors other than a
     /// bad token, a stale revision or a missing user are reported as permission denied.
     async fn is_watch_permitted(&self, key: &[u8], range_end: &[u8]) -> Result<(), AuthError> {
-        let who = match self.server.auth_info(&self.metadata).await {
+        let who = match self.server.auth_info(&self.credentials).await {
             Ok(who) => who,
             Err(ServerError::Auth(e)) => return Err(e),
             Err(_) => return Err(AuthError::PermissionDenied),

@@ -9,23 +9,53 @@ use proto::raftkvpb::{
     auth_request, auth_response, internal_request, internal_response, AuthRequest,
     InternalAuthenticateRequest, InternalResponse,
 };
-use tonic::metadata::MetadataMap;
+use axum::extract::ConnectInfo;
 
 use super::EtcdServer;
 use crate::auth::{tokens, AuthError, AuthInfo, Caller};
 use crate::error::ServerError;
+use crate::tls::ClientIdentity;
 
 /// The gRPC metadata key etcd clients send their token under.
 pub const TOKEN_METADATA: &str = "token";
 
+/// What a request carries to say who sent it: a token, and the CN of the client
+/// certificate of its connection.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    token: Option<String>,
+    cert_user: Option<String>,
+}
+
+impl Credentials {
+    pub fn of<T>(req: &tonic::Request<T>) -> Credentials {
+        Credentials {
+            // A token that is not ASCII names no user: keep it, so it is refused.
+            token: req
+                .metadata()
+                .get(TOKEN_METADATA)
+                .map(|v| v.to_str().unwrap_or_default().to_string()),
+            cert_user: req
+                .extensions()
+                .get::<ConnectInfo<ClientIdentity>>()
+                .and_then(|c| c.0.common_name.clone()),
+        }
+    }
+}
+
 impl EtcdServer {
-    /// Who the request's token names; `None` without a token. A token is checked even
-    /// while auth is disabled, as etcd does.
-    pub async fn auth_info(&self, md: &MetadataMap) -> Result<Option<AuthInfo>, ServerError> {
-        let Some(token) = md.get(TOKEN_METADATA) else {
-            return Ok(None);
+    /// Who the request's token names (etcd's `AuthInfoFromCtx`): a token is checked even
+    /// while auth is disabled, as etcd does. Without one, under `--client-cert-auth`, the
+    /// client certificate's CN is the user; otherwise `None`.
+    pub async fn auth_info(&self, creds: &Credentials) -> Result<Option<AuthInfo>, ServerError> {
+        let Some(token) = creds.token.as_deref() else {
+            let revision = self.sm.read().auth.revision();
+            return Ok(creds
+                .cert_user
+                .clone()
+                .filter(|_| self.limits.client_cert_auth)
+                .map(|username| AuthInfo { username, revision }));
         };
-        let token = token.to_str().map_err(|_| AuthError::InvalidToken)?;
         let index = tokens::token_index(token).ok_or(AuthError::InvalidToken)?;
         // The token was registered by the Authenticate entry at `index`: a member that has
         // not applied that far does not know it yet.

@@ -55,6 +55,8 @@ pub struct Limits {
     pub unsafe_stale_reads: bool,
     /// `--bcrypt-cost`: the cost of the password hashes this member makes.
     pub bcrypt_cost: u32,
+    /// `--client-cert-auth`: a request without a token runs as its client certificate's CN.
+    pub client_cert_auth: bool,
 }
 
 impl Default for Limits {
@@ -66,6 +68,7 @@ impl Default for Limits {
             watch_progress_interval: Duration::from_secs(600),
             unsafe_stale_reads: false,
             bcrypt_cost: bcrypt::DEFAULT_COST,
+            client_cert_auth: false,
         }
     }
 }
