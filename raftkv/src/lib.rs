@@ -6,7 +6,9 @@
 //! consensus (openraft: the log store, the adapter onto the state machine, the peer
 //! transport) and knows the state machine only through its apply and snapshot calls;
 //! [`server`] turns requests into proposals and reads into read-index waits and runs the
-//! background loops; [`api`], [`http`] and [`listener`] are the client wire.
+//! background loops; [`api`], [`http`] and [`listener`] are the client wire, [`tls`] its
+//! (and the peers') encryption. [`auth`] holds users, roles and tokens; the state machine
+//! applies its changes and consults it on every request it applies.
 
 pub mod api;
 pub mod auth;

@@ -261,7 +261,8 @@ async fn serve(args: ServerArgs) -> Result<()> {
                         tasks.spawn(async move { axum::serve(listener, app).await });
                     }
                     None => {
-                        tasks.spawn(async move { axum::serve(ClientListener(listener), app).await });
+                        tasks
+                            .spawn(async move { axum::serve(ClientListener(listener), app).await });
                     }
                 }
             }

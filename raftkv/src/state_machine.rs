@@ -225,7 +225,11 @@ impl StateMachine {
         rt: &TxnRequest,
     ) -> Result<TxnResponse, ServerError> {
         let st = self.read();
-        check_txn_auth(&st.auth, &Caller::Client(who.cloned().unwrap_or_default()), rt)?;
+        check_txn_auth(
+            &st.auth,
+            &Caller::Client(who.cloned().unwrap_or_default()),
+            rt,
+        )?;
         let view = StoreView {
             mvcc: &st.mvcc,
             backend: &self.backend,

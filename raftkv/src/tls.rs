@@ -101,8 +101,8 @@ impl TlsFiles {
     /// signed by the trusted CA; without it none is asked for, as etcd does.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
         let (cert, key_path) = self.cert_and_key()?;
-        let builder =
-            ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?;
         let builder = if self.client_cert_auth {
             let ca = self.trusted_ca.as_deref().ok_or(TlsError::NoTrustedCa)?;
             let verifier =
@@ -123,8 +123,7 @@ impl TlsFiles {
     /// roots without one) and presenting its own certificate.
     pub fn client_config(&self) -> Result<tonic::transport::ClientTlsConfig, TlsError> {
         use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-        let read =
-            |p: &Path| std::fs::read(p).map_err(|e| TlsError::Read(p.into(), e.to_string()));
+        let read = |p: &Path| std::fs::read(p).map_err(|e| TlsError::Read(p.into(), e.to_string()));
         let mut config = ClientTlsConfig::new();
         if let Some(ca) = &self.trusted_ca {
             config = config.ca_certificate(Certificate::from_pem(read(ca)?));

@@ -10,14 +10,14 @@ mod common;
 use std::time::Duration;
 
 use common::{Flavor, Server};
+use proto::authpb::{permission, Permission};
 use proto::etcdserverpb::{
-    auth_client::AuthClient, kv_client::KvClient, watch_client::WatchClient,
-    AuthDisableRequest, AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest,
+    auth_client::AuthClient, kv_client::KvClient, watch_client::WatchClient, AuthDisableRequest,
+    AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest,
     AuthRoleRevokePermissionRequest, AuthUserAddRequest, AuthUserChangePasswordRequest,
     AuthUserGrantRoleRequest, AuthenticateRequest, PutRequest, RangeRequest, WatchCreateRequest,
     WatchRequest,
 };
-use proto::authpb::{permission, Permission};
 use tonic::transport::Channel;
 use tonic::Request;
 
@@ -56,8 +56,10 @@ impl Side {
             })
             .await;
         let token = r.as_ref().ok().map(|t| t.get_ref().token.clone());
-        self.lines
-            .push(format!("authenticate {name}: {}", render(r, |_| "token".into())));
+        self.lines.push(format!(
+            "authenticate {name}: {}",
+            render(r, |_| "token".into())
+        ));
         token
     }
 
@@ -67,18 +69,22 @@ impl Side {
             ..Default::default()
         };
         let r = self.kv.range(with_token(req, token)).await;
-        self.lines
-            .push(format!("{what}: {}", render(r, |r| format!("count={}", r.count))));
+        self.lines.push(format!(
+            "{what}: {}",
+            render(r, |r| format!("count={}", r.count))
+        ));
     }
 
     async fn watch(&mut self, what: &str, key: &str, token: Option<&str>) {
         let create = WatchRequest {
-            request_union: Some(proto::etcdserverpb::watch_request::RequestUnion::CreateRequest(
-                WatchCreateRequest {
-                    key: key.into(),
-                    ..Default::default()
-                },
-            )),
+            request_union: Some(
+                proto::etcdserverpb::watch_request::RequestUnion::CreateRequest(
+                    WatchCreateRequest {
+                        key: key.into(),
+                        ..Default::default()
+                    },
+                ),
+            ),
         };
         let input = tokio_stream::iter(vec![create]).chain(tokio_stream::pending());
         let line = match self.watch.watch(with_token(input, token)).await {
@@ -119,12 +125,13 @@ async fn run(flavor: Flavor, dir: &std::path::Path) -> Vec<String> {
         watch: WatchClient::new(channel),
         lines: Vec::new(),
     };
-    ok(s.kv.put(PutRequest {
-        key: b"k".to_vec(),
-        value: b"v".to_vec(),
-        ..Default::default()
-    })
-    .await);
+    ok(s.kv
+        .put(PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+        .await);
     for (name, pw) in [("root", "rootpw"), ("u", "pw")] {
         ok(s.auth
             .user_add(AuthUserAddRequest {
@@ -134,7 +141,9 @@ async fn run(flavor: Flavor, dir: &std::path::Path) -> Vec<String> {
             })
             .await);
     }
-    ok(s.auth.role_add(AuthRoleAddRequest { name: "r".into() }).await);
+    ok(s.auth
+        .role_add(AuthRoleAddRequest { name: "r".into() })
+        .await);
     let perm = Permission {
         perm_type: permission::Type::Read as i32,
         key: b"k".to_vec(),
@@ -154,7 +163,8 @@ async fn run(flavor: Flavor, dir: &std::path::Path) -> Vec<String> {
             })
             .await);
     }
-    s.get("before enable, a made-up token", "k", Some("nonsense")).await;
+    s.get("before enable, a made-up token", "k", Some("nonsense"))
+        .await;
     s.authenticate("u", "pw").await;
     ok(s.auth.auth_enable(AuthEnableRequest {}).await);
 
@@ -180,8 +190,10 @@ async fn run(flavor: Flavor, dir: &std::path::Path) -> Vec<String> {
             root.as_deref(),
         ))
         .await;
-    s.lines.push(format!("change password: {}", render(r, |_| String::new())));
-    s.get("old token after the password change", "k", t1.as_deref()).await;
+    s.lines
+        .push(format!("change password: {}", render(r, |_| String::new())));
+    s.get("old token after the password change", "k", t1.as_deref())
+        .await;
     let t2 = s.authenticate("u", "pw2").await;
     s.get("new token", "k", t2.as_deref()).await;
     let r = s
@@ -195,20 +207,28 @@ async fn run(flavor: Flavor, dir: &std::path::Path) -> Vec<String> {
             root.as_deref(),
         ))
         .await;
-    s.lines.push(format!("revoke: {}", render(r, |_| String::new())));
-    s.get("live token after the revoke", "k", t2.as_deref()).await;
+    s.lines
+        .push(format!("revoke: {}", render(r, |_| String::new())));
+    s.get("live token after the revoke", "k", t2.as_deref())
+        .await;
     let r = s
         .auth
-        .role_add(with_token(AuthRoleAddRequest { name: "x".into() }, t2.as_deref()))
+        .role_add(with_token(
+            AuthRoleAddRequest { name: "x".into() },
+            t2.as_deref(),
+        ))
         .await;
-    s.lines.push(format!("u adds a role: {}", render(r, |_| String::new())));
+    s.lines
+        .push(format!("u adds a role: {}", render(r, |_| String::new())));
 
     let r = s
         .auth
         .auth_disable(with_token(AuthDisableRequest {}, root.as_deref()))
         .await;
-    s.lines.push(format!("disable: {}", render(r, |_| String::new())));
-    s.get("root's token after disable", "k", root.as_deref()).await;
+    s.lines
+        .push(format!("disable: {}", render(r, |_| String::new())));
+    s.get("root's token after disable", "k", root.as_deref())
+        .await;
     s.get("no token after disable", "k", None).await;
     s.lines
 }

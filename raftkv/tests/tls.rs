@@ -280,7 +280,11 @@ fn three_members_with_peer_tls() {
     assert_eq!(code, 0, "{out}{err}");
     for i in 1..3 {
         let (code, out, err) = etcdctl(&client(i), &[], &["get", "/peer-tls/k"]);
-        assert_eq!((code, out.as_str()), (0, "/peer-tls/k\nv\n"), "member {i}: {err}");
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "/peer-tls/k\nv\n"),
+            "member {i}: {err}"
+        );
     }
     let (code, out, _) = etcdctl(&client(2), &[], &["member", "list"]);
     assert_eq!(code, 0);
@@ -296,8 +300,14 @@ fn three_members_with_peer_tls() {
         }
         cmd.arg(peer(0)).status().expect("running curl").success()
     };
-    assert!(handshake(Some(&pki.node)), "the peer CA's certificate is accepted");
-    assert!(!handshake(Some(&pki.stranger)), "a foreign certificate is refused");
+    assert!(
+        handshake(Some(&pki.node)),
+        "the peer CA's certificate is accepted"
+    );
+    assert!(
+        !handshake(Some(&pki.stranger)),
+        "a foreign certificate is refused"
+    );
     assert!(!handshake(None), "no certificate is refused");
     drop(procs);
 }

@@ -34,10 +34,10 @@ impl Lease for LeaseService {
             // Positive IDs only, like etcd's request ID generator.
             r.id = (rand::random::<u64>() >> 1) as i64;
         }
-        let mut resp = expect_response!(self
-            .0
-            .propose_as(who.as_ref(), Rq::LeaseGrant(r))
-            .await?, LeaseGrant);
+        let mut resp = expect_response!(
+            self.0.propose_as(who.as_ref(), Rq::LeaseGrant(r)).await?,
+            LeaseGrant
+        );
         self.0.fill(&mut resp.header);
         Ok(Response::new(resp))
     }

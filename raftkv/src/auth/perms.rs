@@ -166,7 +166,11 @@ mod tests {
             ("y", "z", false, false),
         ];
         for (k, e, w, want) in cases {
-            assert_eq!(p.permits(k.as_bytes(), e.as_bytes(), w), want, "{k:?} {e:?} w={w}");
+            assert_eq!(
+                p.permits(k.as_bytes(), e.as_bytes(), w),
+                want,
+                "{k:?} {e:?} w={w}"
+            );
         }
     }
 

@@ -198,10 +198,7 @@ impl AuthStore {
     ) -> Result<AuthResponse, AuthError> {
         use auth_request::Request as Q;
         use auth_response::Response as A;
-        let needs_admin = !matches!(
-            req,
-            Q::Authenticate(_) | Q::UserGet(_) | Q::RoleGet(_)
-        );
+        let needs_admin = !matches!(req, Q::Authenticate(_) | Q::UserGet(_) | Q::RoleGet(_));
         if needs_admin {
             self.check_admin(caller)?;
         }
@@ -467,8 +464,8 @@ mod tests {
     use std::time::Duration;
 
     use proto::etcdserverpb::{
-        AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest,
-        AuthUserAddRequest, AuthUserDeleteRequest, AuthUserGrantRoleRequest,
+        AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest,
+        AuthUserDeleteRequest, AuthUserGrantRoleRequest,
     };
 
     use super::*;
@@ -550,15 +547,39 @@ mod tests {
         let cases = [
             (Caller::Internal, "z", true, Ok(())),
             (client("", 0), "a", false, Err(AuthError::UserEmpty)),
-            (client("alice", rev - 1), "a", false, Err(AuthError::OldRevision)),
+            (
+                client("alice", rev - 1),
+                "a",
+                false,
+                Err(AuthError::OldRevision),
+            ),
             (client("alice", rev), "a", false, Ok(())),
-            (client("alice", rev), "a", true, Err(AuthError::PermissionDenied)),
-            (client("alice", rev), "b", false, Err(AuthError::PermissionDenied)),
-            (client("ghost", rev), "a", false, Err(AuthError::PermissionDenied)),
+            (
+                client("alice", rev),
+                "a",
+                true,
+                Err(AuthError::PermissionDenied),
+            ),
+            (
+                client("alice", rev),
+                "b",
+                false,
+                Err(AuthError::PermissionDenied),
+            ),
+            (
+                client("ghost", rev),
+                "a",
+                false,
+                Err(AuthError::PermissionDenied),
+            ),
             (client("root", rev), "z", true, Ok(())),
         ];
         for (caller, key, write, want) in cases {
-            assert_eq!(s.check(&caller, key.as_bytes(), &[], write), want, "{caller:?} {key}");
+            assert_eq!(
+                s.check(&caller, key.as_bytes(), &[], write),
+                want,
+                "{caller:?} {key}"
+            );
         }
         let admin = [
             (client("root", rev), Ok(())),
@@ -576,9 +597,8 @@ mod tests {
         let mut s = sample();
         let rev = s.revision();
         let root = client("root", rev);
-        let delete_root = auth_request::Request::UserDelete(AuthUserDeleteRequest {
-            name: ROOT.into(),
-        });
+        let delete_root =
+            auth_request::Request::UserDelete(AuthUserDeleteRequest { name: ROOT.into() });
         let mut batch = Batch::default();
         assert_eq!(
             s.apply(&root, delete_root, 9, &mut batch).map(|_| ()),
@@ -598,8 +618,13 @@ mod tests {
             Err(AuthError::OldRevision),
             "a request checked before the change is refused after it"
         );
-        s.apply(&root, auth_request::Request::Disable(Default::default()), 9, &mut batch)
-            .unwrap();
+        s.apply(
+            &root,
+            auth_request::Request::Disable(Default::default()),
+            9,
+            &mut batch,
+        )
+        .unwrap();
         assert_eq!(s.revision(), rev + 2);
         assert!(!s.is_enabled());
         assert_eq!(s.check(&client("", 0), b"a", &[], true), Ok(()));

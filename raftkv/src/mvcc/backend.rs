@@ -406,8 +406,8 @@ impl Backend {
         Ok(out)
     }
 
-    /// Rows of `meta` under `prefix`, in key order, with the prefix stripped.
-    fn meta_prefixed(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BackendError> {
+    /// Values of the `meta` rows under `prefix`, in key order.
+    fn meta_values(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, BackendError> {
         let mut out = Vec::new();
         let it = self.db.iterator_cf(
             self.cf(CF_META),
@@ -415,10 +415,10 @@ impl Backend {
         );
         for item in it {
             let (k, v) = item?;
-            let Some(name) = k.strip_prefix(prefix) else {
+            if !k.starts_with(prefix) {
                 break;
-            };
-            out.push((name.to_vec(), v.to_vec()));
+            }
+            out.push(v.to_vec());
         }
         Ok(out)
     }
@@ -428,14 +428,14 @@ impl Backend {
         let enabled = self.get_meta_raw(META_AUTH_ENABLED)?.as_deref() == Some(&[1u8][..]);
         let revision = self.get_meta_u64(META_AUTH_REVISION)?.unwrap_or(0);
         let users = self
-            .meta_prefixed(META_AUTH_USER_PREFIX)?
+            .meta_values(META_AUTH_USER_PREFIX)?
             .into_iter()
-            .map(|(_, v)| AuthUser::decode(v.as_slice()).map_err(|e| corrupt(CF_META, e)))
+            .map(|v| AuthUser::decode(v.as_slice()).map_err(|e| corrupt(CF_META, e)))
             .collect::<Result<_, _>>()?;
         let roles = self
-            .meta_prefixed(META_AUTH_ROLE_PREFIX)?
+            .meta_values(META_AUTH_ROLE_PREFIX)?
             .into_iter()
-            .map(|(_, v)| AuthRole::decode(v.as_slice()).map_err(|e| corrupt(CF_META, e)))
+            .map(|v| AuthRole::decode(v.as_slice()).map_err(|e| corrupt(CF_META, e)))
             .collect::<Result<_, _>>()?;
         Ok(AuthRows {
             enabled,

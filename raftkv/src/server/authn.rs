@@ -4,12 +4,12 @@
 //! happens once, on the member that takes the request, so the log carries only hashes and
 //! every member stores the same bytes.
 
+use axum::extract::ConnectInfo;
 use proto::etcdserverpb::AuthenticateResponse;
 use proto::raftkvpb::{
     auth_request, auth_response, internal_request, internal_response, AuthRequest,
     InternalAuthenticateRequest, InternalResponse,
 };
-use axum::extract::ConnectInfo;
 
 use super::EtcdServer;
 use crate::auth::{tokens, AuthError, AuthInfo, Caller};
@@ -108,7 +108,8 @@ impl EtcdServer {
     pub async fn hash_password(&self, password: String) -> Result<String, ServerError> {
         let cost = self.limits.bcrypt_cost;
         tokio::task::spawn_blocking(move || {
-            bcrypt::hash_with_result(password, cost).map(|h| h.format_for_version(bcrypt::Version::TwoA))
+            bcrypt::hash_with_result(password, cost)
+                .map(|h| h.format_for_version(bcrypt::Version::TwoA))
         })
         .await
         .map_err(|e| ServerError::Internal(e.to_string()))?

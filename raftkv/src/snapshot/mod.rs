@@ -644,14 +644,23 @@ mod tests {
         let keys = |b: &[u8]| -> Vec<Vec<u8>> {
             db.get(b).unwrap().iter().map(|(k, _)| k.clone()).collect()
         };
-        assert_eq!(keys(BUCKET_AUTH), [b"authEnabled".to_vec(), b"authRevision".to_vec()]);
-        assert_eq!(keys(BUCKET_AUTH_USERS), [b"alice".to_vec(), b"root".to_vec()]);
+        assert_eq!(
+            keys(BUCKET_AUTH),
+            [b"authEnabled".to_vec(), b"authRevision".to_vec()]
+        );
+        assert_eq!(
+            keys(BUCKET_AUTH_USERS),
+            [b"alice".to_vec(), b"root".to_vec()]
+        );
         assert_eq!(keys(BUCKET_AUTH_ROLES), [b"reader".to_vec()]);
 
         let dir = tmp.path().join("restored");
         let restored = restore(&path, &dir, false).unwrap();
         assert_eq!((restored.users, restored.roles), (2, 1));
-        let (want, got) = (backend.auth().unwrap(), Backend::open(&dir).unwrap().auth().unwrap());
+        let (want, got) = (
+            backend.auth().unwrap(),
+            Backend::open(&dir).unwrap().auth().unwrap(),
+        );
         assert_eq!(
             (got.enabled, got.revision, got.users, got.roles),
             (want.enabled, want.revision, want.users, want.roles)

@@ -246,8 +246,7 @@ pub fn cases() -> Vec<Case> {
                     root("put {p}no1 b"),
                     as_user("u-watch:pw", "watch {p}no1 --rev=1").timeout(WATCH_FOR),
                     as_user("u-watch:pw", "watch {p} --prefix --rev=1").timeout(WATCH_FOR),
-                    as_user("u-watch:pw", "watch {p}ok --prefix --rev={rev+1}")
-                        .timeout(WATCH_FOR),
+                    as_user("u-watch:pw", "watch {p}ok --prefix --rev={rev+1}").timeout(WATCH_FOR),
                     ctl("watch {p}ok1 --rev=1").timeout(WATCH_FOR),
                     root("lease grant 100").capture_lease("l"),
                     root("put {p}no2 x --lease={lease:l}"),
