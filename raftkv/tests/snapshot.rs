@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use common::{free_port, Flavor, Server, MEMBER_NAME};
 use etcd_client::{
-    Client, CompactionOptions, Permission, DeleteOptions, GetOptions, LeaseGrantOptions,
-    LeaseTimeToLiveOptions, PutOptions,
+    Client, CompactionOptions, DeleteOptions, GetOptions, LeaseGrantOptions,
+    LeaseTimeToLiveOptions, Permission, PutOptions,
 };
 use serde_json::Value;
 
@@ -172,7 +172,7 @@ async fn write_history(c: &mut Client) {
     c.put("big/1", vec![b'c'; 12_000], None).await.expect("put"); // 168
     c.delete("big/2", None).await.expect("delete"); // 169
     c.put("after", "compaction", None).await.expect("put"); // 170
-    // Auth rows (auth itself stays off): they travel in etcd's authUsers/authRoles buckets.
+                                                            // Auth rows (auth itself stays off): they travel in etcd's authUsers/authRoles buckets.
     for user in ["root", "alice"] {
         c.user_add(user, "pw", None).await.expect("user add");
     }
@@ -180,7 +180,9 @@ async fn write_history(c: &mut Client) {
     c.role_grant_permission("reader", Permission::read("key/").with_prefix())
         .await
         .expect("grant permission");
-    c.user_grant_role("alice", "reader").await.expect("grant role");
+    c.user_grant_role("alice", "reader")
+        .await
+        .expect("grant role");
     c.user_grant_role("root", "root").await.expect("grant root");
 }
 

@@ -151,6 +151,14 @@ pub fn cases() -> Vec<Case> {
                     as_user("u-perm:pw", "endpoint hashkv"),
                     as_user("u-perm:pw", "defrag"),
                     ctl("endpoint hashkv"),
+                    ctl("member remove 1234"),
+                    as_user("u-perm:pw", "member remove 1234"),
+                    as_user(
+                        "u-perm:pw",
+                        "member update 1234 --peer-urls=http://127.0.0.1:1"
+                    ),
+                    root("member remove 1234"),
+                    as_user("u-perm:pw", "member list -w json").exit_only(),
                     as_user("u-perm:pw", "user list"),
                     as_user("u-perm:pw", "user get u-perm"),
                     as_user("u-perm:pw", "user get root"),
