@@ -203,7 +203,10 @@ impl AuthStore {
             self.check_admin(caller)?;
         }
         let resp = match req {
-            Q::Enable(_) => A::Enable(self.enable(batch).map(|()| AuthEnableResponse::default())?),
+            Q::Enable(_) => {
+                self.enable(batch)?;
+                A::Enable(AuthEnableResponse::default())
+            }
             Q::Disable(_) => {
                 self.disable(batch);
                 A::Disable(AuthDisableResponse::default())
