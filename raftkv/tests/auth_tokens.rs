@@ -107,7 +107,8 @@ fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) {
     r.map(|_| ()).expect("setup step");
 }
 
-async fn run(flavor: Flavor, dir: &std::path::Path) -> Vec<String> {
+/// The script's renderings, and the server's `/metrics` text at the end.
+async fn run(flavor: Flavor, dir: &std::path::Path) -> (Vec<String>, String) {
     std::fs::create_dir_all(dir).expect("creating the server dir");
     let mut server = Server::spawn(flavor, &dir.join("data"), &dir.join("server.log"));
     server
@@ -230,14 +231,26 @@ async fn run(flavor: Flavor, dir: &std::path::Path) -> Vec<String> {
     s.get("root's token after disable", "k", root.as_deref())
         .await;
     s.get("no token after disable", "k", None).await;
-    s.lines
+    let metrics = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            &format!("{}/metrics", server.endpoint),
+        ])
+        .output()
+        .expect("running curl");
+    (
+        s.lines,
+        String::from_utf8_lossy(&metrics.stdout).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_behave_as_etcds() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (etcd_dir, raftkv_dir) = (dir.path().join("etcd"), dir.path().join("raftkv"));
-    let (etcd, raftkv) = tokio::join!(
+    let ((etcd, _), (raftkv, metrics)) = tokio::join!(
         run(Flavor::Etcd, &etcd_dir),
         run(Flavor::Raftkv, &raftkv_dir),
     );
@@ -245,4 +258,14 @@ async fn tokens_behave_as_etcds() {
         println!("etcd:   {e}\nraftkv: {r}");
     }
     assert_eq!(etcd, raftkv);
+    // Two refused Authenticates: a wrong password and an unknown user.
+    assert!(
+        metrics.contains("raftkv_auth_failures_total 2"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("auth"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

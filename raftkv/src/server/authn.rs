@@ -125,8 +125,14 @@ impl EtcdServer {
         password: String,
     ) -> Result<AuthenticateResponse, ServerError> {
         self.read_barrier().await?;
+        let failed = |e: AuthError| {
+            if e == AuthError::AuthFailed {
+                self.metrics.auth_failures.inc();
+            }
+            ServerError::from(e)
+        };
         loop {
-            let (hash, checked) = self.sm.read().auth.password_hash(&name)?;
+            let (hash, checked) = self.sm.read().auth.password_hash(&name).map_err(failed)?;
             let pw = password.clone();
             let ok = tokio::task::spawn_blocking(move || {
                 bcrypt::verify(pw, &String::from_utf8_lossy(&hash)).unwrap_or(false)
@@ -134,7 +140,7 @@ impl EtcdServer {
             .await
             .map_err(|e| ServerError::Internal(e.to_string()))?;
             if !ok {
-                return Err(AuthError::AuthFailed.into());
+                return Err(failed(AuthError::AuthFailed));
             }
             let req = auth_request::Request::Authenticate(InternalAuthenticateRequest {
                 name: name.clone(),
