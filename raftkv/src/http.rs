@@ -23,13 +23,18 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
         .with_state(server)
 }
 
-async fn health(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
-    // Healthy means a leader is known and no alarm is raised, as etcd's /health says.
+/// Healthy means a leader is known and no alarm is raised, as etcd's /health says (the gRPC
+/// health service uses the same rule).
+pub fn is_healthy(s: &EtcdServer) -> bool {
     let alarmed = !s.sm.read().alarms.is_empty();
-    let (code, body) = if alarmed || s.leader().is_none() {
-        (StatusCode::SERVICE_UNAVAILABLE, r#"{"health":"false"}"#)
-    } else {
+    !alarmed && s.leader().is_some()
+}
+
+async fn health(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
+    let (code, body) = if is_healthy(&s) {
         (StatusCode::OK, r#"{"health":"true"}"#)
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, r#"{"health":"false"}"#)
     };
     (code, [(header::CONTENT_TYPE, "application/json")], body)
 }
