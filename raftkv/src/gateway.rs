@@ -59,15 +59,24 @@ type Grpc = Router;
 /// rpc.proto, v3election.proto and v3lock.proto annotate them.
 fn routes() -> Vec<(&'static str, MethodRouter<Grpc>)> {
     vec![
-        ("kv/range", unary::<pb::RangeRequest, pb::RangeResponse>("/etcdserverpb.KV/Range")),
-        ("kv/put", unary::<pb::PutRequest, pb::PutResponse>("/etcdserverpb.KV/Put")),
+        (
+            "kv/range",
+            unary::<pb::RangeRequest, pb::RangeResponse>("/etcdserverpb.KV/Range"),
+        ),
+        (
+            "kv/put",
+            unary::<pb::PutRequest, pb::PutResponse>("/etcdserverpb.KV/Put"),
+        ),
         (
             "kv/deleterange",
             unary::<pb::DeleteRangeRequest, pb::DeleteRangeResponse>(
                 "/etcdserverpb.KV/DeleteRange",
             ),
         ),
-        ("kv/txn", unary::<pb::TxnRequest, pb::TxnResponse>("/etcdserverpb.KV/Txn")),
+        (
+            "kv/txn",
+            unary::<pb::TxnRequest, pb::TxnResponse>("/etcdserverpb.KV/Txn"),
+        ),
         (
             "kv/compaction",
             unary::<pb::CompactionRequest, pb::CompactionResponse>("/etcdserverpb.KV/Compact"),
@@ -96,9 +105,7 @@ fn routes() -> Vec<(&'static str, MethodRouter<Grpc>)> {
         ("kv/lease/leases", lease_leases()),
         (
             "cluster/member/add",
-            unary::<pb::MemberAddRequest, pb::MemberAddResponse>(
-                "/etcdserverpb.Cluster/MemberAdd",
-            ),
+            unary::<pb::MemberAddRequest, pb::MemberAddResponse>("/etcdserverpb.Cluster/MemberAdd"),
         ),
         (
             "cluster/member/remove",
@@ -156,15 +163,11 @@ fn routes() -> Vec<(&'static str, MethodRouter<Grpc>)> {
         ),
         (
             "election/campaign",
-            unary::<epb::CampaignRequest, epb::CampaignResponse>(
-                "/v3electionpb.Election/Campaign",
-            ),
+            unary::<epb::CampaignRequest, epb::CampaignResponse>("/v3electionpb.Election/Campaign"),
         ),
         (
             "election/proclaim",
-            unary::<epb::ProclaimRequest, epb::ProclaimResponse>(
-                "/v3electionpb.Election/Proclaim",
-            ),
+            unary::<epb::ProclaimRequest, epb::ProclaimResponse>("/v3electionpb.Election/Proclaim"),
         ),
         (
             "election/leader",
@@ -391,7 +394,9 @@ fn trailers_only(status: Status) -> Body {
     if let Ok(v) = HeaderValue::from_str(&percent_encode(status.message())) {
         trailers.insert("grpc-message", v);
     }
-    Body::new(http_body_util::Empty::<Bytes>::new().with_trailers(async move { Some(Ok(trailers)) }))
+    Body::new(
+        http_body_util::Empty::<Bytes>::new().with_trailers(async move { Some(Ok(trailers)) }),
+    )
 }
 
 /// gRPC's percent-encoding of `grpc-message` (printable ASCII except `%` stays).
@@ -427,9 +432,8 @@ impl Frames {
     async fn next<M: prost::Message + Default>(&mut self) -> Result<M, Status> {
         loop {
             if self.buf.len() >= FRAME_PREFIX {
-                let len =
-                    u32::from_be_bytes(self.buf[1..FRAME_PREFIX].try_into().expect("4 bytes"))
-                        as usize;
+                let len = u32::from_be_bytes(self.buf[1..FRAME_PREFIX].try_into().expect("4 bytes"))
+                    as usize;
                 if self.buf.len() >= FRAME_PREFIX + len {
                     let msg = M::decode(&self.buf[FRAME_PREFIX..FRAME_PREFIX + len])
                         .map_err(|e| Status::internal(e.to_string()));
@@ -542,7 +546,8 @@ where
                 }
             });
         }
-        let frames = Frames::new(call(grpc, path, auth, Body::from_stream(ReceiverStream::new(rx))).await);
+        let frames =
+            Frames::new(call(grpc, path, auth, Body::from_stream(ReceiverStream::new(rx))).await);
         stream_response::<Resp>(frames).await
     })
     .fallback(method_not_allowed)
@@ -700,9 +705,15 @@ mod tests {
         ];
         for c in cases {
             let r: pb::RangeRequest = parse(c.as_bytes()).unwrap();
-            assert_eq!((r.key, r.range_end, r.limit), (b"foo".to_vec(), b"fop".to_vec(), 5));
+            assert_eq!(
+                (r.key, r.range_end, r.limit),
+                (b"foo".to_vec(), b"fop".to_vec(), 5)
+            );
         }
-        assert_eq!(parse::<pb::RangeRequest>(b" \n").unwrap(), Default::default());
+        assert_eq!(
+            parse::<pb::RangeRequest>(b" \n").unwrap(),
+            Default::default()
+        );
         let bad = parse::<pb::RangeRequest>(b"garbage").unwrap_err();
         assert_eq!(bad.code(), Code::InvalidArgument);
     }

@@ -208,7 +208,10 @@ impl Recipes {
             ttl: DEFAULT_SESSION_TTL,
             id: super::lease::random_lease_id(),
         };
-        let resp = expect_response!(self.server().propose(Rq::LeaseGrant(req)).await?, LeaseGrant);
+        let resp = expect_response!(
+            self.server().propose(Rq::LeaseGrant(req)).await?,
+            LeaseGrant
+        );
         Ok(resp.id)
     }
 
@@ -307,7 +310,13 @@ impl Recipes {
                 }
             }
         }
-        let cleanup = OnCancel::new(self.clone(), Cleanup::Resign { key: key.clone(), rev });
+        let cleanup = OnCancel::new(
+            self.clone(),
+            Cleanup::Resign {
+                key: key.clone(),
+                rev,
+            },
+        );
         let waited = self.wait_deletes(&prefix, rev - 1).await;
         // Any other failure leaves the key in place, as etcd's Campaign does.
         cleanup.disarm();
@@ -341,10 +350,12 @@ impl Recipes {
     /// created at `rev` (and succeeds either way).
     pub async fn resign(&self, key: &[u8], rev: i64) -> Result<Option<ResponseHeader>> {
         let del = RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                key: key.to_vec(),
-                ..Default::default()
-            })),
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: key.to_vec(),
+                    ..Default::default()
+                },
+            )),
         };
         let resp = self
             .txn(TxnRequest {

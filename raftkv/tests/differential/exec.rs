@@ -734,7 +734,12 @@ impl Session {
         }
     }
 
-    async fn observe_recv(&mut self, stream: &'static str, items: usize, within: Duration) -> String {
+    async fn observe_recv(
+        &mut self,
+        stream: &'static str,
+        items: usize,
+        within: Duration,
+    ) -> String {
         let mut parts = Vec::new();
         let deadline = tokio::time::Instant::now() + within;
         while parts.len() < items {
@@ -773,9 +778,9 @@ impl Session {
             // JSON's own braces pass through; placeholders start with a known word.
             let after = &rest[open + 1..];
             let close = after.find('}');
-            let Some(close) = close.filter(|_| {
-                ["k:", "lease:", "rev"].iter().any(|p| after.starts_with(p))
-            }) else {
+            let Some(close) =
+                close.filter(|_| ["k:", "lease:", "rev"].iter().any(|p| after.starts_with(p)))
+            else {
                 out.push_str(&rest[..=open]);
                 rest = after;
                 continue;
@@ -843,10 +848,13 @@ impl Session {
                 }
             }
         }
-        let body = String::from_utf8_lossy(&body);
+        // Stream lines stay on the rendering's one line.
+        let body = String::from_utf8_lossy(&body)
+            .trim_end()
+            .replace('\n', "\\n");
         format!(
             "{status} {content_type} {}",
-            render::mask_json(body.trim_end(), &self.ctx())
+            render::mask_json(&body, &self.ctx())
         )
     }
 

@@ -169,11 +169,18 @@ pub enum Op {
         value: Vec<u8>,
     },
     /// `Election.Resign` with contender `who`'s leader key.
-    Resign { who: &'static str },
+    Resign {
+        who: &'static str,
+    },
     /// `Election.Leader`.
-    Leader { name: Key },
+    Leader {
+        name: Key,
+    },
     /// Opens `Election.Observe` on `name` as stream `stream`.
-    ObserveOpen { stream: &'static str, name: Key },
+    ObserveOpen {
+        stream: &'static str,
+        name: Key,
+    },
     /// Reads `items` leader updates from an observe stream (or renders a timeout).
     ObserveRecv {
         stream: &'static str,
@@ -181,11 +188,15 @@ pub enum Op {
         within: Duration,
     },
     /// `Lock.Unlock` of the key contender `who` got from its Lock.
-    Unlock { who: &'static str },
+    Unlock {
+        who: &'static str,
+    },
     /// A JSON gateway request; see [`Gateway`].
     Gateway(Gateway),
     /// `grpc.health.v1.Health/Check` for `service`.
-    Health { service: &'static str },
+    Health {
+        service: &'static str,
+    },
 }
 
 // ---------------------------------------------------------------------------------------
