@@ -118,6 +118,29 @@ fn election_cases() -> Vec<Case> {
             ],
         ),
         case(
+            // A campaigner whose client goes away resigns (etcd: Resign on the cancelled
+            // context), so the next one leads when the leader resigns.
+            "elect/cancelled-campaign",
+            ops![
+                grant_id("a", 3600, 8022),
+                grant_id("b", 3600, 8023),
+                grant_id("c", 3600, 8024),
+                campaign("a", "e", 8022, "va"),
+                wins("a"),
+                campaign("b", "e", 8023, "vb"),
+                blocked("b"),
+                campaign("c", "e", 8024, "vc"),
+                blocked("c"),
+                cancel("b"),
+                get("e/").prefix().keys_only(),
+                resign("a"),
+                wins("c"),
+                revoke(8022),
+                revoke(8023),
+                revoke(8024),
+            ],
+        ),
+        case(
             "elect/errors",
             ops![
                 leader("nobody"),
@@ -154,6 +177,24 @@ fn lock_cases() -> Vec<Case> {
                 get("m/").prefix(),
                 revoke(8030),
                 revoke(8032),
+            ],
+        ),
+        case(
+            // A waiter whose client goes away leaves no key behind (etcd unlocks on the
+            // cancelled context); the holder is unaffected.
+            "lock/cancelled-waiter",
+            ops![
+                grant_id("a", 3600, 8033),
+                grant_id("b", 3600, 8034),
+                lock("a", "m", 8033),
+                wins("a"),
+                lock("b", "m", 8034),
+                blocked("b"),
+                cancel("b"),
+                get("m/").prefix(),
+                unlock("a"),
+                revoke(8033),
+                revoke(8034),
             ],
         ),
         case(

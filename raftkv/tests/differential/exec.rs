@@ -371,6 +371,14 @@ impl Session {
             }
             Op::Contend(c) => self.contend(c),
             Op::Await { who, within } => self.await_contender(who, *within).await,
+            Op::Cancel { who } => match self.pending.remove(who) {
+                Some(task) => {
+                    task.abort();
+                    tokio::time::sleep(crate::model::CANCEL_SETTLE).await;
+                    "cancelled".to_string()
+                }
+                None => format!("{who} is not contending"),
+            },
             Op::Proclaim { who, value } => {
                 let leader = self.leaders.get(who).cloned().unwrap_or_default();
                 let opts = etcd_client::ProclaimOptions::new().with_leader(leader);

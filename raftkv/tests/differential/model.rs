@@ -163,6 +163,9 @@ pub enum Op {
         who: &'static str,
         within: Duration,
     },
+    /// Cancels contender `who`'s pending Campaign or Lock (the client goes away) and gives
+    /// the server [`CANCEL_SETTLE`] to clean up its key.
+    Cancel { who: &'static str },
     /// `Election.Proclaim` with the leader key contender `who` got from its Campaign.
     Proclaim {
         who: &'static str,
@@ -267,6 +270,13 @@ pub fn blocked(who: &'static str) -> Op {
 
 pub fn wins_within(who: &'static str, within: Duration) -> Op {
     Op::Await { who, within }
+}
+
+/// How long a server may take to delete the key of a cancelled contender.
+pub const CANCEL_SETTLE: Duration = Duration::from_millis(500);
+
+pub fn cancel(who: &'static str) -> Op {
+    Op::Cancel { who }
 }
 
 pub fn proclaim(who: &'static str, value: impl Into<Vec<u8>>) -> Op {

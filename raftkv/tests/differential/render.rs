@@ -234,6 +234,7 @@ pub fn describe(op: &Op) -> String {
         Op::Await { who, within } => format!("await {who} within {within:?}"),
         Op::Proclaim { who, value } => format!("proclaim {who} value={}", bytes(value)),
         Op::Resign { who } => format!("resign {who}"),
+        Op::Cancel { who } => format!("cancel {who}"),
         Op::Leader { name } => format!("leader {name:?}"),
         Op::ObserveOpen { stream, name } => format!("observe {stream} {name:?}"),
         Op::ObserveRecv {
