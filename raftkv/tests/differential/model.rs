@@ -165,7 +165,9 @@ pub enum Op {
     },
     /// Cancels contender `who`'s pending Campaign or Lock (the client goes away) and gives
     /// the server [`CANCEL_SETTLE`] to clean up its key.
-    Cancel { who: &'static str },
+    Cancel {
+        who: &'static str,
+    },
     /// `Election.Proclaim` with the leader key contender `who` got from its Campaign.
     Proclaim {
         who: &'static str,
