@@ -573,11 +573,15 @@ where
                 Err(s) if s.code() == Code::Ok => return,
                 Err(s) => stream_error_chunk(s),
             };
-            // The HTTP client went away: dropping `frames` ends the call.
             if tx.send(Ok(chunk)).await.is_err() || next.is_err() {
                 return;
             }
-            next = frames.next::<Resp>().await;
+            // When the HTTP client goes away, returning drops `frames`, which ends the
+            // call: an idle watch must not outlive its client until its next event.
+            next = tokio::select! {
+                n = frames.next::<Resp>() => n,
+                _ = tx.closed() => return,
+            };
         }
     });
     let mut resp = (code, Body::from_stream(ReceiverStream::new(rx))).into_response();

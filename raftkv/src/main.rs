@@ -196,7 +196,8 @@ async fn serve(args: ServerArgs) -> Result<()> {
     let client_app = grpc
         .clone()
         .merge(raftkv::gateway::router(grpc))
-        .merge(raftkv::http::router(server.clone()));
+        .merge(raftkv::http::router(server.clone()))
+        .fallback(raftkv::http::fallback);
     let peer_app = tonic::service::Routes::new(
         RaftServer::new(PeerService(server.clone()))
             .max_decoding_message_size(usize::MAX)

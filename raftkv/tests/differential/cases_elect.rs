@@ -252,6 +252,7 @@ fn gateway_cases() -> Vec<Case> {
                 ),
                 http("/v3/kv/compaction", r#"{"revision":"{rev+100}"}"#),
                 http("/v3/kv/nope", "{}"),
+                http("/v3alpha/kv/range", "{}"),
             ],
         ),
         case(
