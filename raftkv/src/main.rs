@@ -211,9 +211,14 @@ async fn serve(args: ServerArgs) -> Result<()> {
         "raftkv starting"
     );
 
-    let client_app = raftkv::api::routes(server.clone())
-        .into_axum_router()
-        .merge(raftkv::http::router(server.clone()));
+    // gRPC, the JSON gateway (which calls the same gRPC router in-process) and plain HTTP
+    // share the client port; requests are told apart by path.
+    let grpc = raftkv::api::routes(server.clone()).into_axum_router();
+    let client_app = grpc
+        .clone()
+        .merge(raftkv::gateway::router(grpc))
+        .merge(raftkv::http::router(server.clone()))
+        .fallback(raftkv::http::fallback);
     let peer_app = tonic::service::Routes::new(
         RaftServer::new(PeerService(server.clone()))
             .max_decoding_message_size(usize::MAX)
@@ -233,7 +238,7 @@ async fn serve(args: ServerArgs) -> Result<()> {
             &args.listen_client_urls,
             client_app,
             &client_tls,
-            "client requests (gRPC + HTTP)",
+            "client requests (gRPC, JSON gateway, HTTP)",
         ),
         (
             &args.listen_metrics_urls,

@@ -31,6 +31,15 @@ impl From<MemberInfo> for Member {
 }
 
 impl ClusterService {
+    /// etcd's cluster server header: identity and term, no revision (it reads no store).
+    fn header(&self) -> Option<proto::etcdserverpb::ResponseHeader> {
+        let mut h = self.0.header(0);
+        if let Some(h) = h.as_mut() {
+            h.revision = 0;
+        }
+        h
+    }
+
     fn members(&self) -> Result<Vec<Member>, ServerError> {
         Ok(self.0.members()?.into_iter().map(Member::from).collect())
     }
@@ -94,7 +103,7 @@ impl Cluster for ClusterService {
             is_learner: r.is_learner,
         };
         Ok(Response::new(MemberAddResponse {
-            header: self.0.header(0),
+            header: self.header(),
             member: Some(member),
             members: self.members()?,
         }))
@@ -108,7 +117,7 @@ impl Cluster for ClusterService {
         let id = req.into_inner().id;
         self.0.change_membership(Change::Remove { id }).await?;
         Ok(Response::new(MemberRemoveResponse {
-            header: self.0.header(0),
+            header: self.header(),
             members: self.members()?,
         }))
     }
@@ -131,7 +140,7 @@ impl Cluster for ClusterService {
             })
             .await?;
         Ok(Response::new(MemberUpdateResponse {
-            header: self.0.header(0),
+            header: self.header(),
             members: self.members()?,
         }))
     }
@@ -141,7 +150,7 @@ impl Cluster for ClusterService {
         _: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
         Ok(Response::new(MemberListResponse {
-            header: self.0.header(0),
+            header: self.header(),
             members: self.members()?,
         }))
     }
@@ -154,7 +163,7 @@ impl Cluster for ClusterService {
         let id = req.into_inner().id;
         self.0.change_membership(Change::Promote { id }).await?;
         Ok(Response::new(MemberPromoteResponse {
-            header: self.0.header(0),
+            header: self.header(),
             members: self.members()?,
         }))
     }

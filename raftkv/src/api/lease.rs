@@ -20,6 +20,17 @@ use crate::server::EtcdServer;
 
 pub struct LeaseService(pub Arc<EtcdServer>);
 
+/// An ID for a lease whose grant names none: positive and non-zero, like etcd's request ID
+/// generator.
+pub(crate) fn random_lease_id() -> i64 {
+    loop {
+        let id = (rand::random::<u64>() >> 1) as i64;
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -30,9 +41,8 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseGrantResponse>, Status> {
         let who = self.0.auth_info(&Credentials::of(&req)).await?;
         let mut r = req.into_inner();
-        while r.id == 0 {
-            // Positive IDs only, like etcd's request ID generator.
-            r.id = (rand::random::<u64>() >> 1) as i64;
+        if r.id == 0 {
+            r.id = random_lease_id();
         }
         let mut resp = expect_response!(
             self.0.propose_as(who.as_ref(), Rq::LeaseGrant(r)).await?,

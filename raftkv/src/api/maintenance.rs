@@ -89,7 +89,8 @@ impl MaintenanceService {
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         let mut resp = expect_response!(self.0.propose(Rq::Alarm(req.into_inner())).await?, Alarm);
-        self.0.fill(&mut resp.header);
+        // etcd 3.4's Alarm is the one RPC whose header nobody fills: it has none.
+        resp.header = None;
         Ok(Response::new(resp))
     }
 

@@ -97,12 +97,18 @@ impl StreamTask {
     async fn run(mut self, mut input: Streaming<WatchRequest>) {
         let mut progress = tokio::time::interval(self.server.limits.watch_progress_interval);
         progress.tick().await;
+        // A client that half-closes its side keeps its watches, as with etcd (whose receive
+        // loop just ends on EOF): the JSON gateway's /v3/watch relies on it. The stream ends
+        // when the client goes away or its side fails.
+        let mut input_open = true;
         loop {
             let ok = tokio::select! {
-                msg = input.message() => match msg {
+                msg = input.message(), if input_open => match msg {
                     Ok(Some(req)) => self.handle(req).await,
-                    _ => false,
+                    Ok(None) => { input_open = false; true }
+                    Err(_) => false,
                 },
+                _ = self.out.closed() => false,
                 Some(ev) = self.events_rx.recv() => self.deliver(ev).await,
                 _ = progress.tick() => { self.progress_tick(); true }
                 _ = tokio::time::sleep(PROGRESS_RETRY), if self.progress_pending => self.answer_progress().await,
