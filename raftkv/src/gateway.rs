@@ -21,12 +21,13 @@
 //!   Client streams take any number of concatenated JSON requests in the body; the end of the
 //!   body half-closes the RPC (a watch keeps running until the client disconnects).
 //!
-//! The `Authorization` header is passed on as the gRPC `authorization` metadata, as
-//! grpc-gateway does.
+//! Auth: the `Authorization` header (the bare token `/v3/auth/authenticate` returned) is
+//! passed on as the gRPC `authorization` metadata, as grpc-gateway does; the server takes
+//! the token from there when there is no `token` metadata, as etcd's `AuthInfoFromCtx`
+//! does. The Auth service itself is served at `/v3/auth/...`.
 //!
-//! Adding an RPC (e.g. the Auth service) is one entry in [`routes`]:
-//! `("auth/enable", unary::<AuthEnableRequest, AuthEnableResponse>("/etcdserverpb.Auth/AuthEnable"))`
-//! with the path from the `google.api.http` annotation of etcd's rpc.proto, minus `/v3/`.
+//! Adding an RPC is one entry in [`routes`], with the path from the `google.api.http`
+//! annotation of etcd's rpc.proto, minus `/v3/`.
 
 use std::convert::Infallible;
 
@@ -159,6 +160,92 @@ fn routes() -> Vec<(&'static str, MethodRouter<Grpc>)> {
             "maintenance/transfer-leadership",
             unary::<pb::MoveLeaderRequest, pb::MoveLeaderResponse>(
                 "/etcdserverpb.Maintenance/MoveLeader",
+            ),
+        ),
+        (
+            "auth/enable",
+            unary::<pb::AuthEnableRequest, pb::AuthEnableResponse>("/etcdserverpb.Auth/AuthEnable"),
+        ),
+        (
+            "auth/disable",
+            unary::<pb::AuthDisableRequest, pb::AuthDisableResponse>(
+                "/etcdserverpb.Auth/AuthDisable",
+            ),
+        ),
+        (
+            "auth/authenticate",
+            unary::<pb::AuthenticateRequest, pb::AuthenticateResponse>(
+                "/etcdserverpb.Auth/Authenticate",
+            ),
+        ),
+        (
+            "auth/user/add",
+            unary::<pb::AuthUserAddRequest, pb::AuthUserAddResponse>("/etcdserverpb.Auth/UserAdd"),
+        ),
+        (
+            "auth/user/get",
+            unary::<pb::AuthUserGetRequest, pb::AuthUserGetResponse>("/etcdserverpb.Auth/UserGet"),
+        ),
+        (
+            "auth/user/list",
+            unary::<pb::AuthUserListRequest, pb::AuthUserListResponse>(
+                "/etcdserverpb.Auth/UserList",
+            ),
+        ),
+        (
+            "auth/user/delete",
+            unary::<pb::AuthUserDeleteRequest, pb::AuthUserDeleteResponse>(
+                "/etcdserverpb.Auth/UserDelete",
+            ),
+        ),
+        (
+            "auth/user/changepw",
+            unary::<pb::AuthUserChangePasswordRequest, pb::AuthUserChangePasswordResponse>(
+                "/etcdserverpb.Auth/UserChangePassword",
+            ),
+        ),
+        (
+            "auth/user/grant",
+            unary::<pb::AuthUserGrantRoleRequest, pb::AuthUserGrantRoleResponse>(
+                "/etcdserverpb.Auth/UserGrantRole",
+            ),
+        ),
+        (
+            "auth/user/revoke",
+            unary::<pb::AuthUserRevokeRoleRequest, pb::AuthUserRevokeRoleResponse>(
+                "/etcdserverpb.Auth/UserRevokeRole",
+            ),
+        ),
+        (
+            "auth/role/add",
+            unary::<pb::AuthRoleAddRequest, pb::AuthRoleAddResponse>("/etcdserverpb.Auth/RoleAdd"),
+        ),
+        (
+            "auth/role/get",
+            unary::<pb::AuthRoleGetRequest, pb::AuthRoleGetResponse>("/etcdserverpb.Auth/RoleGet"),
+        ),
+        (
+            "auth/role/list",
+            unary::<pb::AuthRoleListRequest, pb::AuthRoleListResponse>(
+                "/etcdserverpb.Auth/RoleList",
+            ),
+        ),
+        (
+            "auth/role/delete",
+            unary::<pb::AuthRoleDeleteRequest, pb::AuthRoleDeleteResponse>(
+                "/etcdserverpb.Auth/RoleDelete",
+            ),
+        ),
+        (
+            "auth/role/grant",
+            unary::<pb::AuthRoleGrantPermissionRequest, pb::AuthRoleGrantPermissionResponse>(
+                "/etcdserverpb.Auth/RoleGrantPermission",
+            ),
+        ),
+        (
+            "auth/role/revoke",
+            unary::<pb::AuthRoleRevokePermissionRequest, pb::AuthRoleRevokePermissionResponse>(
+                "/etcdserverpb.Auth/RoleRevokePermission",
             ),
         ),
         (

@@ -18,6 +18,9 @@ use crate::tls::ClientIdentity;
 
 /// The gRPC metadata key etcd clients send their token under.
 pub const TOKEN_METADATA: &str = "token";
+/// The key etcd also takes the token from when `token` is absent (`TokenFieldNameSwagger`):
+/// what grpc-gateway makes of an HTTP `Authorization` header. The value is the bare token.
+pub const AUTHORIZATION_METADATA: &str = "authorization";
 
 /// What a request carries to say who sent it: a token, and the CN of the client
 /// certificate of its connection.
@@ -31,9 +34,9 @@ impl Credentials {
     pub fn of<T>(req: &tonic::Request<T>) -> Credentials {
         Credentials {
             // A token that is not ASCII names no user: keep it, so it is refused.
-            token: req
-                .metadata()
-                .get(TOKEN_METADATA)
+            token: [TOKEN_METADATA, AUTHORIZATION_METADATA]
+                .iter()
+                .find_map(|k| req.metadata().get(*k))
                 .map(|v| v.to_str().unwrap_or_default().to_string()),
             cert_user: req
                 .extensions()
