@@ -34,6 +34,8 @@ mod common;
 mod cases;
 #[path = "differential/cases_auth.rs"]
 mod cases_auth;
+#[path = "differential/cases_auth_elect.rs"]
+mod cases_auth_elect;
 #[path = "differential/cases_ctl.rs"]
 mod cases_ctl;
 #[path = "differential/cases_elect.rs"]

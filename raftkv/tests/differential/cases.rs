@@ -5,7 +5,7 @@
 use crate::model::*;
 use crate::ops;
 use crate::{
-    cases_auth, cases_ctl, cases_elect, cases_kv, cases_lease, cases_txn,
+    cases_auth, cases_auth_elect, cases_ctl, cases_elect, cases_kv, cases_lease, cases_txn,
     cases_watch,
 };
 
@@ -20,6 +20,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(cases_ctl::cases());
     cases.extend(cases_auth::cases());
     cases.extend(cases_elect::cases());
+    cases.extend(cases_auth_elect::cases());
     cases.extend(cases_lease::expiry_cases());
     cases.extend(cases_elect::expiry_cases());
     cases.push(case("revision/final", ops![Op::AbsoluteRevision]));

@@ -47,7 +47,11 @@ pub enum Level {
 
 /// One server's side of the differential run.
 pub struct Session {
+    /// The client the case's gRPC steps use: `anonymous`, or one logged in by [`Op::Login`].
     client: Client,
+    anonymous: Client,
+    /// The token of the case's last gateway Authenticate.
+    gateway_token: Option<String>,
     endpoint: String,
     /// Scratch space for files the case writes (snapshots).
     scratch: TempDir,
@@ -73,7 +77,9 @@ pub struct Session {
 impl Session {
     pub fn new(client: Client, endpoint: String) -> Session {
         Session {
+            anonymous: client.clone(),
             client,
+            gateway_token: None,
             endpoint,
             scratch: tempfile::tempdir().expect("creating a scratch dir for etcdctl output"),
             leases: HashMap::new(),
@@ -117,6 +123,8 @@ impl Session {
         self.leaders.clear();
         self.locks.clear();
         self.observers.clear();
+        self.client = self.anonymous.clone();
+        self.gateway_token = None;
         let end = match (base, self.current_revision().await) {
             (Some(_), Some(end)) => format!("case ended at {}", self.ctx().rev(end)),
             _ => "revision probe failed".to_string(),
@@ -424,6 +432,7 @@ impl Session {
             }
             Op::Gateway(g) => self.gateway(g).await,
             Op::Health { service } => self.health(service).await,
+            Op::Login { user } => self.login(*user).await,
             Op::FileNonEmpty(path) => {
                 let path = path.replace("{dir}", &self.scratch.path().to_string_lossy());
                 match std::fs::metadata(&path) {
@@ -823,7 +832,14 @@ impl Session {
 
     async fn gateway(&mut self, g: &Gateway) -> String {
         let url = format!("{}{}", self.endpoint, g.path);
-        let resp = self.http.post(url).body(self.gateway_body(g.body)).send();
+        let mut req = self.http.post(url).body(self.gateway_body(g.body));
+        if g.authorized {
+            // No token yet sends none, which the servers refuse alike.
+            if let Some(token) = &self.gateway_token {
+                req = req.header(reqwest::header::AUTHORIZATION, token);
+            }
+        }
+        let resp = req.send();
         let mut resp = match tokio::time::timeout(CONTEND_WITHIN, resp).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return format!("HTTP error: {e}"),
@@ -856,6 +872,11 @@ impl Session {
                 }
             }
         }
+        if g.path.ends_with("/auth/authenticate") && status == 200 {
+            self.gateway_token = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("token")?.as_str().map(str::to_string));
+        }
         // Stream lines stay on the rendering's one line.
         let body = String::from_utf8_lossy(&body)
             .trim_end()
@@ -864,6 +885,21 @@ impl Session {
             "{status} {content_type} {}",
             render::mask_json(&body, &self.ctx())
         )
+    }
+
+    async fn login(&mut self, user: Option<(&str, &str)>) -> String {
+        let Some((name, password)) = user else {
+            self.client = self.anonymous.clone();
+            return "anonymous".to_string();
+        };
+        let opts = etcd_client::ConnectOptions::new().with_user(name, password);
+        match Client::connect([self.endpoint.as_str()], Some(opts)).await {
+            Ok(c) => {
+                self.client = c;
+                format!("logged in as {name}")
+            }
+            Err(e) => render::error(&e),
+        }
     }
 
     async fn health(&mut self, service: &str) -> String {

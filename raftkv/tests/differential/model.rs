@@ -202,6 +202,12 @@ pub enum Op {
     Health {
         service: &'static str,
     },
+    /// Switches the session's gRPC client (used by every later gRPC step of the case,
+    /// contenders included) to one authenticated as `user` (name, password), or back to the
+    /// anonymous one. Renders the Authenticate outcome.
+    Login {
+        user: Option<(&'static str, &'static str)>,
+    },
 }
 
 // ---------------------------------------------------------------------------------------
@@ -320,11 +326,16 @@ pub fn unlock(who: &'static str) -> Op {
 /// the case-relative revision. The answer renders as its HTTP status and body, the body
 /// with the masks of [`crate::render`] applied to the JSON fields they concern. Stream
 /// paths read `lines` result lines (or what came within [`CONTEND_WITHIN`]).
+///
+/// The `token` of the last successful `/v3/auth/authenticate` answer in the case is kept
+/// (and masked as `<token>`); with `authorized` the request sends it as the `Authorization`
+/// header, as etcd's gateway clients do.
 #[derive(Clone, Debug)]
 pub struct Gateway {
     pub path: &'static str,
     pub body: &'static str,
     pub lines: usize,
+    pub authorized: bool,
 }
 
 pub fn http(path: &'static str, body: &'static str) -> Op {
@@ -332,11 +343,39 @@ pub fn http(path: &'static str, body: &'static str) -> Op {
         path,
         body,
         lines: 0,
+        authorized: false,
+    })
+}
+
+/// [`http`] with the case's last gateway token in the `Authorization` header.
+pub fn http_auth(path: &'static str, body: &'static str) -> Op {
+    Op::Gateway(Gateway {
+        path,
+        body,
+        lines: 0,
+        authorized: true,
     })
 }
 
 pub fn http_stream(path: &'static str, body: &'static str, lines: usize) -> Op {
-    Op::Gateway(Gateway { path, body, lines })
+    Op::Gateway(Gateway {
+        path,
+        body,
+        lines,
+        authorized: false,
+    })
+}
+
+/// Later gRPC steps run as `user` with `password`.
+pub fn login(user: &'static str, password: &'static str) -> Op {
+    Op::Login {
+        user: Some((user, password)),
+    }
+}
+
+/// Later gRPC steps run without a token again.
+pub fn logout() -> Op {
+    Op::Login { user: None }
 }
 
 pub fn health(service: &'static str) -> Op {

@@ -243,8 +243,15 @@ pub fn describe(op: &Op) -> String {
             within,
         } => format!("observe recv {stream} {items} within {within:?}"),
         Op::Unlock { who } => format!("unlock {who}"),
-        Op::Gateway(g) => format!("POST {} {}", g.path, g.body),
+        Op::Gateway(g) => format!(
+            "POST {} {}{}",
+            g.path,
+            g.body,
+            flag(g.authorized, " (Authorization: token)")
+        ),
         Op::Health { service } => format!("health check {service:?}"),
+        Op::Login { user: Some((u, _)) } => format!("login as {u}"),
+        Op::Login { user: None } => "logout".to_string(),
     }
 }
 
@@ -252,7 +259,8 @@ pub fn describe(op: &Op) -> String {
 /// (`cluster_id`, `member_id`, `raft_term`, and `leader`/`raftTerm`/`raftIndex`/
 /// `raftAppliedIndex`/`dbSize*` of Status) become `*`, revisions (`revision`,
 /// `create_revision`, `mod_revision`, `rev`, `compact_revision`) become case-relative, lease
-/// IDs (`lease`, `ID`) are masked like in gRPC renderings and a remaining `TTL` is fuzzy.
+/// IDs (`lease`, `ID`) are masked like in gRPC renderings, a remaining `TTL` is fuzzy and an
+/// auth `token` (random) becomes `<token>`.
 pub fn mask_json(body: &str, ctx: &Ctx<'_>) -> String {
     const IDENTITY: &[&str] = &[
         "cluster_id",
@@ -294,6 +302,11 @@ pub fn mask_json(body: &str, ctx: &Ctx<'_>) -> String {
         let Some(value_end) = value_start.find('"') else {
             continue;
         };
+        if name == "token" {
+            out.push_str(":\"<token>\"");
+            rest = &value_start[value_end + 1..];
+            continue;
+        }
         // uint64 identities do not fit an i64.
         let Ok(n) = value_start[..value_end].parse::<i128>() else {
             continue;
