@@ -2,8 +2,7 @@
 //! server for the v3election and v3lock services.
 //!
 //! etcd's own servers for those services are thin wrappers that drive the recipes through a
-//! clientv3 client over an in-process gRPC connection, passing the caller's context along:
-//! every op is permission-checked as the caller ([`Recipes`] holds its credentials). Here the same steps run directly on
+//! clientv3 client over an in-process gRPC connection. Here the same steps run directly on
 //! [`EtcdServer`]'s request paths instead: every write is the exact Txn or DeleteRange the
 //! recipe sends (proposed through Raft), every read a linearizable Range (read index) and every
 //! wait a watcher on the local store. That keeps the revisions, keys and headers identical to
@@ -15,6 +14,10 @@
 //! and the contender with the lowest create revision holds the election or lock. A waiter
 //! watches only the key created just before its own ("waitDeletes"), so a release wakes one
 //! waiter, not all of them.
+//!
+//! Auth: etcd passes the caller's context to that client, so every op is permission-checked
+//! as the caller; [`Recipes`] holds the caller's credentials for the same effect (except in
+//! cleanups, which etcd runs without them: see `Recipes::tokenless`).
 //!
 //! Errors: the recipes surface as plain Go errors through grpc-go, i.e. with code `Unknown`
 //! and the message only, including the etcd errors the inner client received

@@ -164,3 +164,33 @@ impl EtcdServer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_comes_from_token_then_authorization_metadata() {
+        // (token metadata, authorization metadata, token used)
+        let cases: &[(Option<&str>, Option<&str>, Option<&str>)] = &[
+            (None, None, None),
+            (Some("a.1"), None, Some("a.1")),
+            (None, Some("b.2"), Some("b.2")),
+            (Some("a.1"), Some("b.2"), Some("a.1")),
+        ];
+        for &(token, authorization, want) in cases {
+            let mut req = tonic::Request::new(());
+            for (key, value) in [
+                (TOKEN_METADATA, token),
+                (AUTHORIZATION_METADATA, authorization),
+            ] {
+                if let Some(v) = value {
+                    req.metadata_mut().insert(key, v.parse().expect("ASCII"));
+                }
+            }
+            let creds = Credentials::of(&req);
+            assert_eq!(creds.token.as_deref(), want, "{token:?} {authorization:?}");
+            assert_eq!(creds.cert_user, None);
+        }
+    }
+}
