@@ -7,16 +7,18 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::tls::TlsFiles;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("invalid URL {0:?}: expected http://host:port")]
+    #[error("invalid URL {0:?}: expected http://host:port or https://host:port")]
     BadUrl(String),
-    #[error("URL {0:?}: TLS (https) is not supported yet")]
-    Tls(String),
     #[error("cannot resolve {0:?}: {1}")]
     Resolve(String, std::io::Error),
     #[error("--heartbeat-interval must be > 0 and at most --election-timeout / 5")]
     Timing,
+    #[error("--auth-token {0:?}: only 'simple' tokens are supported")]
+    AuthToken(String),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -82,6 +84,40 @@ pub struct ServerArgs {
     /// Duration of periodic watch progress notifications (e.g. 10m, 500ms).
     #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
     pub watch_progress_notify_interval: Duration,
+    /// Path to the client server TLS cert file.
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    /// Path to the client server TLS key file.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// Path to the client server TLS trusted CA cert file.
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Enable client cert authentication.
+    #[arg(long)]
+    pub client_cert_auth: bool,
+    /// Path to the peer server TLS cert file.
+    #[arg(long)]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Path to the peer server TLS key file.
+    #[arg(long)]
+    pub peer_key_file: Option<PathBuf>,
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(long)]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Enable peer client cert authentication.
+    #[arg(long)]
+    pub peer_client_cert_auth: bool,
+    /// Specify a v3 authentication token type and its options ('simple' only).
+    #[arg(long, default_value = "simple")]
+    pub auth_token: String,
+    /// Time (in seconds) of the auth-token-ttl.
+    #[arg(long, default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// Specify the cost / strength of the bcrypt algorithm for hashing auth passwords.
+    /// Valid values are between 4 and 31.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
 }
 
 /// Parses Go-style durations: a number followed by ms, s, m or h.
@@ -118,6 +154,34 @@ impl ServerArgs {
         Ok(min_ttl_ms.div_ceil(1000) as i64)
     }
 
+    /// Checks `--auth-token`: etcd's `simple` (JWT is not implemented).
+    pub fn check_auth_token(&self) -> Result<(), ConfigError> {
+        match self.auth_token.split(',').next() {
+            Some("simple") => Ok(()),
+            _ => Err(ConfigError::AuthToken(self.auth_token.clone())),
+        }
+    }
+
+    /// The client port's TLS flags.
+    pub fn client_tls(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.cert_file.clone(),
+            key: self.key_file.clone(),
+            trusted_ca: self.trusted_ca_file.clone(),
+            client_cert_auth: self.client_cert_auth,
+        }
+    }
+
+    /// The peer port's TLS flags.
+    pub fn peer_tls(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.peer_cert_file.clone(),
+            key: self.peer_key_file.clone(),
+            trusted_ca: self.peer_trusted_ca_file.clone(),
+            client_cert_auth: self.peer_client_cert_auth,
+        }
+    }
+
     pub fn quota(&self) -> u64 {
         if self.quota_backend_bytes == 0 {
             2 * 1024 * 1024 * 1024
@@ -127,13 +191,16 @@ impl ServerArgs {
     }
 }
 
-/// Resolves an `http://host:port` URL to socket addresses.
+/// Whether a URL asks for TLS.
+pub fn is_https(url: &str) -> bool {
+    url.starts_with("https://")
+}
+
+/// Resolves an `http://host:port` or `https://host:port` URL to socket addresses.
 pub async fn resolve(url: &str) -> Result<Vec<SocketAddr>, ConfigError> {
-    if url.starts_with("https://") {
-        return Err(ConfigError::Tls(url.to_string()));
-    }
     let hostport = url
         .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
         .map(|s| s.trim_end_matches('/'))
         .filter(|s| s.contains(':'))
         .ok_or_else(|| ConfigError::BadUrl(url.to_string()))?;
@@ -187,6 +254,17 @@ mod tests {
                 watch_progress_notify_interval: Duration::from_secs(1),
                 unsafe_stale_reads: false,
                 unsafe_no_fsync: false,
+                auth_token: "simple".into(),
+                cert_file: None,
+                key_file: None,
+                trusted_ca_file: None,
+                client_cert_auth: false,
+                peer_cert_file: None,
+                peer_key_file: None,
+                peer_trusted_ca_file: None,
+                peer_client_cert_auth: false,
+                auth_token_ttl: 300,
+                bcrypt_cost: 10,
             };
             assert_eq!(a.min_lease_ttl().unwrap(), want, "{hb}/{el}");
             a.heartbeat_interval = 0;

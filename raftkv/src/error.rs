@@ -3,6 +3,7 @@
 
 use tonic::{Code, Status};
 
+use crate::auth::AuthError;
 use crate::lease::LeaseError;
 use crate::mvcc::{BackendError, MvccError};
 
@@ -61,6 +62,8 @@ pub enum ServerError {
     /// been applied, so it must not be sent again (etcd's `ErrTimeoutDueToLeaderFail`).
     #[error("etcdserver: request timed out, possibly due to previous leader failure")]
     LeaderFail,
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error("etcdserver: storage failure: {0}")]
     Storage(#[from] BackendError),
     #[error("etcdserver: {0}")]
@@ -127,6 +130,7 @@ impl ServerError {
     pub fn from_wire(code: i32, message: String) -> Self {
         known()
             .into_iter()
+            .chain(AuthError::ALL.into_iter().map(ServerError::Auth))
             .find(|e| e.to_string() == message)
             .unwrap_or(ServerError::Remote {
                 code: Code::from_i32(code),
@@ -147,6 +151,7 @@ impl ServerError {
             Stopped | Timeout | NoLeader | Unreachable | LeaderFail => Code::Unavailable,
             Storage(_) | Internal(_) => Code::Internal,
             Remote { code, .. } => *code,
+            Auth(e) => e.code(),
         }
     }
 }

@@ -15,6 +15,29 @@ use crate::server::EtcdServer;
 pub const ETCD_VERSION: &str = "3.4.23";
 pub const ETCD_CLUSTER_VERSION: &str = "3.4.0";
 
+/// Answers requests no route takes, on the client port: a gRPC call of an unknown method gets
+/// `Unimplemented` (what tonic's router answers), anything else the 404 of Go's
+/// `http.ServeMux`, as etcd answers plain HTTP requests for unknown paths.
+pub async fn fallback(req: axum::extract::Request) -> axum::response::Response {
+    let is_grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/grpc"));
+    if is_grpc {
+        return tonic::Status::unimplemented("").into_http();
+    }
+    (
+        StatusCode::NOT_FOUND,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        "404 page not found\n",
+    )
+        .into_response()
+}
+
 pub fn router(server: Arc<EtcdServer>) -> Router {
     Router::new()
         .route("/health", get(health))
@@ -23,13 +46,18 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
         .with_state(server)
 }
 
-async fn health(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
-    // Healthy means a leader is known and no alarm is raised, as etcd's /health says.
+/// Healthy means a leader is known and no alarm is raised, as etcd's /health says (the gRPC
+/// health service uses the same rule).
+pub fn is_healthy(s: &EtcdServer) -> bool {
     let alarmed = !s.sm.read().alarms.is_empty();
-    let (code, body) = if alarmed || s.leader().is_none() {
-        (StatusCode::SERVICE_UNAVAILABLE, r#"{"health":"false"}"#)
-    } else {
+    !alarmed && s.leader().is_some()
+}
+
+async fn health(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
+    let (code, body) = if is_healthy(&s) {
         (StatusCode::OK, r#"{"health":"true"}"#)
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, r#"{"health":"false"}"#)
     };
     (code, [(header::CONTENT_TYPE, "application/json")], body)
 }

@@ -279,6 +279,11 @@ pub struct FixAuthority<S> {
 }
 
 impl<S> FixAuthority<S> {
+    /// The underlying connection (for its TLS state).
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     pub fn new(inner: S) -> Self {
         Self {
             inner,

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use proto::raftkvpb::raft_server::RaftServer;
 use raftkv::clock::SystemClock;
-use raftkv::config::{resolve, ServerArgs};
+use raftkv::config::{is_https, resolve, ServerArgs};
 use raftkv::listener::ClientListener;
 use raftkv::mvcc::backend::META_CLUSTER_ID;
 use raftkv::mvcc::Backend;
@@ -16,6 +16,7 @@ use raftkv::raft::network::Peers;
 use raftkv::raft::service::PeerService;
 use raftkv::raft::MemberNode;
 use raftkv::server::{EtcdServer, Identity, InitialCluster, Limits, Options};
+use raftkv::tls::{ClientIdentity, TlsListener};
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
@@ -97,21 +98,27 @@ fn restore(
     // Prove the restored store opens before reporting success.
     Backend::open(&dir).context("restored store does not open")?;
     eprintln!(
-        "restored {} into {}: revision {}, {} key rows, {} leases, {} alarms",
+        "restored {} into {}: revision {}, {} key rows, {} leases, {} alarms, {} users, {} roles",
         file.display(),
         data_dir.display(),
         restored.revision,
         restored.kv_rows,
         restored.leases,
-        restored.alarms
+        restored.alarms,
+        restored.users,
+        restored.roles
     );
     Ok(())
 }
 
 /// Asks the other members of `--initial-cluster` for the cluster ID (etcd's
 /// `GetClusterFromRemotePeers`), for a member joining with `--initial-cluster-state existing`.
-async fn fetch_cluster_id(cluster: &InitialCluster, me: &str) -> Result<u64> {
-    let peers = Peers::default();
+async fn fetch_cluster_id(
+    cluster: &InitialCluster,
+    me: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<u64> {
+    let peers = Peers::with_tls(tls);
     let others: Vec<MemberNode> = cluster
         .members
         .iter()
@@ -148,10 +155,16 @@ async fn serve(args: ServerArgs) -> Result<()> {
         "existing" => false,
         other => bail!("invalid --initial-cluster-state {other:?}: expected new or existing"),
     };
+    // Members dial https peers with the peer CA and present the peer certificate.
+    let peer_client_tls = if args.peer_tls().is_set() {
+        Some(args.peer_tls().client_config()?)
+    } else {
+        None
+    };
     let joined_cluster_id = if new_cluster || backend.get_meta_u64(META_CLUSTER_ID)?.is_some() {
         None
     } else {
-        Some(fetch_cluster_id(&initial_cluster, &args.name).await?)
+        Some(fetch_cluster_id(&initial_cluster, &args.name, peer_client_tls.clone()).await?)
     };
     let identity = Identity::resolve(
         &backend,
@@ -161,6 +174,7 @@ async fn serve(args: ServerArgs) -> Result<()> {
         &args.initial_cluster_token,
         joined_cluster_id,
     )?;
+    args.check_auth_token()?;
     let opts = Options {
         identity,
         initial_cluster,
@@ -178,10 +192,17 @@ async fn serve(args: ServerArgs) -> Result<()> {
             watch_progress_interval: args.watch_progress_notify_interval,
             unsafe_stale_reads: args.unsafe_stale_reads,
             unsafe_no_fsync: args.unsafe_no_fsync,
+            bcrypt_cost: args.bcrypt_cost,
+            client_cert_auth: args.client_cert_auth,
         },
         clock: Arc::new(SystemClock),
+        peer_tls: peer_client_tls.clone(),
     };
     let server = EtcdServer::start(opts, backend).await?;
+    server
+        .sm
+        .tokens()
+        .set_ttl(Duration::from_secs(args.auth_token_ttl));
     server.spawn_background();
     tracing::info!(
         name = %args.name,
@@ -191,9 +212,14 @@ async fn serve(args: ServerArgs) -> Result<()> {
         "raftkv starting"
     );
 
-    let client_app = raftkv::api::routes(server.clone())
-        .into_axum_router()
-        .merge(raftkv::http::router(server.clone()));
+    // gRPC, the JSON gateway (which calls the same gRPC router in-process) and plain HTTP
+    // share the client port; requests are told apart by path.
+    let grpc = raftkv::api::routes(server.clone()).into_axum_router();
+    let client_app = grpc
+        .clone()
+        .merge(raftkv::gateway::router(grpc))
+        .merge(raftkv::http::router(server.clone()))
+        .fallback(raftkv::http::fallback);
     let peer_app = tonic::service::Routes::new(
         RaftServer::new(PeerService(server.clone()))
             .max_decoding_message_size(usize::MAX)
@@ -201,28 +227,50 @@ async fn serve(args: ServerArgs) -> Result<()> {
     )
     .into_axum_router();
     let mut tasks = tokio::task::JoinSet::new();
+    let (client_tls, peer_tls) = (args.client_tls(), args.peer_tls());
     let listeners = [
-        (&args.listen_peer_urls, peer_app, "peer traffic (Raft)"),
+        (
+            &args.listen_peer_urls,
+            peer_app,
+            &peer_tls,
+            "peer traffic (Raft)",
+        ),
         (
             &args.listen_client_urls,
             client_app,
-            "client requests (gRPC + HTTP)",
+            &client_tls,
+            "client requests (gRPC, JSON gateway, HTTP)",
         ),
         (
             &args.listen_metrics_urls,
             raftkv::http::router(server.clone()),
+            &client_tls,
             "metrics",
         ),
     ];
-    for (urls, app, what) in listeners {
+    for (urls, app, tls, what) in listeners {
         for url in urls {
+            // Built per URL, so a bad certificate fails only configurations that use it.
+            let tls_config = is_https(url).then(|| tls.server_config()).transpose()?;
             for addr in resolve(url).await? {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("listen on {addr}"))?;
-                tracing::info!(%addr, "serving {what}");
-                let app = app.clone();
-                tasks.spawn(async move { axum::serve(ClientListener(listener), app).await });
+                tracing::info!(%addr, tls = tls_config.is_some(), "serving {what}");
+                // Requests learn the client certificate's CN (ClientIdentity) through this.
+                let app = app
+                    .clone()
+                    .into_make_service_with_connect_info::<ClientIdentity>();
+                match &tls_config {
+                    Some(config) => {
+                        let listener = TlsListener::new(listener, config.clone())?;
+                        tasks.spawn(async move { axum::serve(listener, app).await });
+                    }
+                    None => {
+                        tasks
+                            .spawn(async move { axum::serve(ClientListener(listener), app).await });
+                    }
+                }
             }
         }
     }

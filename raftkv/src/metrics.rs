@@ -11,6 +11,7 @@ pub struct Metrics {
     pub proposals_failed: IntCounter,
     pub apply_duration: Histogram,
     pub leases_expired: IntCounter,
+    pub auth_failures: IntCounter,
     pub grpc_requests: IntCounterVec,
     pub db_size: IntGauge,
     pub current_revision: IntGauge,
@@ -54,6 +55,10 @@ impl Metrics {
             leases_expired: counter(
                 "etcd_debugging_server_lease_expired_total",
                 "Leases revoked because they expired.",
+            ),
+            auth_failures: counter(
+                "raftkv_auth_failures_total",
+                "Authenticate requests refused for a wrong user name or password.",
             ),
             apply_duration: reg(
                 &registry,

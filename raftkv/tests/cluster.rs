@@ -1316,3 +1316,64 @@ async fn move_leader_transfers_leadership() {
     })
     .await;
 }
+
+/// Polls `grpc.health.v1.Health/Check` ("") on `endpoint` until it reports `want`; the
+/// statuses seen on the way, or the last error, explain a failure.
+async fn wait_for_health(
+    endpoint: &str,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+    within: Duration,
+) -> Result<Duration, String> {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_lazy();
+    let mut client = HealthClient::new(channel);
+    let started = Instant::now();
+    let mut last = String::from("no answer");
+    while started.elapsed() < within {
+        let check = client.check(HealthCheckRequest::default());
+        match tokio::time::timeout(Duration::from_secs(1), check).await {
+            Ok(Ok(r)) if r.get_ref().status() == want => return Ok(started.elapsed()),
+            Ok(Ok(r)) => last = format!("{:?}", r.get_ref().status()),
+            Ok(Err(s)) => last = format!("{s}"),
+            Err(_) => last = "timed out".to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("not {want:?} within {within:?}; last: {last}"))
+}
+
+/// The gRPC health service says NOT_SERVING on a member cut off from the others (it knows
+/// no leader) and SERVING again once they are back, as etcd's `/health` rule has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_follows_the_leader() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    run_alone("grpc_health_follows_the_leader", async {
+        let (_dir, mut cluster, leader) = start_cluster().await;
+        let follower = cluster.others(leader)[0];
+        let endpoint = cluster.members[follower].endpoint.clone();
+        wait_for_health(&endpoint, ServingStatus::Serving, ELECTION_WITHIN)
+            .await
+            .expect("a member of a healthy cluster serves");
+        let others = cluster.others(follower);
+        for &o in &others {
+            cluster.members[o].pause();
+        }
+        let took = wait_for_health(&endpoint, ServingStatus::NotServing, 2 * ELECTION_WITHIN)
+            .await
+            .expect("a member without a leader does not serve");
+        println!(
+            "  isolated follower NOT_SERVING after {} ms",
+            took.as_millis()
+        );
+        for &o in &others {
+            cluster.members[o].resume();
+        }
+        let took = wait_for_health(&endpoint, ServingStatus::Serving, ELECTION_WITHIN)
+            .await
+            .expect("the member serves again once a leader is back");
+        println!("  SERVING again {} ms after resuming", took.as_millis());
+    })
+    .await;
+}

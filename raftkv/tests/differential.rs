@@ -18,7 +18,8 @@
 //! only the matching cases and `DIFF_VERBOSE=1` prints every rendering, for debugging.
 //!
 //! Layout: `differential/model.rs` (the case language), `exec.rs` (running a case on one
-//! server), `ctl.rs` (etcdctl), `render.rs` (normalization and masks), `cases*.rs` (tables).
+//! server), `ctl.rs` (etcdctl), `render.rs` (normalization and masks), `cases*.rs` (tables;
+//! `cases_elect.rs`: v3election, v3lock, the JSON gateway and gRPC health).
 //! Every mask is documented where it is applied: `render.rs` and `ctl.rs` (module docs) and
 //! `exec.rs` (watch item order, Status invariants, Go-map-ordered lease listings).
 //!
@@ -31,8 +32,14 @@ mod common;
 
 #[path = "differential/cases.rs"]
 mod cases;
+#[path = "differential/cases_auth.rs"]
+mod cases_auth;
+#[path = "differential/cases_auth_elect.rs"]
+mod cases_auth_elect;
 #[path = "differential/cases_ctl.rs"]
 mod cases_ctl;
+#[path = "differential/cases_elect.rs"]
+mod cases_elect;
 #[path = "differential/cases_kv.rs"]
 mod cases_kv;
 #[path = "differential/cases_lease.rs"]

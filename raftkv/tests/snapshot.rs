@@ -18,7 +18,7 @@ use std::time::Duration;
 use common::{free_port, Flavor, Server, MEMBER_NAME};
 use etcd_client::{
     Client, CompactionOptions, DeleteOptions, GetOptions, LeaseGrantOptions,
-    LeaseTimeToLiveOptions, PutOptions,
+    LeaseTimeToLiveOptions, Permission, PutOptions,
 };
 use serde_json::Value;
 
@@ -44,6 +44,9 @@ struct Observed {
     lease_keys: Vec<Vec<u8>>,
     /// A key's value at the compaction revision: history at the compaction point survives.
     at_compaction: Vec<u8>,
+    /// Auth users, each with its roles, and the reader role's permissions (key, range end).
+    users: Vec<(String, Vec<String>)>,
+    reader_perms: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 async fn observe(c: &mut Client) -> Observed {
@@ -65,7 +68,20 @@ async fn observe(c: &mut Client) -> Observed {
         )
         .await
         .expect("read at the compaction revision");
+    let mut users = Vec::new();
+    for name in c.user_list().await.expect("user list").users().to_vec() {
+        let roles = c.user_get(name.as_str()).await.expect("user get");
+        users.push((name, roles.roles().to_vec()));
+    }
+    let reader = c.role_get("reader").await.expect("role get");
+    let reader_perms = reader
+        .permissions()
+        .iter()
+        .map(|p| (p.key().to_vec(), p.range_end().to_vec()))
+        .collect();
     Observed {
+        users,
+        reader_perms,
         revision: all.header().expect("header").revision(),
         rows: all
             .kvs()
@@ -156,6 +172,18 @@ async fn write_history(c: &mut Client) {
     c.put("big/1", vec![b'c'; 12_000], None).await.expect("put"); // 168
     c.delete("big/2", None).await.expect("delete"); // 169
     c.put("after", "compaction", None).await.expect("put"); // 170
+                                                            // Auth rows (auth itself stays off): they travel in etcd's authUsers/authRoles buckets.
+    for user in ["root", "alice"] {
+        c.user_add(user, "pw", None).await.expect("user add");
+    }
+    c.role_add("reader").await.expect("role add");
+    c.role_grant_permission("reader", Permission::read("key/").with_prefix())
+        .await
+        .expect("grant permission");
+    c.user_grant_role("alice", "reader")
+        .await
+        .expect("grant role");
+    c.user_grant_role("root", "root").await.expect("grant root");
 }
 
 /// A snapshot saved from a server of `flavor` after [`write_history`], with what the server

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::error::ServerError;
 use crate::raft::membership::Change;
 use crate::raft::MemberNode;
+use crate::server::authn::Credentials;
 use crate::server::{identity, EtcdServer, MemberInfo};
 
 pub struct ClusterService(pub Arc<EtcdServer>);
@@ -30,6 +31,15 @@ impl From<MemberInfo> for Member {
 }
 
 impl ClusterService {
+    /// etcd's cluster server header: identity and term, no revision (it reads no store).
+    fn header(&self) -> Option<proto::etcdserverpb::ResponseHeader> {
+        let mut h = self.0.header(0);
+        if let Some(h) = h.as_mut() {
+            h.revision = 0;
+        }
+        h
+    }
+
     fn members(&self) -> Result<Vec<Member>, ServerError> {
         Ok(self.0.members()?.into_iter().map(Member::from).collect())
     }
@@ -50,18 +60,28 @@ fn valid_peer_urls(urls: &[String]) -> bool {
         })
 }
 
+impl ClusterService {
+    /// etcd's `checkMembershipOperationPermission`: membership changes need the root role.
+    async fn admin_only<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let who = self.0.auth_info(&Credentials::of(req)).await?;
+        Ok(self.0.check_admin(who.as_ref())?)
+    }
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        let r = req.into_inner();
-        if !valid_peer_urls(&r.peer_ur_ls) {
+        if !valid_peer_urls(&req.get_ref().peer_ur_ls) {
             return Err(Status::invalid_argument(
                 "etcdserver: given member URLs are invalid",
             ));
         }
+        // After the URL check, as etcd's `AddMember` checks permission.
+        self.admin_only(&req).await?;
+        let r = req.into_inner();
         // The same derivation the new member makes from its own flags when it starts.
         let id = identity::member_id(&r.peer_ur_ls, &self.0.identity.token);
         let node = MemberNode {
@@ -83,7 +103,7 @@ impl Cluster for ClusterService {
             is_learner: r.is_learner,
         };
         Ok(Response::new(MemberAddResponse {
-            header: self.0.header(0),
+            header: self.header(),
             member: Some(member),
             members: self.members()?,
         }))
@@ -93,10 +113,11 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.admin_only(&req).await?;
         let id = req.into_inner().id;
         self.0.change_membership(Change::Remove { id }).await?;
         Ok(Response::new(MemberRemoveResponse {
-            header: self.0.header(0),
+            header: self.header(),
             members: self.members()?,
         }))
     }
@@ -105,6 +126,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.admin_only(&req).await?;
         let r = req.into_inner();
         if !valid_peer_urls(&r.peer_ur_ls) {
             return Err(Status::invalid_argument(
@@ -118,7 +140,7 @@ impl Cluster for ClusterService {
             })
             .await?;
         Ok(Response::new(MemberUpdateResponse {
-            header: self.0.header(0),
+            header: self.header(),
             members: self.members()?,
         }))
     }
@@ -128,7 +150,7 @@ impl Cluster for ClusterService {
         _: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
         Ok(Response::new(MemberListResponse {
-            header: self.0.header(0),
+            header: self.header(),
             members: self.members()?,
         }))
     }
@@ -137,10 +159,11 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.admin_only(&req).await?;
         let id = req.into_inner().id;
         self.0.change_membership(Change::Promote { id }).await?;
         Ok(Response::new(MemberPromoteResponse {
-            header: self.0.header(0),
+            header: self.header(),
             members: self.members()?,
         }))
     }

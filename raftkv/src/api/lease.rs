@@ -15,9 +15,21 @@ use proto::raftkvpb::internal_request::Request as Rq;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::expect_response;
+use crate::server::authn::Credentials;
 use crate::server::EtcdServer;
 
 pub struct LeaseService(pub Arc<EtcdServer>);
+
+/// An ID for a lease whose grant names none: positive and non-zero, like etcd's request ID
+/// generator.
+pub(crate) fn random_lease_id() -> i64 {
+    loop {
+        let id = (rand::random::<u64>() >> 1) as i64;
+        if id != 0 {
+            return id;
+        }
+    }
+}
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
 
@@ -27,12 +39,15 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let who = self.0.auth_info(&Credentials::of(&req)).await?;
         let mut r = req.into_inner();
-        while r.id == 0 {
-            // Positive IDs only, like etcd's request ID generator.
-            r.id = (rand::random::<u64>() >> 1) as i64;
+        if r.id == 0 {
+            r.id = random_lease_id();
         }
-        let mut resp = expect_response!(self.0.propose(Rq::LeaseGrant(r)).await?, LeaseGrant);
+        let mut resp = expect_response!(
+            self.0.propose_as(who.as_ref(), Rq::LeaseGrant(r)).await?,
+            LeaseGrant
+        );
         self.0.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -41,8 +56,11 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let who = self.0.auth_info(&Credentials::of(&req)).await?;
         let mut resp = expect_response!(
-            self.0.propose(Rq::LeaseRevoke(req.into_inner())).await?,
+            self.0
+                .propose_as(who.as_ref(), Rq::LeaseRevoke(req.into_inner()))
+                .await?,
             LeaseRevoke
         );
         self.0.fill(&mut resp.header);

@@ -1,18 +1,26 @@
 //! gRPC services with etcd's service paths (`/etcdserverpb.KV/Range`, ...). Each module turns
 //! wire requests into reads of the state machine or proposals, and fills response headers.
 
+pub mod auth;
 pub mod cluster;
+pub mod concurrency;
+pub mod election;
+pub mod health;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod watch;
 
 use std::sync::Arc;
 
+use proto::etcdserverpb::auth_server::AuthServer;
 use proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use proto::v3electionpb::election_server::ElectionServer;
+use proto::v3lockpb::lock_server::LockServer;
 use tonic::service::Routes;
 
 use crate::server::EtcdServer;
@@ -38,7 +46,8 @@ pub(crate) fn check_size(
     Ok(())
 }
 
-/// All services, ready to be served.
+/// All services, ready to be served. Must be called inside the Tokio runtime (the health
+/// service starts its status task).
 pub fn routes(server: Arc<EtcdServer>) -> Routes {
     let max_recv = DECODE_LIMIT;
     Routes::new(
@@ -60,8 +69,20 @@ pub fn routes(server: Arc<EtcdServer>) -> Routes {
             .max_encoding_message_size(usize::MAX),
     )
     .add_service(
-        ClusterServer::new(cluster::ClusterService(server)).max_decoding_message_size(max_recv),
+        ClusterServer::new(cluster::ClusterService(server.clone()))
+            .max_decoding_message_size(max_recv),
     )
+    .add_service(
+        AuthServer::new(auth::AuthService(server.clone())).max_decoding_message_size(max_recv),
+    )
+    .add_service(
+        ElectionServer::new(election::ElectionService(server.clone()))
+            .max_decoding_message_size(max_recv),
+    )
+    .add_service(
+        LockServer::new(lock::LockService(server.clone())).max_decoding_message_size(max_recv),
+    )
+    .add_service(health::service(server))
 }
 
 /// Extracts the response variant a proposal of a given kind yields.

@@ -18,6 +18,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{AuthError, Caller};
+use crate::error::ServerError;
+use crate::server::authn::Credentials;
+
 use crate::mvcc::watch::{WatchEvents, WatchSpec, WatcherKey};
 use crate::mvcc::{KeyRange, RangeEnd};
 use crate::server::EtcdServer;
@@ -42,7 +46,7 @@ impl Watch for WatchService {
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
         let (out, rx) = mpsc::channel(128);
-        let stream = StreamTask::new(self.0.clone(), out);
+        let stream = StreamTask::new(self.0.clone(), out, Credentials::of(&req));
         tokio::spawn(stream.run(req.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -67,10 +71,16 @@ struct StreamTask {
     next_id: i64,
     /// A progress request waits until every watch of the stream is caught up.
     progress_pending: bool,
+    /// Who opened the stream: resolved again at each create, as etcd does.
+    credentials: Credentials,
 }
 
 impl StreamTask {
-    fn new(server: Arc<EtcdServer>, out: mpsc::Sender<Result<WatchResponse, Status>>) -> Self {
+    fn new(
+        server: Arc<EtcdServer>,
+        out: mpsc::Sender<Result<WatchResponse, Status>>,
+        credentials: Credentials,
+    ) -> Self {
         let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
         Self {
             server,
@@ -80,18 +90,25 @@ impl StreamTask {
             watches: HashMap::new(),
             next_id: 0,
             progress_pending: false,
+            credentials,
         }
     }
 
     async fn run(mut self, mut input: Streaming<WatchRequest>) {
         let mut progress = tokio::time::interval(self.server.limits.watch_progress_interval);
         progress.tick().await;
+        // A client that half-closes its side keeps its watches, as with etcd (whose receive
+        // loop just ends on EOF): the JSON gateway's /v3/watch relies on it. The stream ends
+        // when the client goes away or its side fails.
+        let mut input_open = true;
         loop {
             let ok = tokio::select! {
-                msg = input.message() => match msg {
+                msg = input.message(), if input_open => match msg {
                     Ok(Some(req)) => self.handle(req).await,
-                    _ => false,
+                    Ok(None) => { input_open = false; true }
+                    Err(_) => false,
                 },
+                _ = self.out.closed() => false,
                 Some(ev) = self.events_rx.recv() => self.deliver(ev).await,
                 _ = progress.tick() => { self.progress_tick(); true }
                 _ = tokio::time::sleep(PROGRESS_RETRY), if self.progress_pending => self.answer_progress().await,
@@ -140,6 +157,19 @@ impl StreamTask {
             c.key.clone()
         };
         let range = KeyRange::new(&key, &c.range_end);
+        if let Err(e) = self.is_watch_permitted(&key, &c.range_end).await {
+            let resp = WatchResponse {
+                header: self.server.header(0),
+                watch_id: c.watch_id,
+                created: true,
+                canceled: true,
+                // Go's text form of the gRPC error, as etcd puts it in the reason; Code's
+                // Debug names are grpc-go's.
+                cancel_reason: format!("rpc error: code = {:?} desc = {e}", e.code()),
+                ..Default::default()
+            };
+            return self.send(resp).await;
+        }
         let id = match self.pick_id(&c, &range) {
             Ok(id) => id,
             Err(reason) => {
@@ -192,6 +222,27 @@ impl StreamTask {
             self.server.kick_watch_sync();
         }
         ok
+    }
+
+    /// etcd's `isWatchPermitted`: read permission on the range, with etcd's quirk that a
+    /// from-key watch (range end "\0") is checked as the single key. Errors other than a
+    /// bad token, a stale revision or a missing user are reported as permission denied.
+    async fn is_watch_permitted(&self, key: &[u8], range_end: &[u8]) -> Result<(), AuthError> {
+        let who = match self.server.auth_info(&self.credentials).await {
+            Ok(who) => who,
+            Err(ServerError::Auth(e)) => return Err(e),
+            Err(_) => return Err(AuthError::PermissionDenied),
+        };
+        let range_end: &[u8] = if range_end == [0] { &[] } else { range_end };
+        let caller = Caller::Client(who.unwrap_or_default());
+        let st = self.server.sm.read();
+        match st.auth.check(&caller, key, range_end, false) {
+            Ok(()) => Ok(()),
+            Err(e @ (AuthError::InvalidToken | AuthError::OldRevision | AuthError::UserEmpty)) => {
+                Err(e)
+            }
+            Err(_) => Err(AuthError::PermissionDenied),
+        }
     }
 
     /// etcd's `watchStream.Watch` id rules.

@@ -10,6 +10,10 @@
 //! | `meta`  | ASCII name (`consistent_index`, `finishedCompactRev`, `scheduledCompactRev`, `member_id`, `cluster_id`) or `alarm` + member ID BE + alarm type BE | `u64` big-endian, or revision bytes for the compaction marks, or empty for alarms |
 //! | `meta`  | `raft_applied`, `raft_membership` | consensus state written with the entries it applied; its layout is `crate::raft::state_machine`'s |
 //! | `meta`  | `member_attrs` + member ID BE | `raftkvpb.MemberAttributes` protobuf, as published by that member |
+//! | `meta`  | `authEnabled` | one byte, 1 = on, 0 = off (etcd's `auth` bucket row of the same name) |
+//! | `meta`  | `authRevision` | `u64` big-endian, the auth store revision |
+//! | `meta`  | `authUsers/` + user name | `authpb.User` protobuf (bcrypt hash in `password`), as etcd's `authUsers` bucket |
+//! | `meta`  | `authRoles/` + role name | `authpb.Role` protobuf, as etcd's `authRoles` bucket |
 //!
 //! Every applied log entry lands in one [`Batch`] together with `consistent_index`, so after a
 //! crash the store is exactly the state after some whole entry, and the log resumes after it.
@@ -21,6 +25,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
+use proto::authpb::{Role as AuthRole, User as AuthUser};
 use proto::leasepb::Lease as LeaseRecord;
 use proto::mvccpb::KeyValue;
 use proto::raftkvpb::MemberAttributes;
@@ -39,6 +44,25 @@ pub const META_MEMBER_ID: &[u8] = b"member_id";
 pub const META_CLUSTER_ID: &[u8] = b"cluster_id";
 const META_ALARM_PREFIX: &[u8] = b"alarm";
 const META_MEMBER_ATTRS_PREFIX: &[u8] = b"member_attrs";
+pub const META_AUTH_ENABLED: &[u8] = b"authEnabled";
+pub const META_AUTH_REVISION: &[u8] = b"authRevision";
+const META_AUTH_USER_PREFIX: &[u8] = b"authUsers/";
+const META_AUTH_ROLE_PREFIX: &[u8] = b"authRoles/";
+
+/// The auth store's rows, as [`Backend::auth`] reads them.
+#[derive(Debug, Default)]
+pub struct AuthRows {
+    pub enabled: bool,
+    pub revision: u64,
+    pub users: Vec<AuthUser>,
+    pub roles: Vec<AuthRole>,
+}
+
+fn prefixed(prefix: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(name);
+    k
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -139,6 +163,66 @@ impl Batch {
         k.extend_from_slice(&attrs.id.to_be_bytes());
         self.ops
             .push(BatchOp::Put(CF_META, k, attrs.encode_to_vec()));
+    }
+
+    pub fn put_auth_enabled(&mut self, enabled: bool) {
+        self.ops.push(BatchOp::Put(
+            CF_META,
+            META_AUTH_ENABLED.to_vec(),
+            vec![u8::from(enabled)],
+        ));
+    }
+
+    pub fn put_auth_revision(&mut self, revision: u64) {
+        self.put_meta_u64(META_AUTH_REVISION, revision);
+    }
+
+    pub fn put_auth_user(&mut self, user: &AuthUser) {
+        self.ops.push(BatchOp::Put(
+            CF_META,
+            prefixed(META_AUTH_USER_PREFIX, &user.name),
+            user.encode_to_vec(),
+        ));
+    }
+
+    /// Puts a user row as given (restore: `authpb.User` bytes from an etcd snapshot).
+    pub fn put_auth_user_raw(&mut self, name: &[u8], value: Vec<u8>) {
+        self.ops.push(BatchOp::Put(
+            CF_META,
+            prefixed(META_AUTH_USER_PREFIX, name),
+            value,
+        ));
+    }
+
+    /// Puts a role row as given (restore: `authpb.Role` bytes from an etcd snapshot).
+    pub fn put_auth_role_raw(&mut self, name: &[u8], value: Vec<u8>) {
+        self.ops.push(BatchOp::Put(
+            CF_META,
+            prefixed(META_AUTH_ROLE_PREFIX, name),
+            value,
+        ));
+    }
+
+    pub fn delete_auth_user(&mut self, name: &[u8]) {
+        self.ops.push(BatchOp::Delete(
+            CF_META,
+            prefixed(META_AUTH_USER_PREFIX, name),
+        ));
+    }
+
+    pub fn put_auth_role(&mut self, role: &AuthRole) {
+        self.ops.push(BatchOp::Put(
+            CF_META,
+            prefixed(META_AUTH_ROLE_PREFIX, &role.name),
+            role.encode_to_vec(),
+        ));
+    }
+
+    pub fn delete_auth_role(&mut self, name: &[u8]) {
+        self.ops.push(BatchOp::Delete(
+            CF_META,
+            prefixed(META_AUTH_ROLE_PREFIX, name),
+        ));
     }
 
     pub fn put_alarm(&mut self, member: u64, alarm: i32) {
@@ -320,6 +404,45 @@ impl Backend {
             out.push(MemberAttributes::decode(v.as_ref()).map_err(|e| corrupt(CF_META, e))?);
         }
         Ok(out)
+    }
+
+    /// Values of the `meta` rows under `prefix`, in key order.
+    fn meta_values(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, BackendError> {
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(prefix, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push(v.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// The auth store: flag, revision, users and roles (each list in name order).
+    pub fn auth(&self) -> Result<AuthRows, BackendError> {
+        let enabled = self.get_meta_raw(META_AUTH_ENABLED)?.as_deref() == Some(&[1u8][..]);
+        let revision = self.get_meta_u64(META_AUTH_REVISION)?.unwrap_or(0);
+        let users = self
+            .meta_values(META_AUTH_USER_PREFIX)?
+            .into_iter()
+            .map(|v| AuthUser::decode(v.as_slice()).map_err(|e| corrupt(CF_META, e)))
+            .collect::<Result<_, _>>()?;
+        let roles = self
+            .meta_values(META_AUTH_ROLE_PREFIX)?
+            .into_iter()
+            .map(|v| AuthRole::decode(v.as_slice()).map_err(|e| corrupt(CF_META, e)))
+            .collect::<Result<_, _>>()?;
+        Ok(AuthRows {
+            enabled,
+            revision,
+            users,
+            roles,
+        })
     }
 
     pub fn get_meta_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
@@ -507,6 +630,41 @@ impl Export<'_> {
             })?;
         }
         Ok(out)
+    }
+
+    fn for_each_meta_prefixed<E: From<BackendError>>(
+        &self,
+        prefix: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let it = self.snap.iterator_cf(
+            self.backend.cf(CF_META),
+            IteratorMode::From(prefix, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item.map_err(BackendError::from)?;
+            let Some(name) = k.strip_prefix(prefix) else {
+                break;
+            };
+            f(name, &v)?;
+        }
+        Ok(())
+    }
+
+    /// Every user in name order, as stored: name, `authpb.User` bytes.
+    pub fn for_each_auth_user<E: From<BackendError>>(
+        &self,
+        f: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.for_each_meta_prefixed(META_AUTH_USER_PREFIX, f)
+    }
+
+    /// Every role in name order, as stored: name, `authpb.Role` bytes.
+    pub fn for_each_auth_role<E: From<BackendError>>(
+        &self,
+        f: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.for_each_meta_prefixed(META_AUTH_ROLE_PREFIX, f)
     }
 
     /// A `meta` value as stored (one of the `META_*` names).

@@ -25,7 +25,7 @@ use proto::raftkvpb::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::codec::{decode, encode};
 use super::membership::Change;
@@ -38,9 +38,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Clone, Default)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// How `https://` peer URLs are dialed (`--peer-trusted-ca-file`, `--peer-cert-file`).
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Peers {
+    /// Peers dialed with `tls` when their URL is `https://`.
+    pub fn with_tls(tls: Option<ClientTlsConfig>) -> Self {
+        Self {
+            channels: Default::default(),
+            tls,
+        }
+    }
+
     /// A client for the member's first peer URL (connects on first use).
     pub fn client(&self, node: &MemberNode) -> Result<RaftClient<Channel>, ServerError> {
         let url = node.peer_urls.first().ok_or_else(|| {
@@ -50,8 +60,15 @@ impl Peers {
         let channel = match channels.get(url) {
             Some(c) => c.clone(),
             None => {
-                let c = Endpoint::from_shared(url.clone())
-                    .map_err(|e| ServerError::Internal(format!("bad peer URL {url:?}: {e}")))?
+                let bad = |e: tonic::transport::Error| {
+                    ServerError::Internal(format!("bad peer URL {url:?}: {e}"))
+                };
+                let mut endpoint = Endpoint::from_shared(url.clone()).map_err(bad)?;
+                if url.starts_with("https://") {
+                    let tls = self.tls.clone().unwrap_or_default();
+                    endpoint = endpoint.tls_config(tls).map_err(bad)?;
+                }
+                let c = endpoint
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
                     .connect_lazy();

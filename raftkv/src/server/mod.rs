@@ -4,6 +4,7 @@
 //! watcher catch-up and publishing this member's client URLs. Transports (gRPC, HTTP) sit on
 //! top in `api` and `http`.
 
+pub mod authn;
 pub mod identity;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ use proto::raftkvpb::{
 };
 use tokio::sync::Notify;
 
+use crate::auth::AuthInfo;
 use crate::clock::Clock;
 use crate::error::ServerError;
 use crate::lease::LeaseError;
@@ -53,6 +55,10 @@ pub struct Limits {
     pub unsafe_stale_reads: bool,
     /// Test only: the Raft log is not fsynced (see `--experimental-unsafe-no-fsync`).
     pub unsafe_no_fsync: bool,
+    /// `--bcrypt-cost`: the cost of the password hashes this member makes.
+    pub bcrypt_cost: u32,
+    /// `--client-cert-auth`: a request without a token runs as its client certificate's CN.
+    pub client_cert_auth: bool,
 }
 
 impl Default for Limits {
@@ -64,6 +70,8 @@ impl Default for Limits {
             watch_progress_interval: Duration::from_secs(600),
             unsafe_stale_reads: false,
             unsafe_no_fsync: false,
+            bcrypt_cost: bcrypt::DEFAULT_COST,
+            client_cert_auth: false,
         }
     }
 }
@@ -83,6 +91,8 @@ pub struct Options {
     pub snapshot_count: u64,
     pub limits: Limits,
     pub clock: Arc<dyn Clock>,
+    /// How to dial `https://` peers (see [`crate::tls`]).
+    pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,7 +168,9 @@ impl EtcdServer {
             ..Default::default()
         }
         .validate()?;
-        let network = Network::default();
+        let network = Network {
+            peers: Peers::with_tls(opts.peer_tls.clone()),
+        };
         let peers = network.peers.clone();
         let raft = Raft::new(
             opts.identity.member_id,
@@ -284,15 +296,42 @@ impl EtcdServer {
         *h = self.header(rev);
     }
 
-    /// Commits `request` through the log and waits for its result.
+    /// Commits `request` through the log and waits for its result. It runs as a client
+    /// that sent no token: with auth enabled, anything needing a permission is refused.
     pub async fn propose(
         &self,
         request: internal_request::Request,
     ) -> Result<InternalResponse, ServerError> {
+        self.propose_with(self.request_header(None, false), request)
+            .await
+    }
+
+    /// [`Self::propose`] as the server itself, with every right (etcd's `WithRoot`).
+    pub async fn propose_internal(
+        &self,
+        request: internal_request::Request,
+    ) -> Result<InternalResponse, ServerError> {
+        self.propose_with(self.request_header(None, true), request)
+            .await
+    }
+
+    fn request_header(&self, who: Option<&AuthInfo>, internal: bool) -> RequestHeader {
+        let who = who.cloned().unwrap_or_default();
+        RequestHeader {
+            id: self.next_request_id.fetch_add(1, Ordering::Relaxed),
+            username: who.username,
+            auth_revision: who.revision,
+            internal,
+        }
+    }
+
+    async fn propose_with(
+        &self,
+        header: RequestHeader,
+        request: internal_request::Request,
+    ) -> Result<InternalResponse, ServerError> {
         let req = InternalRequest {
-            header: Some(RequestHeader {
-                id: self.next_request_id.fetch_add(1, Ordering::Relaxed),
-            }),
+            header: Some(header),
             request: Some(request),
         };
         if req.encoded_len() > self.limits.max_request_bytes {
@@ -410,19 +449,27 @@ impl EtcdServer {
     }
 
     /// Range: linearizable unless the request asks for a serializable read.
-    pub async fn range(&self, r: &RangeRequest) -> Result<RangeResponse, ServerError> {
+    pub async fn range(
+        &self,
+        who: Option<&AuthInfo>,
+        r: &RangeRequest,
+    ) -> Result<RangeResponse, ServerError> {
         if !r.serializable {
             self.read_barrier().await?;
         }
-        self.sm.range(r)
+        self.sm.range_as(who, r)
     }
 
     /// A read-only txn: linearizable unless every range in it is serializable.
-    pub async fn read_txn(&self, t: &TxnRequest) -> Result<TxnResponse, ServerError> {
+    pub async fn read_txn(
+        &self,
+        who: Option<&AuthInfo>,
+        t: &TxnRequest,
+    ) -> Result<TxnResponse, ServerError> {
         if !is_txn_serializable(t) {
             self.read_barrier().await?;
         }
-        self.sm.read_txn(t)
+        self.sm.read_txn(who, t)
     }
 
     /// Renews a lease on the leader (forwarding when this member does not lead).
@@ -642,7 +689,7 @@ impl EtcdServer {
             for id in expired {
                 tracing::debug!(lease = id, "lease expired; revoking");
                 match self
-                    .propose(internal_request::Request::LeaseRevoke(LeaseRevokeRequest {
+                    .propose_internal(internal_request::Request::LeaseRevoke(LeaseRevokeRequest {
                         id,
                     }))
                     .await
@@ -674,7 +721,7 @@ impl EtcdServer {
                 return;
             }
             match self
-                .propose(internal_request::Request::Publish(attrs.clone()))
+                .propose_internal(internal_request::Request::Publish(attrs.clone()))
                 .await
             {
                 Ok(_) => tracing::info!(name = %attrs.name, "published member attributes"),

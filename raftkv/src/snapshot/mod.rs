@@ -22,16 +22,21 @@
 //! | `alarm`           | `etcdserverpb.AlarmMember` protobuf → empty                                |
 //! | `members`         | member ID in lowercase hex → member JSON (`id`, `peerURLs`, `name`, `clientURLs`) |
 //! | `cluster`         | `clusterVersion` → `3.4.0`                                                 |
-//! | `auth`            | `authRevision` → u64 BE 1                                                  |
-//! | `members_removed`, `authRoles`, `authUsers` | empty                                            |
+//! | `auth`            | `authRevision` → u64 BE; `authEnabled` → one byte (1 on, 0 off), once auth was ever enabled |
+//! | `authUsers`       | user name → `authpb.User` (bcrypt hash in `password`)                      |
+//! | `authRoles`       | role name → `authpb.Role`                                                  |
+//! | `members_removed` | empty                                                                      |
 //!
-//! The last five hold what any etcd 3.4 member with auth never enabled holds. etcd would create
-//! them on first start anyway; writing them makes the file etcd's key for key, so `etcdctl
-//! snapshot status` counts the same keys for the same history. raftkv's own identity rows
+//! `members`, `cluster` and `members_removed` hold what any etcd 3.4 member holds, and a store
+//! whose auth was never touched gets etcd's fresh `auth` bucket (`authRevision` 1) and empty
+//! user and role buckets. etcd would create them on first start anyway; writing them makes
+//! the file etcd's key for key, so `etcdctl snapshot status` counts the same keys for the
+//! same history. raftkv's own identity rows
 //! (`term`, `member_id`, `cluster_id`) are not written: a restored member gets a new identity,
 //! as etcd's restore gives it.
 //!
-//! Restore takes `key`, `lease`, compaction marks from `meta`, and `alarm`; it sets
+//! Restore takes `key`, `lease`, compaction marks from `meta`, `alarm` and the three auth
+//! buckets (users, roles, the enabled flag and the auth revision); it sets
 //! `consistent_index` to 1 as etcd's restore does (the restored member starts a new log), and
 //! logs the buckets it leaves behind.
 
@@ -42,6 +47,7 @@ use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use prost::Message;
+use proto::authpb::{Role as AuthRole, User as AuthUser};
 use proto::etcdserverpb::AlarmMember;
 use proto::leasepb::Lease as LeaseRecord;
 use proto::mvccpb::KeyValue;
@@ -51,7 +57,8 @@ use sha2::{Digest, Sha256};
 use self::bbolt::{BboltError, FileSource, PageSource, Reader, Writer};
 use crate::http::ETCD_CLUSTER_VERSION;
 use crate::mvcc::backend::{
-    Export, META_CONSISTENT_INDEX, META_FINISHED_COMPACT, META_SCHEDULED_COMPACT,
+    Export, META_AUTH_ENABLED, META_AUTH_REVISION, META_CONSISTENT_INDEX, META_FINISHED_COMPACT,
+    META_SCHEDULED_COMPACT,
 };
 use crate::mvcc::{Backend, BackendError, Batch, Revision};
 
@@ -232,12 +239,24 @@ fn write_buckets<W: Write + Seek>(
     w.bucket::<SnapshotError>(BUCKET_CLUSTER, |b| {
         Ok(b.put(CLUSTER_VERSION_KEY, ETCD_CLUSTER_VERSION.as_bytes())?)
     })?;
+    let auth_enabled = export.meta(META_AUTH_ENABLED)?;
+    let auth_revision = export
+        .meta(META_AUTH_REVISION)?
+        .unwrap_or_else(|| AUTH_REVISION.to_be_bytes().to_vec());
     w.bucket::<SnapshotError>(BUCKET_AUTH, |b| {
-        Ok(b.put(AUTH_REVISION_KEY, &AUTH_REVISION.to_be_bytes())?)
+        // Key order: "authEnabled" < "authRevision".
+        if let Some(v) = &auth_enabled {
+            b.put(AUTH_ENABLED_KEY, v)?;
+        }
+        Ok(b.put(AUTH_REVISION_KEY, &auth_revision)?)
     })?;
-    for empty in [BUCKET_MEMBERS_REMOVED, BUCKET_AUTH_ROLES, BUCKET_AUTH_USERS] {
-        w.bucket::<SnapshotError>(empty, |_| Ok(()))?;
-    }
+    w.bucket(BUCKET_AUTH_ROLES, |b| {
+        export.for_each_auth_role(|k, v| Ok::<_, SnapshotError>(b.put(k, v)?))
+    })?;
+    w.bucket(BUCKET_AUTH_USERS, |b| {
+        export.for_each_auth_user(|k, v| Ok::<_, SnapshotError>(b.put(k, v)?))
+    })?;
+    w.bucket::<SnapshotError>(BUCKET_MEMBERS_REMOVED, |_| Ok(()))?;
     Ok(())
 }
 
@@ -249,6 +268,9 @@ pub struct Restored {
     pub kv_rows: u64,
     pub leases: u64,
     pub alarms: u64,
+    /// Auth users and roles.
+    pub users: u64,
+    pub roles: u64,
     /// Buckets raftkv does not serve, with their key counts.
     pub ignored: Vec<(String, u64)>,
 }
@@ -364,24 +386,64 @@ fn import<S: PageSource>(reader: &Reader<S>, dir: &Path) -> Result<Restored, Sna
         Ok::<_, SnapshotError>(())
     })?;
 
-    let served = [BUCKET_KEY, BUCKET_LEASE, BUCKET_META, BUCKET_ALARM];
-    for name in reader.bucket_names()? {
+    let names = reader.bucket_names()?;
+    if names.iter().any(|n| n == BUCKET_AUTH) {
+        reader.for_each(BUCKET_AUTH, |k, v| {
+            if k == AUTH_ENABLED_KEY {
+                batch.put_auth_enabled(v == [1]);
+            } else if k == AUTH_REVISION_KEY {
+                let rev: [u8; 8] = v
+                    .try_into()
+                    .map_err(|_| invalid(BUCKET_AUTH, "authRevision"))?;
+                batch.put_auth_revision(u64::from_be_bytes(rev));
+            }
+            Ok::<_, SnapshotError>(())
+        })?;
+    }
+    for (bucket, is_user) in [(BUCKET_AUTH_USERS, true), (BUCKET_AUTH_ROLES, false)] {
+        if !names.iter().any(|n| n == bucket) {
+            continue;
+        }
+        reader.for_each(bucket, |k, v| {
+            // Checked here, so a bad row fails the restore, not the restored member's start.
+            let named = if is_user {
+                AuthUser::decode(v).map(|u| u.name)
+            } else {
+                AuthRole::decode(v).map(|r| r.name)
+            };
+            match named {
+                Ok(name) if name == k => {}
+                _ => return Err(invalid(bucket, k.escape_ascii())),
+            }
+            if is_user {
+                out.users += 1;
+                batch.put_auth_user_raw(k, v.to_vec());
+            } else {
+                out.roles += 1;
+                batch.put_auth_role_raw(k, v.to_vec());
+            }
+            spill(&mut batch)
+        })?;
+    }
+
+    let served = [
+        BUCKET_KEY,
+        BUCKET_LEASE,
+        BUCKET_META,
+        BUCKET_ALARM,
+        BUCKET_AUTH,
+        BUCKET_AUTH_USERS,
+        BUCKET_AUTH_ROLES,
+    ];
+    for name in names {
         if served.contains(&name.as_slice()) {
             continue;
         }
         let mut keys = 0u64;
-        let mut auth_enabled = false;
-        reader.for_each::<SnapshotError>(&name, |k, v| {
+        reader.for_each::<SnapshotError>(&name, |_, _| {
             keys += 1;
-            auth_enabled |= name == BUCKET_AUTH && k == AUTH_ENABLED_KEY && v == [1];
             Ok(())
         })?;
-        if auth_enabled {
-            tracing::warn!(
-                "restore: the snapshot has auth enabled; raftkv does not serve auth yet, so its \
-                 users and roles are dropped and every client gets full access"
-            );
-        }
         out.ignored.push((name.escape_ascii().to_string(), keys));
     }
     if !out.ignored.is_empty() {
@@ -551,6 +613,61 @@ mod tests {
     }
 
     #[test]
+    fn auth_travels_in_etcds_buckets() {
+        use proto::authpb::{Permission, Role, User};
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = sample_backend(&tmp.path().join("kv"));
+        let mut batch = Batch::default();
+        batch.put_auth_enabled(true);
+        batch.put_auth_revision(7);
+        for name in ["root", "alice"] {
+            batch.put_auth_user(&User {
+                name: name.into(),
+                password: b"$2a$04$hash".to_vec(),
+                roles: vec!["root".into()],
+                options: None,
+            });
+        }
+        batch.put_auth_role(&Role {
+            name: b"reader".to_vec(),
+            key_permission: vec![Permission {
+                perm_type: 0,
+                key: b"a".to_vec(),
+                range_end: b"b".to_vec(),
+            }],
+        });
+        backend.write(batch, true).unwrap();
+        let path = save_to(&backend, tmp.path());
+
+        let bytes = fs::read(&path).unwrap();
+        let db = bbolt::read_all(&bytes[..bytes.len() - 32]).unwrap();
+        let keys = |b: &[u8]| -> Vec<Vec<u8>> {
+            db.get(b).unwrap().iter().map(|(k, _)| k.clone()).collect()
+        };
+        assert_eq!(
+            keys(BUCKET_AUTH),
+            [b"authEnabled".to_vec(), b"authRevision".to_vec()]
+        );
+        assert_eq!(
+            keys(BUCKET_AUTH_USERS),
+            [b"alice".to_vec(), b"root".to_vec()]
+        );
+        assert_eq!(keys(BUCKET_AUTH_ROLES), [b"reader".to_vec()]);
+
+        let dir = tmp.path().join("restored");
+        let restored = restore(&path, &dir, false).unwrap();
+        assert_eq!((restored.users, restored.roles), (2, 1));
+        let (want, got) = (
+            backend.auth().unwrap(),
+            Backend::open(&dir).unwrap().auth().unwrap(),
+        );
+        assert_eq!(
+            (got.enabled, got.revision, got.users, got.roles),
+            (want.enabled, want.revision, want.users, want.roles)
+        );
+    }
+
+    #[test]
     fn restore_round_trips_served_state() {
         let tmp = tempfile::tempdir().unwrap();
         let backend = sample_backend(&tmp.path().join("kv"));
@@ -573,14 +690,7 @@ mod tests {
             .collect();
         assert_eq!(
             ignored,
-            [
-                ("auth", 1),
-                ("authRoles", 0),
-                ("authUsers", 0),
-                ("cluster", 1),
-                ("members", 1),
-                ("members_removed", 0)
-            ]
+            [("cluster", 1), ("members", 1), ("members_removed", 0)]
         );
         let back = Backend::open(&dir).unwrap();
         assert_eq!(rows(&back), rows(&backend));

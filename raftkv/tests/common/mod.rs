@@ -125,6 +125,8 @@ impl Launch {
             .arg("--initial-cluster")
             .arg(&self.initial_cluster)
             .args(&self.cluster_args)
+            // The cheapest bcrypt both accept: auth tests hash and check many passwords.
+            .args(["--bcrypt-cost", "4"])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

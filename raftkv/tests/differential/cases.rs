@@ -4,7 +4,10 @@
 
 use crate::model::*;
 use crate::ops;
-use crate::{cases_ctl, cases_kv, cases_lease, cases_txn, cases_watch};
+use crate::{
+    cases_auth, cases_auth_elect, cases_ctl, cases_elect, cases_kv, cases_lease, cases_txn,
+    cases_watch,
+};
 
 pub fn all() -> Vec<Case> {
     // A fresh etcd starts at revision 1; both stores must agree before any write.
@@ -15,7 +18,11 @@ pub fn all() -> Vec<Case> {
     cases.extend(cases_lease::cases());
     cases.extend(maintenance_cases());
     cases.extend(cases_ctl::cases());
+    cases.extend(cases_auth::cases());
+    cases.extend(cases_elect::cases());
+    cases.extend(cases_auth_elect::cases());
     cases.extend(cases_lease::expiry_cases());
+    cases.extend(cases_elect::expiry_cases());
     cases.push(case("revision/final", ops![Op::AbsoluteRevision]));
     cases
 }

@@ -16,7 +16,8 @@ use tempfile::TempDir;
 
 use crate::ctl::{self, CtlEnv};
 use crate::model::{
-    Case, Cmp, CmpTarget, Del, End, Get, Key, LeaseRef, Op, Put, Rev, Txn, TxnOp, Watch,
+    Case, Cmp, CmpTarget, Contend, ContendKind, Del, End, Gateway, Get, Key, LeaseRef, Op, Put,
+    Rev, Txn, TxnOp, Watch, CONTEND_WITHIN,
 };
 use crate::render::{self, fuzzy, Ctx};
 
@@ -46,7 +47,11 @@ pub enum Level {
 
 /// One server's side of the differential run.
 pub struct Session {
+    /// The client the case's gRPC steps use: `anonymous`, or one logged in by [`Op::Login`].
     client: Client,
+    anonymous: Client,
+    /// The token of the case's last gateway Authenticate.
+    gateway_token: Option<String>,
     endpoint: String,
     /// Scratch space for files the case writes (snapshots).
     scratch: TempDir,
@@ -55,6 +60,14 @@ pub struct Session {
     /// Server-chosen lease ID -> masked name. Only these are masked.
     lease_names: HashMap<i64, String>,
     streams: HashMap<&'static str, WatchStream>,
+    /// Campaigns and Locks still waiting for their answer, by contender.
+    pending: HashMap<&'static str, tokio::task::JoinHandle<Result<Contended, etcd_client::Error>>>,
+    /// Leader keys of contenders whose Campaign answered.
+    leaders: HashMap<&'static str, etcd_client::LeaderKey>,
+    /// Lock keys of contenders whose Lock answered.
+    locks: HashMap<&'static str, Vec<u8>>,
+    observers: HashMap<&'static str, etcd_client::ObserveStream>,
+    http: reqwest::Client,
     case: String,
     prefix: String,
     base: i64,
@@ -64,12 +77,19 @@ pub struct Session {
 impl Session {
     pub fn new(client: Client, endpoint: String) -> Session {
         Session {
+            anonymous: client.clone(),
             client,
+            gateway_token: None,
             endpoint,
             scratch: tempfile::tempdir().expect("creating a scratch dir for etcdctl output"),
             leases: HashMap::new(),
             lease_names: HashMap::new(),
             streams: HashMap::new(),
+            pending: HashMap::new(),
+            leaders: HashMap::new(),
+            locks: HashMap::new(),
+            observers: HashMap::new(),
+            http: reqwest::Client::new(),
             case: String::new(),
             prefix: String::new(),
             base: 0,
@@ -91,6 +111,20 @@ impl Session {
         // Watch streams never outlive their case: closing them here keeps one case's
         // watchers from seeing the next case's writes.
         self.streams.clear();
+        // Contenders still waiting are cancelled (the servers drop their keys) before the
+        // end revision is read, so the cleanup's delete is not attributed to the next case.
+        let cancelled = !self.pending.is_empty();
+        for (_, p) in self.pending.drain() {
+            p.abort();
+        }
+        if cancelled {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        self.leaders.clear();
+        self.locks.clear();
+        self.observers.clear();
+        self.client = self.anonymous.clone();
+        self.gateway_token = None;
         let end = match (base, self.current_revision().await) {
             (Some(_), Some(end)) => format!("case ended at {}", self.ctx().rev(end)),
             _ => "revision probe failed".to_string(),
@@ -343,6 +377,62 @@ impl Session {
                 // Render after binding, so the ID just granted is masked as its handle.
                 ctl::render(&env, &self.lease_names, c, &out)
             }
+            Op::Contend(c) => self.contend(c),
+            Op::Await { who, within } => self.await_contender(who, *within).await,
+            Op::Cancel { who } => match self.pending.remove(who) {
+                Some(task) => {
+                    task.abort();
+                    tokio::time::sleep(crate::model::CANCEL_SETTLE).await;
+                    "cancelled".to_string()
+                }
+                None => format!("{who} is not contending"),
+            },
+            Op::Proclaim { who, value } => {
+                let leader = self.leaders.get(who).cloned().unwrap_or_default();
+                let opts = etcd_client::ProclaimOptions::new().with_leader(leader);
+                match self.client.proclaim(value.clone(), Some(opts)).await {
+                    Ok(r) => format!("proclaim {}", self.ctx().header(r.header())),
+                    Err(e) => render::error(&e),
+                }
+            }
+            Op::Resign { who } => {
+                let leader = self.leaders.get(who).cloned().unwrap_or_default();
+                let opts = etcd_client::ResignOptions::new().with_leader(leader);
+                match self.client.resign(Some(opts)).await {
+                    Ok(r) => format!("resign {}", self.ctx().header(r.header())),
+                    Err(e) => render::error(&e),
+                }
+            }
+            Op::Leader { name } => match self.client.leader(self.key(name)).await {
+                Ok(r) => {
+                    let ctx = self.ctx();
+                    let kv = r.kv().map_or("none".to_string(), |kv| ctx.kv(kv));
+                    format!("leader {} {kv}", ctx.header(r.header()))
+                }
+                Err(e) => render::error(&e),
+            },
+            Op::ObserveOpen { stream, name } => match self.client.observe(self.key(name)).await {
+                Ok(s) => {
+                    self.observers.insert(stream, s);
+                    "observing".to_string()
+                }
+                Err(e) => render::error(&e),
+            },
+            Op::ObserveRecv {
+                stream,
+                items,
+                within,
+            } => self.observe_recv(stream, *items, *within).await,
+            Op::Unlock { who } => {
+                let key = self.locks.get(who).cloned().unwrap_or_default();
+                match self.client.unlock(key).await {
+                    Ok(r) => format!("unlock {}", self.ctx().header(r.header())),
+                    Err(e) => render::error(&e),
+                }
+            }
+            Op::Gateway(g) => self.gateway(g).await,
+            Op::Health { service } => self.health(service).await,
+            Op::Login { user } => self.login(*user).await,
             Op::FileNonEmpty(path) => {
                 let path = path.replace("{dir}", &self.scratch.path().to_string_lossy());
                 match std::fs::metadata(&path) {
@@ -597,6 +687,240 @@ impl Session {
     }
 
     // -----------------------------------------------------------------------------------
+    // v3election, v3lock, the JSON gateway, health
+
+    fn contend(&mut self, c: &Contend) -> String {
+        if self.pending.contains_key(c.who) {
+            return format!("{} is already contending", c.who);
+        }
+        let mut client = self.client.clone();
+        let name = self.key(&c.name);
+        let lease = self.lease(&c.lease);
+        let kind = c.kind.clone();
+        let task = tokio::spawn(async move {
+            match kind {
+                ContendKind::Campaign { value } => client
+                    .campaign(name, value, lease)
+                    .await
+                    .map(Contended::Campaign),
+                ContendKind::Lock => {
+                    let opts = etcd_client::LockOptions::new().with_lease(lease);
+                    client.lock(name, Some(opts)).await.map(Contended::Lock)
+                }
+            }
+        });
+        self.pending.insert(c.who, task);
+        "started".to_string()
+    }
+
+    async fn await_contender(&mut self, who: &'static str, within: Duration) -> String {
+        let Some(task) = self.pending.get_mut(who) else {
+            return format!("{who} is not contending");
+        };
+        let res = match tokio::time::timeout(within, task).await {
+            Err(_) => return "waiting".to_string(),
+            Ok(res) => res,
+        };
+        self.pending.remove(who);
+        let ctx = self.ctx();
+        match res {
+            Err(e) => format!("contender task failed: {e}"),
+            Ok(Err(e)) => render::error(&e),
+            Ok(Ok(Contended::Campaign(r))) => {
+                let leader = r.leader().cloned().unwrap_or_default();
+                let s = format!(
+                    "elected {} leader{{name={} key={} rev={} lease={}}}",
+                    ctx.header(r.header()),
+                    render::bytes(leader.name()),
+                    render::bytes(leader.key()),
+                    ctx.rev(leader.rev()),
+                    ctx.lease(leader.lease())
+                );
+                self.leaders.insert(who, leader);
+                s
+            }
+            Ok(Ok(Contended::Lock(r))) => {
+                let s = format!(
+                    "locked {} key={}",
+                    ctx.header(r.header()),
+                    render::bytes(r.key())
+                );
+                self.locks.insert(who, r.key().to_vec());
+                s
+            }
+        }
+    }
+
+    async fn observe_recv(
+        &mut self,
+        stream: &'static str,
+        items: usize,
+        within: Duration,
+    ) -> String {
+        let mut parts = Vec::new();
+        let deadline = tokio::time::Instant::now() + within;
+        while parts.len() < items {
+            let Some(s) = self.observers.get_mut(stream) else {
+                return format!("no open observe stream {stream}");
+            };
+            match tokio::time::timeout_at(deadline, s.message()).await {
+                Ok(Ok(Some(r))) => {
+                    let ctx = self.ctx();
+                    let kv = r.kv().map_or("none".to_string(), |kv| ctx.kv(kv));
+                    parts.push(format!("leader {} {kv}", ctx.header(r.header())));
+                }
+                Ok(Ok(None)) => {
+                    parts.push("stream closed".to_string());
+                    break;
+                }
+                Ok(Err(e)) => {
+                    parts.push(render::error(&e));
+                    break;
+                }
+                Err(_) => {
+                    parts.push(format!("TIMEOUT(got {} of {items})", parts.len()));
+                    break;
+                }
+            }
+        }
+        parts.join(" | ")
+    }
+
+    /// Expands a [`Gateway`] body template (see there).
+    fn gateway_body(&self, template: &str) -> String {
+        use base64::Engine;
+        let mut out = String::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            // JSON's own braces pass through; placeholders start with a known word.
+            let after = &rest[open + 1..];
+            let close = after.find('}');
+            let Some(close) =
+                close.filter(|_| ["k:", "lease:", "rev"].iter().any(|p| after.starts_with(p)))
+            else {
+                out.push_str(&rest[..=open]);
+                rest = after;
+                continue;
+            };
+            let close = close + 1;
+            let name = &rest[open + 1..open + close];
+            let value = if let Some(k) = name.strip_prefix("k:") {
+                Some(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(self.key(&Key::Rel(k.to_string()))),
+                )
+            } else if let Some(h) = name.strip_prefix("lease:") {
+                let id = self.leases.get(&self.lease_handle(h)).copied();
+                Some(id.unwrap_or(-1).to_string())
+            } else if let Some(n) = name.strip_prefix("rev") {
+                n.parse::<i64>().ok().map(|n| (self.base + n).to_string())
+            } else {
+                None
+            };
+            match value {
+                Some(v) => {
+                    out.push_str(&rest[..open]);
+                    out.push_str(&v);
+                }
+                None => out.push_str(&rest[..=open + close]),
+            }
+            rest = &rest[open + close + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    async fn gateway(&mut self, g: &Gateway) -> String {
+        let url = format!("{}{}", self.endpoint, g.path);
+        let mut req = self.http.post(url).body(self.gateway_body(g.body));
+        if g.authorized {
+            // No token yet sends none, which the servers refuse alike.
+            if let Some(token) = &self.gateway_token {
+                req = req.header(reqwest::header::AUTHORIZATION, token);
+            }
+        }
+        let resp = req.send();
+        let mut resp = match tokio::time::timeout(CONTEND_WITHIN, resp).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return format!("HTTP error: {e}"),
+            Err(_) => return "TIMEOUT waiting for the HTTP answer".to_string(),
+        };
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_string();
+        let mut body = Vec::new();
+        let deadline = tokio::time::Instant::now() + CONTEND_WITHIN;
+        loop {
+            // Streams never end by themselves: read until the expected lines arrived.
+            if g.lines > 0 && body.iter().filter(|&&b| b == b'\n').count() >= g.lines {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, resp.chunk()).await {
+                Ok(Ok(Some(c))) => body.extend_from_slice(&c),
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => {
+                    body.extend_from_slice(format!("<body error: {e}>").as_bytes());
+                    break;
+                }
+                Err(_) => {
+                    body.extend_from_slice(b"<TIMEOUT>");
+                    break;
+                }
+            }
+        }
+        if g.path.ends_with("/auth/authenticate") && status == 200 {
+            self.gateway_token = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("token")?.as_str().map(str::to_string));
+        }
+        // Stream lines stay on the rendering's one line.
+        let body = String::from_utf8_lossy(&body)
+            .trim_end()
+            .replace('\n', "\\n");
+        format!(
+            "{status} {content_type} {}",
+            render::mask_json(&body, &self.ctx())
+        )
+    }
+
+    async fn login(&mut self, user: Option<(&str, &str)>) -> String {
+        let Some((name, password)) = user else {
+            self.client = self.anonymous.clone();
+            return "anonymous".to_string();
+        };
+        let opts = etcd_client::ConnectOptions::new().with_user(name, password);
+        match Client::connect([self.endpoint.as_str()], Some(opts)).await {
+            Ok(c) => {
+                self.client = c;
+                format!("logged in as {name}")
+            }
+            Err(e) => render::error(&e),
+        }
+    }
+
+    async fn health(&mut self, service: &str) -> String {
+        use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+        let channel = match tonic::transport::Endpoint::from_shared(self.endpoint.clone()) {
+            Ok(e) => e.connect_lazy(),
+            Err(e) => return format!("bad endpoint: {e}"),
+        };
+        let req = HealthCheckRequest {
+            service: service.to_string(),
+        };
+        let mut client = HealthClient::new(channel);
+        let check = client.check(req);
+        match tokio::time::timeout(CONTEND_WITHIN, check).await {
+            Ok(Ok(r)) => format!("health {:?}", r.into_inner().status()),
+            Ok(Err(s)) => format!("ERR {:?} {:?}", s.code(), s.message()),
+            Err(_) => "TIMEOUT".to_string(),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
     // Watches
 
     fn watch_options(&self, w: &Watch) -> (Vec<u8>, WatchOptions) {
@@ -753,6 +1077,12 @@ impl Session {
             })
             .collect()
     }
+}
+
+/// What a contender's Campaign or Lock answered.
+pub enum Contended {
+    Campaign(etcd_client::CampaignResponse),
+    Lock(etcd_client::LockResponse),
 }
 
 /// Joins rendered watch items in a canonical order: stably sorted by watch ID. Each

@@ -154,6 +154,232 @@ pub enum Op {
     Ctl(Ctl),
     /// Checks that a file written by an earlier step (e.g. `snapshot save`) is non-empty.
     FileNonEmpty(String),
+    /// Starts `Election.Campaign` (or `Lock.Lock`) for contender `who` in the background:
+    /// both block until the contender leads, so the answer is read by a later [`Op::Await`].
+    Contend(Contend),
+    /// Waits up to `within` for contender `who`'s pending Campaign or Lock and renders its
+    /// answer, or `waiting` (leaving it pending) if it has none yet.
+    Await {
+        who: &'static str,
+        within: Duration,
+    },
+    /// Cancels contender `who`'s pending Campaign or Lock (the client goes away) and gives
+    /// the server [`CANCEL_SETTLE`] to clean up its key.
+    Cancel {
+        who: &'static str,
+    },
+    /// `Election.Proclaim` with the leader key contender `who` got from its Campaign.
+    Proclaim {
+        who: &'static str,
+        value: Vec<u8>,
+    },
+    /// `Election.Resign` with contender `who`'s leader key.
+    Resign {
+        who: &'static str,
+    },
+    /// `Election.Leader`.
+    Leader {
+        name: Key,
+    },
+    /// Opens `Election.Observe` on `name` as stream `stream`.
+    ObserveOpen {
+        stream: &'static str,
+        name: Key,
+    },
+    /// Reads `items` leader updates from an observe stream (or renders a timeout).
+    ObserveRecv {
+        stream: &'static str,
+        items: usize,
+        within: Duration,
+    },
+    /// `Lock.Unlock` of the key contender `who` got from its Lock.
+    Unlock {
+        who: &'static str,
+    },
+    /// A JSON gateway request; see [`Gateway`].
+    Gateway(Gateway),
+    /// `grpc.health.v1.Health/Check` for `service`.
+    Health {
+        service: &'static str,
+    },
+    /// Switches the session's gRPC client (used by every later gRPC step of the case,
+    /// contenders included) to one authenticated as `user` (name, password), or back to the
+    /// anonymous one. Renders the Authenticate outcome.
+    Login {
+        user: Option<(&'static str, &'static str)>,
+    },
+}
+
+// ---------------------------------------------------------------------------------------
+// v3election, v3lock, the gateway, health
+
+/// How long a contender that should win at once may take; generous for a loaded machine.
+pub const CONTEND_WITHIN: Duration = Duration::from_secs(5);
+/// How long to confirm that a contender is (still) blocked.
+pub const BLOCKED_FOR: Duration = Duration::from_millis(500);
+
+#[derive(Clone, Debug)]
+pub enum ContendKind {
+    Campaign { value: Vec<u8> },
+    Lock,
+}
+
+/// A contender in an election or for a lock. Leases are requested IDs (see
+/// [`crate::cases_elect`]) so contender keys, which embed the lease ID, are the same on both
+/// servers.
+#[derive(Clone, Debug)]
+pub struct Contend {
+    pub who: &'static str,
+    pub name: Key,
+    pub lease: LeaseRef,
+    pub kind: ContendKind,
+}
+
+pub fn campaign(
+    who: &'static str,
+    name: &str,
+    lease: impl Into<LeaseRef>,
+    value: impl Into<Vec<u8>>,
+) -> Op {
+    Op::Contend(Contend {
+        who,
+        name: name.into(),
+        lease: lease.into(),
+        kind: ContendKind::Campaign {
+            value: value.into(),
+        },
+    })
+}
+
+pub fn lock(who: &'static str, name: &str, lease: impl Into<LeaseRef>) -> Op {
+    Op::Contend(Contend {
+        who,
+        name: name.into(),
+        lease: lease.into(),
+        kind: ContendKind::Lock,
+    })
+}
+
+/// Expects contender `who` to lead (or fail) promptly.
+pub fn wins(who: &'static str) -> Op {
+    Op::Await {
+        who,
+        within: CONTEND_WITHIN,
+    }
+}
+
+/// Expects contender `who` to be still waiting (renders `waiting` on both sides).
+pub fn blocked(who: &'static str) -> Op {
+    Op::Await {
+        who,
+        within: BLOCKED_FOR,
+    }
+}
+
+pub fn wins_within(who: &'static str, within: Duration) -> Op {
+    Op::Await { who, within }
+}
+
+/// How long a server may take to delete the key of a cancelled contender.
+pub const CANCEL_SETTLE: Duration = Duration::from_millis(500);
+
+pub fn cancel(who: &'static str) -> Op {
+    Op::Cancel { who }
+}
+
+pub fn proclaim(who: &'static str, value: impl Into<Vec<u8>>) -> Op {
+    Op::Proclaim {
+        who,
+        value: value.into(),
+    }
+}
+
+pub fn resign(who: &'static str) -> Op {
+    Op::Resign { who }
+}
+
+pub fn leader(name: &str) -> Op {
+    Op::Leader { name: name.into() }
+}
+
+pub fn observe(stream: &'static str, name: &str) -> Op {
+    Op::ObserveOpen {
+        stream,
+        name: name.into(),
+    }
+}
+
+pub fn observed(stream: &'static str, items: usize) -> Op {
+    Op::ObserveRecv {
+        stream,
+        items,
+        within: CONTEND_WITHIN,
+    }
+}
+
+pub fn unlock(who: &'static str) -> Op {
+    Op::Unlock { who }
+}
+
+/// A POST to the JSON gateway at `path` (`/v3/...`). `body` is a template: `{k:NAME}` expands to the base64 of
+/// the case-relative key NAME, `{lease:h}` to lease handle h's ID in decimal, `{rev+N}` to
+/// the case-relative revision. The answer renders as its HTTP status and body, the body
+/// with the masks of [`crate::render`] applied to the JSON fields they concern. Stream
+/// paths read `lines` result lines (or what came within [`CONTEND_WITHIN`]).
+///
+/// The `token` of the last successful `/v3/auth/authenticate` answer in the case is kept
+/// (and masked as `<token>`); with `authorized` the request sends it as the `Authorization`
+/// header, as etcd's gateway clients do.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    pub path: &'static str,
+    pub body: &'static str,
+    pub lines: usize,
+    pub authorized: bool,
+}
+
+pub fn http(path: &'static str, body: &'static str) -> Op {
+    Op::Gateway(Gateway {
+        path,
+        body,
+        lines: 0,
+        authorized: false,
+    })
+}
+
+/// [`http`] with the case's last gateway token in the `Authorization` header.
+pub fn http_auth(path: &'static str, body: &'static str) -> Op {
+    Op::Gateway(Gateway {
+        path,
+        body,
+        lines: 0,
+        authorized: true,
+    })
+}
+
+pub fn http_stream(path: &'static str, body: &'static str, lines: usize) -> Op {
+    Op::Gateway(Gateway {
+        path,
+        body,
+        lines,
+        authorized: false,
+    })
+}
+
+/// Later gRPC steps run as `user` with `password`.
+pub fn login(user: &'static str, password: &'static str) -> Op {
+    Op::Login {
+        user: Some((user, password)),
+    }
+}
+
+/// Later gRPC steps run without a token again.
+pub fn logout() -> Op {
+    Op::Login { user: None }
+}
+
+pub fn health(service: &'static str) -> Op {
+    Op::Health { service }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -220,7 +220,110 @@ pub fn describe(op: &Op) -> String {
         Op::AbsoluteRevision => "absolute revision".to_string(),
         Op::Ctl(c) => describe_ctl(c),
         Op::FileNonEmpty(path) => format!("file non-empty {path}"),
+        Op::Contend(c) => format!(
+            "{} {} {:?} lease={:?}",
+            match &c.kind {
+                crate::model::ContendKind::Campaign { value } =>
+                    format!("campaign value={}", bytes(value)),
+                crate::model::ContendKind::Lock => "lock".to_string(),
+            },
+            c.who,
+            c.name,
+            c.lease
+        ),
+        Op::Await { who, within } => format!("await {who} within {within:?}"),
+        Op::Proclaim { who, value } => format!("proclaim {who} value={}", bytes(value)),
+        Op::Resign { who } => format!("resign {who}"),
+        Op::Cancel { who } => format!("cancel {who}"),
+        Op::Leader { name } => format!("leader {name:?}"),
+        Op::ObserveOpen { stream, name } => format!("observe {stream} {name:?}"),
+        Op::ObserveRecv {
+            stream,
+            items,
+            within,
+        } => format!("observe recv {stream} {items} within {within:?}"),
+        Op::Unlock { who } => format!("unlock {who}"),
+        Op::Gateway(g) => format!(
+            "POST {} {}{}",
+            g.path,
+            g.body,
+            flag(g.authorized, " (Authorization: token)")
+        ),
+        Op::Health { service } => format!("health check {service:?}"),
+        Op::Login { user: Some((u, _)) } => format!("login as {u}"),
+        Op::Login { user: None } => "logout".to_string(),
     }
+}
+
+/// Masks a JSON gateway body for comparison, keeping its bytes otherwise: identity fields
+/// (`cluster_id`, `member_id`, `raft_term`, and `leader`/`raftTerm`/`raftIndex`/
+/// `raftAppliedIndex`/`dbSize*` of Status) become `*`, revisions (`revision`,
+/// `create_revision`, `mod_revision`, `rev`, `compact_revision`) become case-relative, lease
+/// IDs (`lease`, `ID`) are masked like in gRPC renderings, a remaining `TTL` is fuzzy and an
+/// auth `token` (random) becomes `<token>`.
+pub fn mask_json(body: &str, ctx: &Ctx<'_>) -> String {
+    const IDENTITY: &[&str] = &[
+        "cluster_id",
+        "member_id",
+        "raft_term",
+        "leader",
+        "raftTerm",
+        "raftIndex",
+        "raftAppliedIndex",
+        "dbSize",
+        "dbSizeInUse",
+    ];
+    const REVISIONS: &[&str] = &[
+        "revision",
+        "create_revision",
+        "mod_revision",
+        "rev",
+        "compact_revision",
+    ];
+    let mut out = String::with_capacity(body.len());
+    let mut rest = body;
+    // Every masked field is a JSON string of digits: `"name":"123"`.
+    while let Some(start) = rest.find('"') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        let Some(end) = after.find('"') else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let name = &after[..end];
+        let tail = &after[end + 1..];
+        out.push('"');
+        out.push_str(name);
+        out.push('"');
+        rest = tail;
+        let Some(value_start) = tail.strip_prefix(":\"") else {
+            continue;
+        };
+        let Some(value_end) = value_start.find('"') else {
+            continue;
+        };
+        if name == "token" {
+            out.push_str(":\"<token>\"");
+            rest = &value_start[value_end + 1..];
+            continue;
+        }
+        // uint64 identities do not fit an i64.
+        let Ok(n) = value_start[..value_end].parse::<i128>() else {
+            continue;
+        };
+        let small = i64::try_from(n).ok();
+        let masked = match small {
+            _ if IDENTITY.contains(&name) => "*".to_string(),
+            Some(n) if REVISIONS.contains(&name) => ctx.rev(n),
+            Some(n) if name == "lease" || name == "ID" => ctx.lease(n),
+            Some(n) if name == "TTL" => fuzzy(n),
+            _ => continue,
+        };
+        out.push_str(&format!(":\"{masked}\""));
+        rest = &value_start[value_end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn flag(on: bool, text: &str) -> &str {
