@@ -204,7 +204,8 @@ async fn non_resource(server: &ApiServer, method: &Method, path: &str, accept: &
         "/apis" => ok_json(discovery::groups()),
         "/metrics" => Some(Ok(server.metrics.render().into_response())),
         "/openapi/v2" => Some(Ok(if accept.contains("protobuf") {
-            ([(header::CONTENT_TYPE, "application/com.github.proto-openapi.spec.v2@v1.0+protobuf")], discovery::openapi_protobuf()).into_response()
+            // kube-apiserver labels it octet-stream: Go's mime parser rejects the `@` in the type kubectl asks for.
+            ([(header::CONTENT_TYPE, "application/octet-stream")], discovery::openapi_protobuf()).into_response()
         } else {
             json_response(StatusCode::OK, &discovery::openapi_json())
         })),
