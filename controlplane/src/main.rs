@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use controlplane::apiserver::SecureListen;
 
 #[derive(Parser)]
 #[command(name = "controlplane", about = "Kubernetes-style control plane on raftkv")]
@@ -29,9 +30,24 @@ struct ApiserverArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     bind_address: IpAddr,
-    /// Plain-HTTP port (0 picks a free one). TLS (`--secure-port`) is not implemented yet.
-    #[arg(long, default_value_t = 8080)]
-    insecure_port: u16,
+    /// HTTPS port (0 picks a free one).
+    #[arg(long, default_value_t = 6443)]
+    secure_port: u16,
+    /// Serve no HTTPS (only the insecure port).
+    #[arg(long)]
+    no_secure_port: bool,
+    /// PEM certificate for HTTPS; without it a self-signed one is generated in --cert-dir.
+    #[arg(long, requires = "tls_private_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, requires = "tls_cert_file")]
+    tls_private_key_file: Option<PathBuf>,
+    /// Where the self-signed certificate is kept.
+    #[arg(long, default_value = "apiserver.local.config/certificates")]
+    cert_dir: PathBuf,
+    /// Plain-HTTP port (0 picks a free one); off unless given.
+    #[arg(long)]
+    insecure_port: Option<u16>,
     /// Static bearer tokens, kube-apiserver's CSV format: token,user,uid,"group1,group2".
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
@@ -53,7 +69,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Apiserver(a) => {
             let config = controlplane::apiserver::Config {
                 etcd_servers: a.etcd_servers,
-                listen: SocketAddr::new(a.bind_address, a.insecure_port),
+                secure: (!a.no_secure_port).then(|| SecureListen {
+                    addr: SocketAddr::new(a.bind_address, a.secure_port),
+                    cert_file: a.tls_cert_file,
+                    key_file: a.tls_private_key_file,
+                    cert_dir: a.cert_dir,
+                }),
+                insecure: a.insecure_port.map(|p| SocketAddr::new(a.bind_address, p)),
                 token_auth_file: a.token_auth_file,
                 authorization_policy_file: a.authorization_policy_file,
                 kubeconfig_out: a.kubeconfig_out,

@@ -18,6 +18,7 @@ pub mod selectors;
 pub mod status;
 pub mod storage;
 pub mod table;
+pub mod tls;
 pub mod watch;
 pub mod watch_cache;
 
@@ -71,6 +72,8 @@ pub enum ServeError {
     Auth(#[from] auth::AuthError),
     #[error("listening on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("writing the kubeconfig {path}: {source}")]
     Kubeconfig { path: PathBuf, source: std::io::Error },
 }
@@ -79,10 +82,24 @@ pub enum ServeError {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub etcd_servers: Vec<String>,
-    pub listen: SocketAddr,
+    /// HTTPS listener (the secure port).
+    pub secure: Option<SecureListen>,
+    /// Plain-HTTP listener; only requests without credentials make sense here, as kubectl
+    /// sends tokens over TLS only.
+    pub insecure: Option<SocketAddr>,
     pub token_auth_file: Option<PathBuf>,
     pub authorization_policy_file: Option<PathBuf>,
     pub kubeconfig_out: Option<PathBuf>,
+}
+
+/// The secure port's address and certificate.
+#[derive(Clone, Debug)]
+pub struct SecureListen {
+    pub addr: SocketAddr,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Where a self-signed certificate is generated when no files are given.
+    pub cert_dir: PathBuf,
 }
 
 /// One API server replica's shared state.
@@ -111,7 +128,7 @@ impl ApiServer {
 
 /// Connects to the store, starts one watch cache per resource and creates the system
 /// namespaces.
-pub async fn build(config: &Config) -> Result<Arc<ApiServer>, ServeError> {
+pub async fn build(config: &Config, address: String) -> Result<Arc<ApiServer>, ServeError> {
     let store = Store::connect(&config.etcd_servers).await?;
     let auth = Auth::load(config.token_auth_file.as_deref(), config.authorization_policy_file.as_deref())?;
     let mut caches = HashMap::new();
@@ -124,7 +141,7 @@ pub async fn build(config: &Config) -> Result<Arc<ApiServer>, ServeError> {
         auth,
         metrics: Metrics::new(),
         clock: Arc::new(SystemClock),
-        address: config.listen.to_string(),
+        address,
     });
     ensure_system_namespaces(&server).await?;
     Ok(server)
@@ -149,24 +166,65 @@ pub fn router(server: Arc<ApiServer>) -> Router {
     Router::new().fallback(dispatch).with_state(server)
 }
 
-/// Runs the server until the listener fails.
-pub async fn serve(config: Config) -> Result<(), ServeError> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: config.listen, source })?;
-    let server = build(&Config { listen: addr, ..config.clone() }).await?;
-    if let Some(path) = &config.kubeconfig_out {
-        write_kubeconfig(path, &format!("http://{addr}"), config.token_auth_file.as_deref())?;
-    }
-    tracing::info!(%addr, "apiserver listening");
-    axum::serve(listener, router(server))
-        .await
-        .map_err(|source| ServeError::Listen { addr, source })
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), ServeError> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Listen { addr, source })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Listen { addr, source })?;
+    Ok((listener, local))
 }
 
-/// Writes a kubeconfig for `server`; with a token file, for its first user.
-pub fn write_kubeconfig(path: &std::path::Path, server: &str, token_file: Option<&std::path::Path>) -> Result<(), ServeError> {
+/// Runs the server until a listener fails.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let secure = match &config.secure {
+        Some(s) => Some((bind(s.addr).await?, s)),
+        None => None,
+    };
+    let insecure = match config.insecure {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let advertised = secure
+        .as_ref()
+        .map(|((_, a), _)| *a)
+        .or(insecure.as_ref().map(|(_, a)| *a))
+        .ok_or_else(|| ServeError::Listen {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "neither a secure nor an insecure port is configured"),
+        })?;
+    let server = build(&config, advertised.to_string()).await?;
+    let router = router(server);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut kubeconfig_target = None;
+    if let Some(((listener, addr), s)) = secure {
+        let (cert, key) = tls::cert_files(s.cert_file.as_deref(), s.key_file.as_deref(), &s.cert_dir, addr.ip())?;
+        let tls_config = tls::server_config(&cert, &key)?;
+        tracing::info!(%addr, cert = %cert.display(), "apiserver serving HTTPS");
+        kubeconfig_target = Some((format!("https://{addr}"), Some(cert)));
+        let r = router.clone();
+        tasks.spawn(async move { (addr, tls::serve(listener, tls_config, r).await) });
+    }
+    if let Some((listener, addr)) = insecure {
+        tracing::info!(%addr, "apiserver serving plain HTTP");
+        // kubectl sends no credentials over plain HTTP, so the kubeconfig points there only
+        // when there are none to send.
+        if config.token_auth_file.is_none() || kubeconfig_target.is_none() {
+            kubeconfig_target = Some((format!("http://{addr}"), None));
+        }
+        let r = router.clone();
+        tasks.spawn(async move { (addr, axum::serve(listener, r).await) });
+    }
+    if let (Some(path), Some((url, ca))) = (&config.kubeconfig_out, kubeconfig_target) {
+        write_kubeconfig(path, &url, ca.as_deref(), config.token_auth_file.as_deref())?;
+    }
+    match tasks.join_next().await {
+        Some(Ok((addr, result))) => result.map_err(|source| ServeError::Listen { addr, source }),
+        Some(Err(e)) => Err(ServeError::Listen { addr: advertised, source: std::io::Error::other(e) }),
+        None => Ok(()),
+    }
+}
+
+/// Writes a kubeconfig for `server` (trusting `ca` for HTTPS); with a token file, as its
+/// first user.
+pub fn write_kubeconfig(path: &std::path::Path, server: &str, ca: Option<&std::path::Path>, token_file: Option<&std::path::Path>) -> Result<(), ServeError> {
     let err = |source| ServeError::Kubeconfig { path: path.to_path_buf(), source };
     let token = match token_file {
         Some(f) => std::fs::read_to_string(f)
@@ -181,8 +239,15 @@ pub fn write_kubeconfig(path: &std::path::Path, server: &str, token_file: Option
         Some(t) => format!("  user:\n    token: {t}\n"),
         None => "  user: {}\n".to_string(),
     };
+    let ca = match ca {
+        Some(c) => {
+            let abs = std::fs::canonicalize(c).map_err(err)?;
+            format!("    certificate-authority: {}\n", abs.display())
+        }
+        None => String::new(),
+    };
     let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: raftkv\n  cluster:\n    server: {server}\ncontexts:\n- name: raftkv\n  context:\n    cluster: raftkv\n    user: raftkv\n    namespace: default\ncurrent-context: raftkv\nusers:\n- name: raftkv\n{user}"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: raftkv\n  cluster:\n    server: {server}\n{ca}contexts:\n- name: raftkv\n  context:\n    cluster: raftkv\n    user: raftkv\n    namespace: default\ncurrent-context: raftkv\nusers:\n- name: raftkv\n{user}"
     );
     std::fs::write(path, text).map_err(err)
 }
