@@ -97,8 +97,22 @@ fn precondition_rv(obj: &Value) -> Result<Option<i64>, ApiError> {
         .transpose()
 }
 
+/// Bodies of create and update must be JSON; kube would also take protobuf and YAML.
+/// Answering 415 makes newer clients (client-go 1.32+) fall back to JSON.
+fn require_json_body(req: &ResourceRequest) -> Result<(), ApiError> {
+    let ct = req.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let media = ct.split(';').next().unwrap_or("").trim();
+    match media {
+        "application/json" | "" | "*/*" => Ok(()),
+        _ => Err(ApiError::UnsupportedMediaType("application/json".into())),
+    }
+}
+
 pub async fn handle(server: &std::sync::Arc<ApiServer>, req: ResourceRequest) -> Result<Response, ApiError> {
     let sub = req.target.subresource.as_deref();
+    if matches!(req.verb, "create" | "update") {
+        require_json_body(&req)?;
+    }
     match (req.verb, sub) {
         ("get", None | Some("status")) => get(server, &req).await,
         ("get", Some("scale")) => get_scale(server, &req).await,

@@ -167,8 +167,32 @@ pub struct Kubectl {
     token: Option<String>,
 }
 
+/// Where `scripts/setup.sh` unpacks Debian's kubernetes-client when another kubectl owns
+/// `/usr/bin/kubectl`.
+const UNPACKED_KUBECTL: &str = "/opt/kubectl-1.20/usr/bin/kubectl";
+
+/// kubectl 1.20: `$KUBECTL`, else the unpacked package, else `kubectl` on PATH. Panics if
+/// it is another version: newer kubectl sends protobuf bodies, which this server refuses.
 pub fn kubectl_program() -> String {
-    std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into())
+    static CHOSEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CHOSEN
+        .get_or_init(|| {
+            let program = std::env::var("KUBECTL").ok().unwrap_or_else(|| {
+                if Path::new(UNPACKED_KUBECTL).exists() {
+                    UNPACKED_KUBECTL.to_string()
+                } else {
+                    "kubectl".to_string()
+                }
+            });
+            let out = Command::new(&program)
+                .args(["version", "--client"])
+                .output()
+                .unwrap_or_else(|e| panic!("running {program}: {e}; install kubectl 1.20 (scripts/setup.sh) or set KUBECTL"));
+            let version = String::from_utf8_lossy(&out.stdout);
+            assert!(version.contains("Minor:\"20\""), "{program} is not kubectl 1.20 ({version}); run scripts/setup.sh or set KUBECTL");
+            program
+        })
+        .clone()
 }
 
 impl Kubectl {
