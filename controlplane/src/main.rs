@@ -10,7 +10,10 @@ use clap::{Parser, Subcommand};
 use controlplane::apiserver::SecureListen;
 
 #[derive(Parser)]
-#[command(name = "controlplane", about = "Kubernetes-style control plane on raftkv")]
+#[command(
+    name = "controlplane",
+    about = "Kubernetes-style control plane on raftkv"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,7 +65,9 @@ struct ApiserverArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
@@ -80,7 +85,9 @@ async fn main() -> anyhow::Result<()> {
                 authorization_policy_file: a.authorization_policy_file,
                 kubeconfig_out: a.kubeconfig_out,
             };
-            controlplane::apiserver::serve(config).await.context("apiserver")
+            controlplane::apiserver::serve(config)
+                .await
+                .context("apiserver")
         }
     }
 }

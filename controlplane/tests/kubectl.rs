@@ -68,7 +68,14 @@ fn cluster(flavor: Flavor) -> Cluster {
     let b = ApiServer::start("b", &store.endpoint, dir.path(), &[]);
     let ka = Kubectl::new(&a, dir.path(), "a");
     let kb = Kubectl::new(&b, dir.path(), "b");
-    Cluster { _dir: dir, store, _a: a, b, ka, kb }
+    Cluster {
+        _dir: dir,
+        store,
+        _a: a,
+        b,
+        ka,
+        kb,
+    }
 }
 
 fn jsonpath(k: &Kubectl, args: &[&str], path: &str) -> String {
@@ -80,37 +87,88 @@ fn jsonpath(k: &Kubectl, args: &[&str], path: &str) -> String {
 
 fn apply_get_scale_delete(flavor: Flavor) {
     let c = cluster(flavor);
-    let out = c.ka.ok_with_input(&["apply", "-f", "-"], Some(DEPLOYMENT_V1));
+    let out =
+        c.ka.ok_with_input(&["apply", "-f", "-"], Some(DEPLOYMENT_V1));
     assert_eq!(out.trim(), "deployment.apps/web created");
     // Written through A, read through B.
     let table = c.kb.ok(&["get", "deployments"]);
-    assert!(table.starts_with("NAME   READY   UP-TO-DATE   AVAILABLE   AGE"), "{table}");
+    assert!(
+        table.starts_with("NAME   READY   UP-TO-DATE   AVAILABLE   AGE"),
+        "{table}"
+    );
     assert!(table.contains("web    0/2"), "{table}");
-    assert_eq!(jsonpath(&c.kb, &["get", "deploy", "web"], "{.spec.strategy.rollingUpdate.maxSurge} {.metadata.generation}"), "25% 1");
+    assert_eq!(
+        jsonpath(
+            &c.kb,
+            &["get", "deploy", "web"],
+            "{.spec.strategy.rollingUpdate.maxSurge} {.metadata.generation}"
+        ),
+        "25% 1"
+    );
 
-    let out = c.kb.ok_with_input(&["apply", "-f", "-"], Some(DEPLOYMENT_V2));
+    let out =
+        c.kb.ok_with_input(&["apply", "-f", "-"], Some(DEPLOYMENT_V2));
     assert_eq!(out.trim(), "deployment.apps/web configured");
     let containers = jsonpath(&c.ka, &["get", "deploy", "web"], "{.spec.template.spec.containers[*].name} {.spec.template.spec.containers[*].image} {.spec.template.spec.containers[0].imagePullPolicy} {.metadata.generation}");
     assert_eq!(containers, "nginx nginx:1.20 IfNotPresent 2");
-    let out = c.ka.ok_with_input(&["apply", "-f", "-"], Some(DEPLOYMENT_V2));
+    let out =
+        c.ka.ok_with_input(&["apply", "-f", "-"], Some(DEPLOYMENT_V2));
     assert_eq!(out.trim(), "deployment.apps/web unchanged");
 
-    assert_eq!(c.kb.ok(&["scale", "deployment", "web", "--replicas=5"]).trim(), "deployment.apps/web scaled");
-    assert_eq!(jsonpath(&c.ka, &["get", "deploy", "web"], "{.spec.replicas} {.metadata.generation}"), "5 3");
+    assert_eq!(
+        c.kb.ok(&["scale", "deployment", "web", "--replicas=5"])
+            .trim(),
+        "deployment.apps/web scaled"
+    );
+    assert_eq!(
+        jsonpath(
+            &c.ka,
+            &["get", "deploy", "web"],
+            "{.spec.replicas} {.metadata.generation}"
+        ),
+        "5 3"
+    );
 
-    c.ka.ok(&["patch", "deploy", "web", "--type=merge", "-p", r#"{"metadata":{"labels":{"tier":"front"}}}"#]);
-    c.ka.ok(&["patch", "deploy", "web", "--type=json", "-p", r#"[{"op":"replace","path":"/spec/replicas","value":4}]"#]);
+    c.ka.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"labels":{"tier":"front"}}}"#,
+    ]);
+    c.ka.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/replicas","value":4}]"#,
+    ]);
     c.kb.ok(&["patch", "deploy", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","env":[{"name":"A","value":"1"}]}]}}}}"#]);
     assert_eq!(
         jsonpath(&c.kb, &["get", "deploy", "web"], "{.metadata.labels.tier} {.spec.replicas} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].env[0].name}"),
         "front 4 nginx:1.20 A"
     );
-    assert!(c.ka.ok(&["get", "deploy", "-l", "tier in (front,back)", "-o", "name"]).contains("deployment.apps/web"));
-    assert_eq!(c.ka.ok(&["get", "deploy", "-l", "tier!=front", "-o", "name"]).trim(), "");
+    assert!(c
+        .ka
+        .ok(&["get", "deploy", "-l", "tier in (front,back)", "-o", "name"])
+        .contains("deployment.apps/web"));
+    assert_eq!(
+        c.ka.ok(&["get", "deploy", "-l", "tier!=front", "-o", "name"])
+            .trim(),
+        ""
+    );
 
-    assert_eq!(c.ka.ok(&["delete", "deployment", "web"]).trim(), "deployment.apps \"web\" deleted");
+    assert_eq!(
+        c.ka.ok(&["delete", "deployment", "web"]).trim(),
+        "deployment.apps \"web\" deleted"
+    );
     let err = c.kb.fails(&["get", "deployment", "web"]);
-    assert!(err.contains(r#"Error from server (NotFound): deployments.apps "web" not found"#), "{err}");
+    assert!(
+        err.contains(r#"Error from server (NotFound): deployments.apps "web" not found"#),
+        "{err}"
+    );
 }
 
 fn watch_through_the_other_replica(flavor: Flavor) {
@@ -124,7 +182,10 @@ fn watch_through_the_other_replica(flavor: Flavor) {
     c.kb.ok(&["label", "pod", "p1", "extra=yes"]);
     c.kb.ok(&["delete", "pod", "p1"]);
     let text = wait_for_output(&out, "p1 ", 3, 15);
-    assert!(text.starts_with("NAME   READY   STATUS    RESTARTS   AGE"), "{text}");
+    assert!(
+        text.starts_with("NAME   READY   STATUS    RESTARTS   AGE"),
+        "{text}"
+    );
     assert!(text.contains("0/1     Pending"), "{text}");
 
     // Killing replica B disturbs nobody on A: the watch keeps going, writes through A work.
@@ -132,7 +193,10 @@ fn watch_through_the_other_replica(flavor: Flavor) {
     c.ka.ok(&["run", "p2", "--image=nginx"]);
     wait_for_output(&out, "p2 ", 1, 15);
     let pods = c.ka.ok(&["get", "pods", "-o", "wide"]);
-    assert!(pods.contains("IP") && pods.contains("NODE") && pods.contains("p2 "), "{pods}");
+    assert!(
+        pods.contains("IP") && pods.contains("NODE") && pods.contains("p2 "),
+        "{pods}"
+    );
     drop(c.store);
 }
 
@@ -147,57 +211,122 @@ fn conflicts_and_errors(flavor: Flavor) {
         "{err}"
     );
     let err = c.kb.fails(&["create", "configmap", "cfg"]);
-    assert!(err.contains(r#"Error from server (AlreadyExists): configmaps "cfg" already exists"#), "{err}");
+    assert!(
+        err.contains(r#"Error from server (AlreadyExists): configmaps "cfg" already exists"#),
+        "{err}"
+    );
     let err = c.kb.fails(&["run", "Bad_Name", "--image=x"]);
-    assert!(err.contains(r#"The Pod "Bad_Name" is invalid"#) && err.contains("metadata.name: Invalid value: \"Bad_Name\""), "{err}");
+    assert!(
+        err.contains(r#"The Pod "Bad_Name" is invalid"#)
+            && err.contains("metadata.name: Invalid value: \"Bad_Name\""),
+        "{err}"
+    );
     let err = c.kb.fails(&["get", "widgets"]);
-    assert!(err.contains(r#"the server doesn't have a resource type "widgets""#), "{err}");
+    assert!(
+        err.contains(r#"the server doesn't have a resource type "widgets""#),
+        "{err}"
+    );
     let err = c.kb.fails(&["create", "configmap", "x", "-n", "nope"]);
-    assert!(err.contains(r#"Error from server (NotFound): namespaces "nope" not found"#), "{err}");
-    let err = c.kb.fails(&["get", "pods", "--field-selector", "spec.bogus=1"]);
+    assert!(
+        err.contains(r#"Error from server (NotFound): namespaces "nope" not found"#),
+        "{err}"
+    );
+    let err =
+        c.kb.fails(&["get", "pods", "--field-selector", "spec.bogus=1"]);
     assert!(err.contains("is not a known field selector"), "{err}");
-    let err = c.kb.fails_with_input(&["create", "-f", "-"], Some(r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"containers":[]}}"#));
+    let err = c.kb.fails_with_input(
+        &["create", "-f", "-"],
+        Some(
+            r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"containers":[]}}"#,
+        ),
+    );
     assert!(err.contains("spec.containers: Required value"), "{err}");
 
     // Paging: limit/continue over the raw API.
     for i in 0..5 {
         c.ka.ok(&["create", "configmap", &format!("page-{i}")]);
     }
-    let first: serde_json::Value = serde_json::from_str(&c.kb.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps?limit=2"])).expect("json");
+    let first: serde_json::Value = serde_json::from_str(&c.kb.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?limit=2",
+    ]))
+    .expect("json");
     assert_eq!(first["items"].as_array().map(Vec::len), Some(2));
-    let token = first["metadata"]["continue"].as_str().expect("continue token").to_string();
-    let second: serde_json::Value = serde_json::from_str(&c.ka.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?limit=10&continue={token}")])).expect("json");
-    assert_eq!(second["items"].as_array().map(Vec::len), Some(4), "6 configmaps in all");
+    let token = first["metadata"]["continue"]
+        .as_str()
+        .expect("continue token")
+        .to_string();
+    let second: serde_json::Value = serde_json::from_str(&c.ka.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/default/configmaps?limit=10&continue={token}"),
+    ]))
+    .expect("json");
+    assert_eq!(
+        second["items"].as_array().map(Vec::len),
+        Some(4),
+        "6 configmaps in all"
+    );
     assert!(second["metadata"].get("continue").is_none());
 
     // 410 Gone: a continue token whose revision was compacted away, and a watch from a
     // resourceVersion older than the watch cache's window.
     c.ka.ok(&["create", "configmap", "after-token"]);
     c.store.compact();
-    let err = c.kb.fails(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?limit=2&continue={token}")]);
-    assert!(err.contains("Error from server (Expired)") && err.contains("The provided continue parameter is too old"), "{err}");
-    let stream = c.kb.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1"]);
-    assert!(stream.contains(r#""type":"ERROR""#) && stream.contains(r#""code":410"#) && stream.contains("too old resource version: 1"), "{stream}");
+    let err = c.kb.fails(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/default/configmaps?limit=2&continue={token}"),
+    ]);
+    assert!(
+        err.contains("Error from server (Expired)")
+            && err.contains("The provided continue parameter is too old"),
+        "{err}"
+    );
+    let stream = c.kb.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1",
+    ]);
+    assert!(
+        stream.contains(r#""type":"ERROR""#)
+            && stream.contains(r#""code":410"#)
+            && stream.contains("too old resource version: 1"),
+        "{stream}"
+    );
 }
 
 fn token_auth(flavor: Flavor) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = StoreServer::start(flavor, dir.path());
     let tokens = dir.path().join("tokens.csv");
-    std::fs::write(&tokens, "admin-token,admin,1,\"system:masters\"\nbob-token,bob,2\n").expect("write tokens");
+    std::fs::write(
+        &tokens,
+        "admin-token,admin,1,\"system:masters\"\nbob-token,bob,2\n",
+    )
+    .expect("write tokens");
     let policy = dir.path().join("policy.jsonl");
     std::fs::write(&policy, r#"{"apiVersion":"abac.authorization.kubernetes.io/v1beta1","kind":"Policy","spec":{"user":"bob","namespace":"default","resource":"*","apiGroup":"*","readonly":true}}"#).expect("write policy");
     let a = ApiServer::start(
         "a",
         &store.endpoint,
         dir.path(),
-        &["--token-auth-file", tokens.to_str().expect("utf-8"), "--authorization-policy-file", policy.to_str().expect("utf-8")],
+        &[
+            "--token-auth-file",
+            tokens.to_str().expect("utf-8"),
+            "--authorization-policy-file",
+            policy.to_str().expect("utf-8"),
+        ],
     );
     let admin = Kubectl::new(&a, dir.path(), "admin");
     admin.ok(&["create", "configmap", "shared"]);
     let nobody = Kubectl::new(&a, dir.path(), "nobody").with_token("wrong");
     let err = nobody.fails(&["get", "pods"]);
-    assert!(err.contains("error: You must be logged in to the server (Unauthorized)"), "{err}");
+    assert!(
+        err.contains("error: You must be logged in to the server (Unauthorized)"),
+        "{err}"
+    );
     let bob = Kubectl::new(&a, dir.path(), "bob").with_token("bob-token");
     assert!(bob.ok(&["get", "configmaps"]).contains("shared"));
     let err = bob.fails(&["create", "configmap", "mine"]);
@@ -206,7 +335,12 @@ fn token_auth(flavor: Flavor) {
         "{err}"
     );
     let err = bob.fails(&["get", "nodes"]);
-    assert!(err.contains(r#"User "bob" cannot list resource "nodes" in API group "" at the cluster scope"#), "{err}");
+    assert!(
+        err.contains(
+            r#"User "bob" cannot list resource "nodes" in API group "" at the cluster scope"#
+        ),
+        "{err}"
+    );
 }
 
 #[test]

@@ -22,9 +22,16 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("reading {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}: {reason}")]
-    Parse { path: String, line: usize, reason: String },
+    Parse {
+        path: String,
+        line: usize,
+        reason: String,
+    },
 }
 
 /// An authenticated user.
@@ -74,7 +81,15 @@ pub fn parse_tokens(path: &str, text: &str) -> Result<HashMap<String, User>, Aut
                 reason: "expected token,user,uid[,\"group1,group2\"]".into(),
             });
         }
-        let mut groups: Vec<String> = f.get(3).map(|g| g.split(',').filter(|s| !s.is_empty()).map(String::from).collect()).unwrap_or_default();
+        let mut groups: Vec<String> = f
+            .get(3)
+            .map(|g| {
+                g.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
         groups.push("system:authenticated".into());
         users.insert(
             f[0].clone(),
@@ -117,11 +132,13 @@ pub fn parse_policy(path: &str, text: &str) -> Result<Vec<PolicySpec>, AuthError
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
         .map(|(i, l)| {
-            serde_json::from_str::<PolicyLine>(l).map(|p| p.spec).map_err(|e| AuthError::Parse {
-                path: path.into(),
-                line: i + 1,
-                reason: e.to_string(),
-            })
+            serde_json::from_str::<PolicyLine>(l)
+                .map(|p| p.spec)
+                .map_err(|e| AuthError::Parse {
+                    path: path.into(),
+                    line: i + 1,
+                    reason: e.to_string(),
+                })
         })
         .collect()
 }
@@ -155,8 +172,12 @@ fn read(path: &Path) -> Result<String, AuthError> {
 
 impl Auth {
     pub fn load(token_file: Option<&Path>, policy_file: Option<&Path>) -> Result<Auth, AuthError> {
-        let tokens = token_file.map(|p| read(p).and_then(|t| parse_tokens(&p.display().to_string(), &t))).transpose()?;
-        let policy = policy_file.map(|p| read(p).and_then(|t| parse_policy(&p.display().to_string(), &t))).transpose()?;
+        let tokens = token_file
+            .map(|p| read(p).and_then(|t| parse_tokens(&p.display().to_string(), &t)))
+            .transpose()?;
+        let policy = policy_file
+            .map(|p| read(p).and_then(|t| parse_policy(&p.display().to_string(), &t)))
+            .transpose()?;
         Ok(Auth { tokens, policy })
     }
 
@@ -171,13 +192,16 @@ impl Auth {
 
     /// Whether `user` may do `attrs`.
     pub fn authorize(&self, user: &User, attrs: &Attributes<'_>) -> bool {
-        let Some(policy) = &self.policy else { return true };
+        let Some(policy) = &self.policy else {
+            return true;
+        };
         if user.groups.iter().any(|g| g == "system:masters") {
             return true;
         }
         let read_only = matches!(attrs.verb, "get" | "list" | "watch");
         policy.iter().any(|p| {
-            let who = (!p.user.is_empty() && matches(&p.user, &user.name)) || (!p.group.is_empty() && user.groups.iter().any(|g| matches(&p.group, g)));
+            let who = (!p.user.is_empty() && matches(&p.user, &user.name))
+                || (!p.group.is_empty() && user.groups.iter().any(|g| matches(&p.group, g)));
             let ns_ok = match attrs.namespace {
                 Some(ns) => p.namespace.is_empty() || matches(&p.namespace, ns),
                 None => p.namespace.is_empty() || p.namespace == "*",
@@ -196,8 +220,15 @@ mod tests {
 
     #[test]
     fn token_file_format() {
-        let users = parse_tokens("t", "tok1,alice,1,\"system:masters,dev\"\ntok2,bob,2\n\n# comment\n").unwrap();
-        assert_eq!(users["tok1"].groups, vec!["system:masters", "dev", "system:authenticated"]);
+        let users = parse_tokens(
+            "t",
+            "tok1,alice,1,\"system:masters,dev\"\ntok2,bob,2\n\n# comment\n",
+        )
+        .unwrap();
+        assert_eq!(
+            users["tok1"].groups,
+            vec!["system:masters", "dev", "system:authenticated"]
+        );
         assert_eq!(users["tok2"].name, "bob");
         assert!(parse_tokens("t", "onlytoken\n").is_err());
     }
@@ -206,7 +237,10 @@ mod tests {
     fn abac_read_only_namespace_user() {
         let tokens = parse_tokens("t", "a,alice,1,system:masters\nb,bob,2\n").unwrap();
         let policy = parse_policy("p", r#"{"apiVersion":"abac.authorization.kubernetes.io/v1beta1","kind":"Policy","spec":{"user":"bob","namespace":"team","resource":"*","apiGroup":"*","readonly":true}}"#).unwrap();
-        let auth = Auth { tokens: Some(tokens), policy: Some(policy) };
+        let auth = Auth {
+            tokens: Some(tokens),
+            policy: Some(policy),
+        };
         assert!(auth.authenticate(None).is_none());
         assert!(auth.authenticate(Some("Bearer nope")).is_none());
         let alice = auth.authenticate(Some("Bearer a")).unwrap();
@@ -219,7 +253,12 @@ mod tests {
             ("list", None, false),
         ];
         for (verb, ns, want) in cases {
-            let attrs = Attributes { verb, namespace: ns, resource: "pods", api_group: "" };
+            let attrs = Attributes {
+                verb,
+                namespace: ns,
+                resource: "pods",
+                api_group: "",
+            };
             assert_eq!(auth.authorize(&bob, &attrs), want, "{verb} {ns:?}");
             assert!(auth.authorize(&alice, &attrs));
         }

@@ -101,8 +101,14 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
     if list.is_empty() {
         return None;
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}),
+    )
 }
 
 /// The fields of gnostic's `openapi_v2.Document` we fill (OpenAPIv2.proto field numbers).
@@ -169,15 +175,36 @@ mod tests {
     #[test]
     fn discovery_lists_subresources() {
         let core = resources("", "v1").unwrap();
-        let names: Vec<&str> = core["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-        for want in ["pods", "pods/status", "pods/binding", "pods/log", "nodes/status", "namespaces", "configmaps"] {
+        let names: Vec<&str> = core["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        for want in [
+            "pods",
+            "pods/status",
+            "pods/binding",
+            "pods/log",
+            "nodes/status",
+            "namespaces",
+            "configmaps",
+        ] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
         }
         let apps = resources("apps", "v1").unwrap();
-        let scale = apps["resources"].as_array().unwrap().iter().find(|r| r["name"] == "deployments/scale").unwrap();
+        let scale = apps["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "deployments/scale")
+            .unwrap();
         assert_eq!(scale["group"], "autoscaling");
         assert!(resources("nope", "v1").is_none());
-        assert_eq!(all_group_versions(), vec!["v1", "apps/v1", "coordination.k8s.io/v1"]);
+        assert_eq!(
+            all_group_versions(),
+            vec!["v1", "apps/v1", "coordination.k8s.io/v1"]
+        );
     }
 
     #[test]
@@ -185,6 +212,9 @@ mod tests {
         // Field 1 (swagger, wire type 2) = "2.0": tag byte 0x0a, length 3.
         let bytes = openapi_protobuf();
         assert_eq!(&bytes[..5], b"\x0a\x032.0");
-        assert_eq!(OpenApiDocument::decode(bytes.as_slice()).unwrap(), openapi_document());
+        assert_eq!(
+            OpenApiDocument::decode(bytes.as_slice()).unwrap(),
+            openapi_document()
+        );
     }
 }

@@ -35,7 +35,10 @@ pub struct ResourceRequest {
 
 impl ResourceRequest {
     fn q(&self, k: &str) -> Option<&str> {
-        self.query.get(k).map(String::as_str).filter(|v| !v.is_empty())
+        self.query
+            .get(k)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     fn wants_table(&self) -> bool {
@@ -84,7 +87,10 @@ fn store_err(r: &Resource, name: &str, e: StoreError) -> ApiError {
 }
 
 fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
-    obj.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str).filter(|s| !s.is_empty())
+    obj.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
 }
 
 /// The `resourceVersion` a client sent, if any, as a revision.
@@ -100,7 +106,11 @@ fn precondition_rv(obj: &Value) -> Result<Option<i64>, ApiError> {
 /// Bodies of create and update must be JSON; kube would also take protobuf and YAML.
 /// Answering 415 makes newer clients (client-go 1.32+) fall back to JSON.
 fn require_json_body(req: &ResourceRequest) -> Result<(), ApiError> {
-    let ct = req.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let ct = req
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
     let media = ct.split(';').next().unwrap_or("").trim();
     match media {
         "application/json" | "" | "*/*" => Ok(()),
@@ -108,7 +118,10 @@ fn require_json_body(req: &ResourceRequest) -> Result<(), ApiError> {
     }
 }
 
-pub async fn handle(server: &std::sync::Arc<ApiServer>, req: ResourceRequest) -> Result<Response, ApiError> {
+pub async fn handle(
+    server: &std::sync::Arc<ApiServer>,
+    req: ResourceRequest,
+) -> Result<Response, ApiError> {
     let sub = req.target.subresource.as_deref();
     if matches!(req.verb, "create" | "update") {
         require_json_body(&req)?;
@@ -133,10 +146,20 @@ pub async fn handle(server: &std::sync::Arc<ApiServer>, req: ResourceRequest) ->
 }
 
 async fn get(server: &ApiServer, req: &ResourceRequest) -> Result<Response, ApiError> {
-    let stored = server.store.get(&req.key()).await.map_err(|e| store_err(req.r(), req.name(), e))?;
+    let stored = server
+        .store
+        .get(&req.key())
+        .await
+        .map_err(|e| store_err(req.r(), req.name(), e))?;
     if req.wants_table() {
         let include = IncludeObject::parse(req.q("includeObject"));
-        let t = table::table(req.r().kind, &[stored.object], json!({}), include, server.clock.now());
+        let t = table::table(
+            req.r().kind,
+            &[stored.object],
+            json!({}),
+            include,
+            server.clock.now(),
+        );
         return Ok(json_response(StatusCode::OK, &t));
     }
     Ok(json_response(StatusCode::OK, &stored.object))
@@ -152,8 +175,14 @@ pub struct Filter {
 
 impl Filter {
     pub fn from_request(req: &ResourceRequest) -> Result<Filter, ApiError> {
-        let labels = LabelSelector::parse(req.q("labelSelector").unwrap_or("")).map_err(|e| ApiError::BadRequest(format!("unable to parse requirement: {e}")))?;
-        let fields = FieldSelector::parse(req.q("fieldSelector").unwrap_or(""), req.r().kind, &req.r().api_version()).map_err(ApiError::BadRequest)?;
+        let labels = LabelSelector::parse(req.q("labelSelector").unwrap_or(""))
+            .map_err(|e| ApiError::BadRequest(format!("unable to parse requirement: {e}")))?;
+        let fields = FieldSelector::parse(
+            req.q("fieldSelector").unwrap_or(""),
+            req.r().kind,
+            &req.r().api_version(),
+        )
+        .map_err(ApiError::BadRequest)?;
         Ok(Filter {
             namespace: req.target.namespace.clone(),
             labels,
@@ -180,8 +209,12 @@ fn encode_continue(rev: i64, start_rel: &str) -> String {
 }
 
 fn decode_continue(token: &str) -> Result<(i64, String), ApiError> {
-    let bad = || ApiError::BadRequest("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)".into());
-    let bytes = base64::engine::general_purpose::URL_SAFE.decode(token).map_err(|_| bad())?;
+    let bad = || {
+        ApiError::BadRequest("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)".into())
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE
+        .decode(token)
+        .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
     let rev = v["rv"].as_i64().filter(|r| *r > 0).ok_or_else(bad)?;
     let start = v["start"].as_str().ok_or_else(bad)?.to_string();
@@ -193,7 +226,13 @@ fn decode_continue(token: &str) -> Result<(i64, String), ApiError> {
 
 /// Lists matching objects, paging through etcd: returns the items, the revision read at and
 /// the continue token when `limit` cut the list short.
-pub async fn list_objects(server: &ApiServer, r: &Resource, filter: &Filter, limit: i64, cont: Option<&str>) -> Result<(Vec<Value>, i64, Option<String>), ApiError> {
+pub async fn list_objects(
+    server: &ApiServer,
+    r: &Resource,
+    filter: &Filter,
+    limit: i64,
+    cont: Option<&str>,
+) -> Result<(Vec<Value>, i64, Option<String>), ApiError> {
     let prefix = r.list_prefix(filter.namespace.as_deref());
     let (mut rev, mut start) = match cont {
         Some(c) => {
@@ -204,7 +243,11 @@ pub async fn list_objects(server: &ApiServer, r: &Resource, filter: &Filter, lim
     };
     let mut items = Vec::new();
     loop {
-        let page = server.store.list(&prefix, start.as_deref(), limit, rev).await.map_err(|e| store_err(r, "", e))?;
+        let page = server
+            .store
+            .list(&prefix, start.as_deref(), limit, rev)
+            .await
+            .map_err(|e| store_err(r, "", e))?;
         rev = page.revision;
         let n = page.items.len();
         for (i, Stored { object, .. }) in page.items.into_iter().enumerate() {
@@ -216,7 +259,10 @@ pub async fn list_objects(server: &ApiServer, r: &Resource, filter: &Filter, lim
                 let more = i + 1 < n || page.next_key.is_some();
                 let token = more.then(|| {
                     let last = items.last().expect("just pushed");
-                    let key = r.key(meta_str(last, "namespace"), meta_str(last, "name").unwrap_or(""));
+                    let key = r.key(
+                        meta_str(last, "namespace"),
+                        meta_str(last, "name").unwrap_or(""),
+                    );
                     encode_continue(rev, &format!("{}\0", &key[prefix.len()..]))
                 });
                 return Ok((items, rev, token));
@@ -231,8 +277,13 @@ pub async fn list_objects(server: &ApiServer, r: &Resource, filter: &Filter, lim
 
 async fn list(server: &ApiServer, req: &ResourceRequest) -> Result<Response, ApiError> {
     let filter = Filter::from_request(req)?;
-    let limit = req.q("limit").and_then(|l| l.parse::<i64>().ok()).unwrap_or(0).max(0);
-    let (items, rev, cont) = list_objects(server, req.r(), &filter, limit, req.q("continue")).await?;
+    let limit = req
+        .q("limit")
+        .and_then(|l| l.parse::<i64>().ok())
+        .unwrap_or(0)
+        .max(0);
+    let (items, rev, cont) =
+        list_objects(server, req.r(), &filter, limit, req.q("continue")).await?;
     let mut meta = json!({"resourceVersion": rev.to_string()});
     if let Some(c) = cont {
         meta["continue"] = json!(c);
@@ -261,7 +312,10 @@ fn set_namespace(req: &ResourceRequest, obj: &mut Value) -> Result<(), ApiError>
     }
     let ns = req.ns().unwrap_or("default");
     match meta_str(obj, "namespace") {
-        Some(given) if given != ns => Err(ApiError::BadRequest("the namespace of the provided object does not match the namespace sent on the request".into())),
+        Some(given) if given != ns => Err(ApiError::BadRequest(
+            "the namespace of the provided object does not match the namespace sent on the request"
+                .into(),
+        )),
         _ => {
             obj["metadata"]["namespace"] = json!(ns);
             Ok(())
@@ -296,7 +350,11 @@ async fn create(server: &ApiServer, req: &ResourceRequest) -> Result<Response, A
         return Ok(json_response(StatusCode::CREATED, &obj));
     }
     let key = r.key(req.ns(), &name);
-    let rev = server.store.create(&key, &obj).await.map_err(|e| store_err(r, &name, e))?;
+    let rev = server
+        .store
+        .create(&key, &obj)
+        .await
+        .map_err(|e| store_err(r, &name, e))?;
     set_resource_version(&mut obj, rev);
     Ok(json_response(StatusCode::CREATED, &obj))
 }
@@ -324,7 +382,15 @@ fn merge_update(r: &Resource, sub: Option<&str>, existing: &Value, incoming: Val
             n
         }
     };
-    for server_owned in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "name", "namespace"] {
+    for server_owned in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "name",
+        "namespace",
+    ] {
         match existing["metadata"].get(server_owned) {
             Some(v) => new["metadata"][server_owned] = v.clone(),
             None => {
@@ -346,21 +412,43 @@ async fn write(server: &ApiServer, req: &ResourceRequest) -> Result<Response, Ap
     let r = req.r();
     let name = req.name();
     let patch_type = if req.verb == "patch" {
-        let ct = req.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        Some(PatchType::from_content_type(ct).ok_or_else(|| ApiError::UnsupportedMediaType(patch::ACCEPTED.into()))?)
+        let ct = req
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        Some(
+            PatchType::from_content_type(ct)
+                .ok_or_else(|| ApiError::UnsupportedMediaType(patch::ACCEPTED.into()))?,
+        )
     } else {
         None
     };
     for _ in 0..WRITE_ATTEMPTS {
-        let existing = server.store.get(&req.key()).await.map_err(|e| store_err(r, name, e))?;
+        let existing = server
+            .store
+            .get(&req.key())
+            .await
+            .map_err(|e| store_err(r, name, e))?;
         let incoming = match patch_type {
             Some(ty) => {
-                let out = patch::apply(ty, r.kind, &existing.object, &req.body).map_err(|e| match e {
-                    patch::PatchError::Unreadable => ApiError::BadRequest(e.to_string()),
-                    other => ApiError::invalid(r, name, vec![super::status::Cause { reason: "FieldValueInvalid", field: "".into(), message: other.to_string() }]),
-                })?;
+                let out =
+                    patch::apply(ty, r.kind, &existing.object, &req.body).map_err(|e| match e {
+                        patch::PatchError::Unreadable => ApiError::BadRequest(e.to_string()),
+                        other => ApiError::invalid(
+                            r,
+                            name,
+                            vec![super::status::Cause {
+                                reason: "FieldValueInvalid",
+                                field: "".into(),
+                                message: other.to_string(),
+                            }],
+                        ),
+                    })?;
                 if !out.is_object() {
-                    return Err(ApiError::BadRequest("the patched object is not a JSON object".into()));
+                    return Err(ApiError::BadRequest(
+                        "the patched object is not a JSON object".into(),
+                    ));
                 }
                 out
             }
@@ -382,7 +470,12 @@ async fn write(server: &ApiServer, req: &ResourceRequest) -> Result<Response, Ap
             Some(rv) if rv != existing.mod_revision => return Err(ApiError::conflict(r, name)),
             _ => existing.mod_revision,
         };
-        let merged = merge_update(r, req.target.subresource.as_deref(), &existing.object, incoming);
+        let merged = merge_update(
+            r,
+            req.target.subresource.as_deref(),
+            &existing.object,
+            incoming,
+        );
         objects::check_type(r, &merged)?;
         objects::validate(r, &merged)?;
         let mut new = objects::normalize(r, merged)?;
@@ -411,8 +504,14 @@ async fn write(server: &ApiServer, req: &ResourceRequest) -> Result<Response, Ap
 /// period is over) leaves the store.
 fn finalized(obj: &Value) -> bool {
     let marked = obj.pointer("/metadata/deletionTimestamp").is_some();
-    let finalizers = obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
-    let grace = obj.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0);
+    let finalizers = obj
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
+    let grace = obj
+        .pointer("/metadata/deletionGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
     marked && !finalizers && grace == 0
 }
 
@@ -422,7 +521,10 @@ fn scale_of(obj: &Value) -> Value {
         .pointer("/spec/selector/matchLabels")
         .and_then(Value::as_object)
         .map(|m| {
-            let mut parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+            let mut parts: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect();
             parts.sort();
             parts.join(",")
         })
@@ -441,7 +543,11 @@ fn scale_of(obj: &Value) -> Value {
 }
 
 async fn get_scale(server: &ApiServer, req: &ResourceRequest) -> Result<Response, ApiError> {
-    let stored = server.store.get(&req.key()).await.map_err(|e| store_err(req.r(), req.name(), e))?;
+    let stored = server
+        .store
+        .get(&req.key())
+        .await
+        .map_err(|e| store_err(req.r(), req.name(), e))?;
     Ok(json_response(StatusCode::OK, &scale_of(&stored.object)))
 }
 
@@ -450,22 +556,39 @@ async fn write_scale(server: &ApiServer, req: &ResourceRequest) -> Result<Respon
     let r = req.r();
     let name = req.name();
     for _ in 0..WRITE_ATTEMPTS {
-        let existing = server.store.get(&req.key()).await.map_err(|e| store_err(r, name, e))?;
+        let existing = server
+            .store
+            .get(&req.key())
+            .await
+            .map_err(|e| store_err(r, name, e))?;
         let current = scale_of(&existing.object);
         let scale = if req.verb == "patch" {
-            let ct = req.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-            let ty = PatchType::from_content_type(ct).ok_or_else(|| ApiError::UnsupportedMediaType(patch::ACCEPTED.into()))?;
-            patch::apply(ty, "Scale", &current, &req.body).map_err(|e| ApiError::BadRequest(e.to_string()))?
+            let ct = req
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let ty = PatchType::from_content_type(ct)
+                .ok_or_else(|| ApiError::UnsupportedMediaType(patch::ACCEPTED.into()))?;
+            patch::apply(ty, "Scale", &current, &req.body)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?
         } else {
             serde_json::from_slice::<Value>(&req.body).map_err(|e| ApiError::BadRequest(format!("the object provided is unrecognized (must be of type Scale): couldn't get version/kind; json parse error: {e}")))?
         };
-        let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+        let replicas = scale
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         if replicas < 0 {
             return Err(ApiError::Invalid {
                 kind: "Scale".into(),
                 group: "autoscaling".into(),
                 name: name.into(),
-                causes: vec![super::status::Cause::invalid_raw("spec.replicas", &replicas.to_string(), "must be greater than or equal to 0")],
+                causes: vec![super::status::Cause::invalid_raw(
+                    "spec.replicas",
+                    &replicas.to_string(),
+                    "must be greater than or equal to 0",
+                )],
             });
         }
         let expected = match precondition_rv(&scale)? {
@@ -495,7 +618,10 @@ async fn bind(server: &ApiServer, req: &ResourceRequest) -> Result<Response, Api
     let r = req.r();
     let name = req.name();
     let binding: Value = serde_json::from_slice(&req.body).map_err(|e| ApiError::BadRequest(format!("the object provided is unrecognized (must be of type Binding): couldn't get version/kind; json parse error: {e}")))?;
-    let node = binding.pointer("/target/name").and_then(Value::as_str).unwrap_or("");
+    let node = binding
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if node.is_empty() {
         return Err(ApiError::Invalid {
             kind: "Binding".into(),
@@ -504,8 +630,17 @@ async fn bind(server: &ApiServer, req: &ResourceRequest) -> Result<Response, Api
             causes: vec![super::status::Cause::required("target.name", "")],
         });
     }
-    let existing = server.store.get(&req.key()).await.map_err(|e| store_err(r, name, e))?;
-    if let Some(current) = existing.object.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+    let existing = server
+        .store
+        .get(&req.key())
+        .await
+        .map_err(|e| store_err(r, name, e))?;
+    if let Some(current) = existing
+        .object
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    {
         return Err(ApiError::Conflict {
             resource: "pods/binding".into(),
             group: "".into(),
@@ -515,8 +650,15 @@ async fn bind(server: &ApiServer, req: &ResourceRequest) -> Result<Response, Api
     }
     let mut new = existing.object.clone();
     new["spec"]["nodeName"] = json!(node);
-    server.store.update(&req.key(), &new, existing.mod_revision).await.map_err(|e| store_err(r, name, e))?;
-    Ok(json_response(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
+    server
+        .store
+        .update(&req.key(), &new, existing.mod_revision)
+        .await
+        .map_err(|e| store_err(r, name, e))?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
 }
 
 /// `DeleteOptions` from the body or the query.
@@ -532,18 +674,40 @@ fn delete_options(req: &ResourceRequest) -> Result<DeleteOptions, ApiError> {
     } else {
         serde_json::from_slice(&req.body).map_err(|e| ApiError::BadRequest(format!("the object provided is unrecognized (must be of type DeleteOptions): couldn't get version/kind; json parse error: {e}")))?
     };
-    let grace = body["gracePeriodSeconds"].as_i64().or_else(|| req.q("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+    let grace = body["gracePeriodSeconds"]
+        .as_i64()
+        .or_else(|| req.q("gracePeriodSeconds").and_then(|g| g.parse().ok()));
     Ok(DeleteOptions {
         grace,
-        uid: body.pointer("/preconditions/uid").and_then(Value::as_str).map(String::from),
-        rv: body.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(String::from),
+        uid: body
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(String::from),
+        rv: body
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(String::from),
     })
 }
 
 /// Deletes (or marks for deletion) one object; returns the object as last seen.
-async fn delete_one(server: &ApiServer, r: &Resource, key: &str, name: &str, opts: &DeleteOptions, dry_run: bool) -> Result<Value, ApiError> {
+async fn delete_one(
+    server: &ApiServer,
+    r: &Resource,
+    key: &str,
+    name: &str,
+    opts: &DeleteOptions,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
     for _ in 0..WRITE_ATTEMPTS {
-        let Stored { object, mod_revision } = server.store.get(key).await.map_err(|e| store_err(r, name, e))?;
+        let Stored {
+            object,
+            mod_revision,
+        } = server
+            .store
+            .get(key)
+            .await
+            .map_err(|e| store_err(r, name, e))?;
         if let Some(uid) = &opts.uid {
             if meta_str(&object, "uid") != Some(uid.as_str()) {
                 return Err(ApiError::Conflict { resource: r.qualified(), group: r.group.into(), name: name.into() }.with_message(format!(
@@ -558,14 +722,30 @@ async fn delete_one(server: &ApiServer, r: &Resource, key: &str, name: &str, opt
                 return Err(ApiError::conflict(r, name));
             }
         }
-        let has_finalizers = object.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        let has_finalizers = object
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
         let grace = if r.kind == "Pod" {
-            let phase = object.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
-            let unscheduled = object.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("").is_empty();
+            let phase = object
+                .pointer("/status/phase")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let unscheduled = object
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .is_empty();
             if unscheduled || phase == "Succeeded" || phase == "Failed" {
                 0
             } else {
-                opts.grace.or_else(|| object.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64)).unwrap_or(30)
+                opts.grace
+                    .or_else(|| {
+                        object
+                            .pointer("/spec/terminationGracePeriodSeconds")
+                            .and_then(Value::as_i64)
+                    })
+                    .unwrap_or(30)
             }
         } else {
             0
@@ -575,23 +755,42 @@ async fn delete_one(server: &ApiServer, r: &Resource, key: &str, name: &str, opt
             return Ok(object);
         }
         let result = if has_finalizers || grace > 0 {
-            if already_marked && grace >= object.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) {
+            if already_marked
+                && grace
+                    >= object
+                        .pointer("/metadata/deletionGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0)
+            {
                 return Ok(object);
             }
             let mut marked = object.clone();
             let at = server.clock.now() + chrono::Duration::seconds(grace);
-            marked["metadata"]["deletionTimestamp"] = json!(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            marked["metadata"]["deletionTimestamp"] =
+                json!(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
             marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
             if finalized(&marked) || (grace == 0 && !has_finalizers) {
-                server.store.delete(key, mod_revision).await.map(|_| object.clone())
+                server
+                    .store
+                    .delete(key, mod_revision)
+                    .await
+                    .map(|_| object.clone())
             } else {
-                server.store.update(key, &marked, mod_revision).await.map(|rev| {
-                    set_resource_version(&mut marked, rev);
-                    marked
-                })
+                server
+                    .store
+                    .update(key, &marked, mod_revision)
+                    .await
+                    .map(|rev| {
+                        set_resource_version(&mut marked, rev);
+                        marked
+                    })
             }
         } else {
-            server.store.delete(key, mod_revision).await.map(|_| object.clone())
+            server
+                .store
+                .delete(key, mod_revision)
+                .await
+                .map(|_| object.clone())
         };
         match result {
             Ok(obj) => return Ok(obj),
@@ -604,11 +803,22 @@ async fn delete_one(server: &ApiServer, r: &Resource, key: &str, name: &str, opt
 
 async fn delete(server: &ApiServer, req: &ResourceRequest) -> Result<Response, ApiError> {
     let opts = delete_options(req)?;
-    let obj = delete_one(server, req.r(), &req.key(), req.name(), &opts, req.dry_run()).await?;
+    let obj = delete_one(
+        server,
+        req.r(),
+        &req.key(),
+        req.name(),
+        &opts,
+        req.dry_run(),
+    )
+    .await?;
     Ok(json_response(StatusCode::OK, &obj))
 }
 
-async fn delete_collection(server: &ApiServer, req: &ResourceRequest) -> Result<Response, ApiError> {
+async fn delete_collection(
+    server: &ApiServer,
+    req: &ResourceRequest,
+) -> Result<Response, ApiError> {
     let r = req.r();
     let filter = Filter::from_request(req)?;
     let opts = delete_options(req)?;
@@ -654,7 +864,12 @@ mod tests {
         assert_eq!(new["metadata"]["uid"], "u");
         assert_eq!(new["metadata"]["generation"], 3);
         assert_eq!(new["status"]["replicas"], 1);
-        let status = merge_update(d, Some("status"), &existing, json!({"spec": {"replicas": 7}, "status": {"replicas": 5}}));
+        let status = merge_update(
+            d,
+            Some("status"),
+            &existing,
+            json!({"spec": {"replicas": 7}, "status": {"replicas": 5}}),
+        );
         assert_eq!(status["spec"]["replicas"], 1);
         assert_eq!(status["status"]["replicas"], 5);
         assert_eq!(status["metadata"]["generation"], 2);
@@ -665,8 +880,14 @@ mod tests {
         let cases = [
             (json!({"metadata": {}}), false),
             (json!({"metadata": {"deletionTimestamp": "t"}}), true),
-            (json!({"metadata": {"deletionTimestamp": "t", "finalizers": ["f"]}}), false),
-            (json!({"metadata": {"deletionTimestamp": "t", "deletionGracePeriodSeconds": 30}}), false),
+            (
+                json!({"metadata": {"deletionTimestamp": "t", "finalizers": ["f"]}}),
+                false,
+            ),
+            (
+                json!({"metadata": {"deletionTimestamp": "t", "deletionGracePeriodSeconds": 30}}),
+                false,
+            ),
         ];
         for (obj, want) in cases {
             assert_eq!(finalized(&obj), want, "{obj}");

@@ -71,11 +71,17 @@ pub enum ServeError {
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
     #[error("listening on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("writing the kubeconfig {path}: {source}")]
-    Kubeconfig { path: PathBuf, source: std::io::Error },
+    Kubeconfig {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// How to run one API server.
@@ -115,7 +121,9 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub fn now_rfc3339(&self) -> String {
-        self.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        self.clock
+            .now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     }
 
     pub fn cache(&self, r: &Resource) -> Result<Arc<WatchCache>, ApiError> {
@@ -130,10 +138,16 @@ impl ApiServer {
 /// namespaces.
 pub async fn build(config: &Config, address: String) -> Result<Arc<ApiServer>, ServeError> {
     let store = Store::connect(&config.etcd_servers).await?;
-    let auth = Auth::load(config.token_auth_file.as_deref(), config.authorization_policy_file.as_deref())?;
+    let auth = Auth::load(
+        config.token_auth_file.as_deref(),
+        config.authorization_policy_file.as_deref(),
+    )?;
     let mut caches = HashMap::new();
     for r in RESOURCES {
-        caches.insert(r.qualified(), WatchCache::start(store.clone(), r.list_prefix(None)).await?);
+        caches.insert(
+            r.qualified(),
+            WatchCache::start(store.clone(), r.list_prefix(None)).await?,
+        );
     }
     let server = Arc::new(ApiServer {
         store,
@@ -167,8 +181,12 @@ pub fn router(server: Arc<ApiServer>) -> Router {
 }
 
 async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), ServeError> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Listen { addr, source })?;
-    let local = listener.local_addr().map_err(|source| ServeError::Listen { addr, source })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Listen { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServeError::Listen { addr, source })?;
     Ok((listener, local))
 }
 
@@ -188,14 +206,22 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .or(insecure.as_ref().map(|(_, a)| *a))
         .ok_or_else(|| ServeError::Listen {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "neither a secure nor an insecure port is configured"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "neither a secure nor an insecure port is configured",
+            ),
         })?;
     let server = build(&config, advertised.to_string()).await?;
     let router = router(server);
     let mut tasks = tokio::task::JoinSet::new();
     let mut kubeconfig_target = None;
     if let Some(((listener, addr), s)) = secure {
-        let (cert, key) = tls::cert_files(s.cert_file.as_deref(), s.key_file.as_deref(), &s.cert_dir, addr.ip())?;
+        let (cert, key) = tls::cert_files(
+            s.cert_file.as_deref(),
+            s.key_file.as_deref(),
+            &s.cert_dir,
+            addr.ip(),
+        )?;
         let tls_config = tls::server_config(&cert, &key)?;
         tracing::info!(%addr, cert = %cert.display(), "apiserver serving HTTPS");
         kubeconfig_target = Some((format!("https://{addr}"), Some(cert)));
@@ -217,15 +243,26 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     match tasks.join_next().await {
         Some(Ok((addr, result))) => result.map_err(|source| ServeError::Listen { addr, source }),
-        Some(Err(e)) => Err(ServeError::Listen { addr: advertised, source: std::io::Error::other(e) }),
+        Some(Err(e)) => Err(ServeError::Listen {
+            addr: advertised,
+            source: std::io::Error::other(e),
+        }),
         None => Ok(()),
     }
 }
 
 /// Writes a kubeconfig for `server` (trusting `ca` for HTTPS); with a token file, as its
 /// first user.
-pub fn write_kubeconfig(path: &std::path::Path, server: &str, ca: Option<&std::path::Path>, token_file: Option<&std::path::Path>) -> Result<(), ServeError> {
-    let err = |source| ServeError::Kubeconfig { path: path.to_path_buf(), source };
+pub fn write_kubeconfig(
+    path: &std::path::Path,
+    server: &str,
+    ca: Option<&std::path::Path>,
+    token_file: Option<&std::path::Path>,
+) -> Result<(), ServeError> {
+    let err = |source| ServeError::Kubeconfig {
+        path: path.to_path_buf(),
+        source,
+    };
     let token = match token_file {
         Some(f) => std::fs::read_to_string(f)
             .map_err(err)?
@@ -253,7 +290,12 @@ pub fn write_kubeconfig(path: &std::path::Path, server: &str, ca: Option<&std::p
 }
 
 /// Meta endpoints that need no resource routing.
-async fn non_resource(server: &ApiServer, method: &Method, path: &str, accept: &str) -> Option<Result<Response, ApiError>> {
+async fn non_resource(
+    server: &ApiServer,
+    method: &Method,
+    path: &str,
+    accept: &str,
+) -> Option<Result<Response, ApiError>> {
     if method != Method::GET {
         return None;
     }
@@ -270,16 +312,24 @@ async fn non_resource(server: &ApiServer, method: &Method, path: &str, accept: &
         "/metrics" => Some(Ok(server.metrics.render().into_response())),
         "/openapi/v2" => Some(Ok(if accept.contains("protobuf") {
             // kube-apiserver labels it octet-stream: Go's mime parser rejects the `@` in the type kubectl asks for.
-            ([(header::CONTENT_TYPE, "application/octet-stream")], discovery::openapi_protobuf()).into_response()
+            (
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                discovery::openapi_protobuf(),
+            )
+                .into_response()
         } else {
             json_response(StatusCode::OK, &discovery::openapi_json())
         })),
         _ => {
             let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
             match segs.as_slice() {
-                ["api", v] => discovery::resources("", v).map(|v| Ok(json_response(StatusCode::OK, &v))),
+                ["api", v] => {
+                    discovery::resources("", v).map(|v| Ok(json_response(StatusCode::OK, &v)))
+                }
                 ["apis", g] => discovery::group(g).map(|v| Ok(json_response(StatusCode::OK, &v))),
-                ["apis", g, v] => discovery::resources(g, v).map(|v| Ok(json_response(StatusCode::OK, &v))),
+                ["apis", g, v] => {
+                    discovery::resources(g, v).map(|v| Ok(json_response(StatusCode::OK, &v)))
+                }
                 _ => None,
             }
         }
@@ -303,20 +353,40 @@ async fn dispatch(State(server): State<Arc<ApiServer>>, req: Request) -> Respons
             e.into_response()
         }
     };
-    server
-        .metrics
-        .observe(if label.0.is_empty() { "get" } else { label.0 }, &label.1, response.status().as_u16(), started.elapsed().as_secs_f64());
+    server.metrics.observe(
+        if label.0.is_empty() { "get" } else { label.0 },
+        &label.1,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     response
 }
 
-async fn route(server: &Arc<ApiServer>, parts: axum::http::request::Parts, body: Body, path: &str, label: &mut (&'static str, String)) -> Result<Response, ApiError> {
-    let auth_header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+async fn route(
+    server: &Arc<ApiServer>,
+    parts: axum::http::request::Parts,
+    body: Body,
+    path: &str,
+    label: &mut (&'static str, String),
+) -> Result<Response, ApiError> {
+    let auth_header = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let user = match server.auth.authenticate(auth_header) {
         Some(u) => u,
-        None if is_public(path) => auth::User { name: "system:anonymous".into(), uid: String::new(), groups: vec![] },
+        None if is_public(path) => auth::User {
+            name: "system:anonymous".into(),
+            uid: String::new(),
+            groups: vec![],
+        },
         None => return Err(ApiError::Unauthorized),
     };
-    let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if let Some(r) = non_resource(server, &parts.method, path, accept).await {
         return r;
     }
@@ -344,14 +414,14 @@ async fn route(server: &Arc<ApiServer>, parts: axum::http::request::Parts, body:
         api_group: target.resource.group,
     };
     if !server.auth.authorize(&user, &attrs) {
-        return Err(ApiError::Forbidden(ForbiddenDetail {
+        return Err(ApiError::Forbidden(Box::new(ForbiddenDetail {
             user: user.name,
             verb: verb.into(),
             resource: target.resource.plural.into(),
             group: target.resource.group.into(),
             namespace: target.namespace.clone(),
             name: target.name.clone(),
-        }));
+        })));
     }
     let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
@@ -398,7 +468,13 @@ fn decode_component(s: &str) -> Option<String> {
 mod tests {
     #[test]
     fn query_decoding() {
-        let cases = [("a%3Db", Some("a=b")), ("app+in+%28x%29", Some("app in (x)")), ("plain", Some("plain")), ("%zz", None), ("%4", None)];
+        let cases = [
+            ("a%3Db", Some("a=b")),
+            ("app+in+%28x%29", Some("app in (x)")),
+            ("plain", Some("plain")),
+            ("%zz", None),
+            ("%4", None),
+        ];
         for (input, want) in cases {
             assert_eq!(super::decode_component(input).as_deref(), want, "{input}");
         }

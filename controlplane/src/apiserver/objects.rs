@@ -9,9 +9,13 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment,
+};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Endpoints, Event, Namespace, Node, Pod, PodSpec, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Endpoints, Event, Namespace, Node, Pod, PodSpec, Secret, Service,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -27,7 +31,8 @@ const DNS1035_MSG: &str = "a DNS-1035 label must consist of lower case alphanume
 fn is_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -40,12 +45,20 @@ fn is_subdomain(s: &str) -> bool {
 fn name_causes(r: &Resource, field: &str, name: &str) -> Vec<Cause> {
     let (ok, msg, max) = match r.kind {
         "Namespace" => (is_label(name), LABEL_MSG, 63),
-        "Service" => (is_label(name) && name.as_bytes()[0].is_ascii_lowercase(), DNS1035_MSG, 63),
+        "Service" => (
+            is_label(name) && name.as_bytes()[0].is_ascii_lowercase(),
+            DNS1035_MSG,
+            63,
+        ),
         _ => (is_subdomain(name), SUBDOMAIN_MSG, 253),
     };
     let mut causes = Vec::new();
     if name.len() > max {
-        causes.push(Cause::invalid(field, name, &format!("must be no more than {max} characters")));
+        causes.push(Cause::invalid(
+            field,
+            name,
+            &format!("must be no more than {max} characters"),
+        ));
     }
     if !ok {
         causes.push(Cause::invalid(field, name, msg));
@@ -100,25 +113,39 @@ pub fn parse_body(r: &Resource, body: &[u8]) -> Result<Value, ApiError> {
 
 /// Field checks of one object (its name and kind-specific rules).
 pub fn validate(r: &Resource, obj: &Value) -> Result<(), ApiError> {
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let mut causes = Vec::new();
     if name.is_empty() {
-        causes.push(Cause::required("metadata.name", "name or generateName is required"));
+        causes.push(Cause::required(
+            "metadata.name",
+            "name or generateName is required",
+        ));
     } else {
         causes.extend(name_causes(r, "metadata.name", name));
     }
     if let Some(labels) = obj.pointer("/metadata/labels").and_then(Value::as_object) {
         for (k, v) in labels {
             let value = v.as_str().unwrap_or("");
-            if value.len() > 63 || !value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            if value.len() > 63
+                || !value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
                 causes.push(Cause::invalid(
-                    format!("metadata.labels"),
+                    "metadata.labels",
                     value,
                     "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')",
                 ));
             }
             if k.is_empty() {
-                causes.push(Cause::invalid("metadata.labels", k, "name part must be non-empty"));
+                causes.push(Cause::invalid(
+                    "metadata.labels",
+                    k,
+                    "name part must be non-empty",
+                ));
             }
         }
     }
@@ -136,7 +163,9 @@ pub fn validate(r: &Resource, obj: &Value) -> Result<(), ApiError> {
 }
 
 fn pod_spec_causes(path: &str, spec: Option<&Value>, causes: &mut Vec<Cause>) {
-    let containers = spec.and_then(|s| s.get("containers")).and_then(Value::as_array);
+    let containers = spec
+        .and_then(|s| s.get("containers"))
+        .and_then(Value::as_array);
     let Some(containers) = containers.filter(|c| !c.is_empty()) else {
         causes.push(Cause::required(format!("{path}.containers"), ""));
         return;
@@ -146,15 +175,24 @@ fn pod_spec_causes(path: &str, spec: Option<&Value>, causes: &mut Vec<Cause>) {
         let at = format!("{path}.containers[{i}]");
         match c.get("name").and_then(Value::as_str) {
             None | Some("") => causes.push(Cause::required(format!("{at}.name"), "")),
-            Some(n) if !is_label(n) || n.len() > 63 => causes.push(Cause::invalid(format!("{at}.name"), n, LABEL_MSG)),
+            Some(n) if !is_label(n) || n.len() > 63 => {
+                causes.push(Cause::invalid(format!("{at}.name"), n, LABEL_MSG))
+            }
             Some(n) if seen.contains(&n) => causes.push(Cause::duplicate(format!("{at}.name"), n)),
             Some(n) => seen.push(n),
         }
-        if c.get("image").and_then(Value::as_str).unwrap_or("").is_empty() {
+        if c.get("image")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .is_empty()
+        {
             causes.push(Cause::required(format!("{at}.image"), ""));
         }
     }
-    if let Some(p) = spec.and_then(|s| s.get("restartPolicy")).and_then(Value::as_str) {
+    if let Some(p) = spec
+        .and_then(|s| s.get("restartPolicy"))
+        .and_then(Value::as_str)
+    {
         if !["Always", "OnFailure", "Never"].contains(&p) {
             causes.push(Cause {
                 reason: "FieldValueNotSupported",
@@ -180,11 +218,17 @@ fn workload_causes(obj: &Value, causes: &mut Vec<Cause>) {
     let spec = obj.get("spec");
     if let Some(n) = spec.and_then(|s| s.get("replicas")).and_then(Value::as_i64) {
         if n < 0 {
-            causes.push(Cause::invalid_raw("spec.replicas", &n.to_string(), "must be greater than or equal to 0"));
+            causes.push(Cause::invalid_raw(
+                "spec.replicas",
+                &n.to_string(),
+                "must be greater than or equal to 0",
+            ));
         }
     }
     let selector = spec.and_then(|s| s.get("selector"));
-    let labels = obj.pointer("/spec/template/metadata/labels").and_then(Value::as_object);
+    let labels = obj
+        .pointer("/spec/template/metadata/labels")
+        .and_then(Value::as_object);
     match selector {
         None => causes.push(Cause::required("spec.selector", "")),
         Some(sel) => {
@@ -192,17 +236,31 @@ fn workload_causes(obj: &Value, causes: &mut Vec<Cause>) {
             if sel.is_empty() {
                 causes.push(Cause::invalid_raw("spec.selector", "v1.LabelSelector{MatchLabels:map[string]string(nil), MatchExpressions:[]v1.LabelSelectorRequirement(nil)}", "empty selector is invalid for deployment"));
             } else if !sel.matches_labels(labels) {
-                causes.push(Cause::invalid_raw("spec.template.metadata.labels", &go_map(labels), "`selector` does not match template `labels`"));
+                causes.push(Cause::invalid_raw(
+                    "spec.template.metadata.labels",
+                    &go_map(labels),
+                    "`selector` does not match template `labels`",
+                ));
             }
         }
     }
-    pod_spec_causes("spec.template.spec", obj.pointer("/spec/template/spec"), causes);
+    pod_spec_causes(
+        "spec.template.spec",
+        obj.pointer("/spec/template/spec"),
+        causes,
+    );
 }
 
 fn service_causes(obj: &Value, causes: &mut Vec<Cause>) {
     let spec = obj.get("spec");
-    let ty = spec.and_then(|s| s.get("type")).and_then(Value::as_str).unwrap_or("ClusterIP");
-    let headless = spec.and_then(|s| s.get("clusterIP")).and_then(Value::as_str) == Some("None");
+    let ty = spec
+        .and_then(|s| s.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
+    let headless = spec
+        .and_then(|s| s.get("clusterIP"))
+        .and_then(Value::as_str)
+        == Some("None");
     let ports = spec.and_then(|s| s.get("ports")).and_then(Value::as_array);
     if ty != "ExternalName" && !headless && ports.is_none_or(|p| p.is_empty()) {
         causes.push(Cause::required("spec.ports", ""));
@@ -210,15 +268,26 @@ fn service_causes(obj: &Value, causes: &mut Vec<Cause>) {
     for (i, p) in ports.into_iter().flatten().enumerate() {
         let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
         if !(1..=65535).contains(&port) {
-            causes.push(Cause::invalid_raw(format!("spec.ports[{i}].port"), &port.to_string(), "must be between 1 and 65535, inclusive"));
+            causes.push(Cause::invalid_raw(
+                format!("spec.ports[{i}].port"),
+                &port.to_string(),
+                "must be between 1 and 65535, inclusive",
+            ));
         }
     }
 }
 
 /// Decodes `obj` into `T`, applies `defaults`, and encodes it back.
-fn typed<T: DeserializeOwned + Serialize>(r: &Resource, obj: Value, defaults: fn(&mut T)) -> Result<Value, ApiError> {
+fn typed<T: DeserializeOwned + Serialize>(
+    r: &Resource,
+    obj: Value,
+    defaults: fn(&mut T),
+) -> Result<Value, ApiError> {
     let mut t: T = serde_json::from_value(obj).map_err(|e| {
-        ApiError::BadRequest(format!("{} in version \"{}\" cannot be handled as a {}: {e}", r.kind, r.version, r.kind))
+        ApiError::BadRequest(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {e}",
+            r.kind, r.version, r.kind
+        ))
     })?;
     defaults(&mut t);
     serde_json::to_value(&t).map_err(|e| ApiError::Internal(e.to_string()))
@@ -256,12 +325,18 @@ pub fn normalize(r: &Resource, obj: Value) -> Result<Value, ApiError> {
 }
 
 fn default_container(c: &mut Container) {
-    c.termination_message_path.get_or_insert_with(|| "/dev/termination-log".into());
-    c.termination_message_policy.get_or_insert_with(|| "File".into());
+    c.termination_message_path
+        .get_or_insert_with(|| "/dev/termination-log".into());
+    c.termination_message_policy
+        .get_or_insert_with(|| "File".into());
     c.resources.get_or_insert_with(Default::default);
     if c.image_pull_policy.is_none() {
         let image = c.image.as_deref().unwrap_or("");
-        let tag = image.rsplit('/').next().and_then(|last| last.split_once(':')).map(|(_, t)| t);
+        let tag = image
+            .rsplit('/')
+            .next()
+            .and_then(|last| last.split_once(':'))
+            .map(|(_, t)| t);
         let always = !image.contains('@') && matches!(tag, None | Some("latest"));
         c.image_pull_policy = Some(if always { "Always" } else { "IfNotPresent" }.into());
     }
@@ -275,7 +350,8 @@ pub fn default_pod_spec(spec: &mut PodSpec) {
     spec.restart_policy.get_or_insert_with(|| "Always".into());
     spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
     spec.termination_grace_period_seconds.get_or_insert(30);
-    spec.scheduler_name.get_or_insert_with(|| "default-scheduler".into());
+    spec.scheduler_name
+        .get_or_insert_with(|| "default-scheduler".into());
     spec.security_context.get_or_insert_with(Default::default);
     spec.enable_service_links.get_or_insert(true);
     spec.priority.get_or_insert(0);
@@ -292,12 +368,18 @@ fn default_deployment(d: &mut Deployment) {
     spec.replicas.get_or_insert(1);
     spec.revision_history_limit.get_or_insert(10);
     spec.progress_deadline_seconds.get_or_insert(600);
-    let strategy = spec.strategy.get_or_insert_with(DeploymentStrategy::default);
+    let strategy = spec
+        .strategy
+        .get_or_insert_with(DeploymentStrategy::default);
     let ty = strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
     if ty == "RollingUpdate" {
-        let ru = strategy.rolling_update.get_or_insert_with(RollingUpdateDeployment::default);
-        ru.max_surge.get_or_insert_with(|| IntOrString::String("25%".into()));
-        ru.max_unavailable.get_or_insert_with(|| IntOrString::String("25%".into()));
+        let ru = strategy
+            .rolling_update
+            .get_or_insert_with(RollingUpdateDeployment::default);
+        ru.max_surge
+            .get_or_insert_with(|| IntOrString::String("25%".into()));
+        ru.max_unavailable
+            .get_or_insert_with(|| IntOrString::String("25%".into()));
     }
     if let Some(ps) = spec.template.spec.as_mut() {
         default_pod_spec(ps);
@@ -320,7 +402,12 @@ pub fn init_metadata(r: &Resource, obj: &mut Value, now: &str) {
     meta["uid"] = json!(uuid::Uuid::new_v4().to_string());
     meta["creationTimestamp"] = json!(now);
     if let Some(m) = meta.as_object_mut() {
-        for server_owned in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+        for server_owned in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
             m.remove(server_owned);
         }
     }
@@ -351,7 +438,10 @@ pub fn has_generation(r: &Resource) -> bool {
 pub fn generate_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let bytes = uuid::Uuid::new_v4().into_bytes();
-    bytes[..5].iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+    bytes[..5]
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
 }
 
 #[cfg(test)]
@@ -368,18 +458,34 @@ mod tests {
         let pods = lookup("", "v1", "pods").unwrap();
         let cases: Vec<(Value, Option<&str>)> = vec![
             (pod("ok", json!([{"name": "a", "image": "x"}])), None),
-            (pod("Bad_Name", json!([{"name": "a", "image": "x"}])), Some(r#"Pod "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name": a lowercase RFC 1123 subdomain"#)),
-            (pod("p", json!([])), Some(r#"Pod "p" is invalid: spec.containers: Required value"#)),
-            (pod("p", json!([{"name": "a"}])), Some(r#"Pod "p" is invalid: spec.containers[0].image: Required value"#)),
             (
-                pod("p", json!([{"name": "a", "image": "x"}, {"name": "a", "image": "y"}])),
+                pod("Bad_Name", json!([{"name": "a", "image": "x"}])),
+                Some(
+                    r#"Pod "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name": a lowercase RFC 1123 subdomain"#,
+                ),
+            ),
+            (
+                pod("p", json!([])),
+                Some(r#"Pod "p" is invalid: spec.containers: Required value"#),
+            ),
+            (
+                pod("p", json!([{"name": "a"}])),
+                Some(r#"Pod "p" is invalid: spec.containers[0].image: Required value"#),
+            ),
+            (
+                pod(
+                    "p",
+                    json!([{"name": "a", "image": "x"}, {"name": "a", "image": "y"}]),
+                ),
                 Some(r#"Pod "p" is invalid: spec.containers[1].name: Duplicate value: "a""#),
             ),
         ];
         for (obj, want) in cases {
             match (validate(pods, &obj), want) {
                 (Ok(()), None) => {}
-                (Err(e), Some(w)) => assert!(e.to_string().starts_with(w), "{e} does not start with {w}"),
+                (Err(e), Some(w)) => {
+                    assert!(e.to_string().starts_with(w), "{e} does not start with {w}")
+                }
                 (got, want) => panic!("{obj}: got {got:?}, want {want:?}"),
             }
         }
@@ -422,13 +528,18 @@ mod tests {
         let dep = normalize(d, dep).unwrap();
         assert_eq!(dep["spec"]["replicas"], 1);
         assert_eq!(dep["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
-        assert_eq!(dep["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(
+            dep["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+            "IfNotPresent"
+        );
     }
 
     #[test]
     fn generate_name_suffix() {
         let s = generate_suffix();
         assert_eq!(s.len(), 5);
-        assert!(s.bytes().all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b)));
+        assert!(s
+            .bytes()
+            .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b)));
     }
 }

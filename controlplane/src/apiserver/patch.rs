@@ -46,19 +46,22 @@ impl PatchType {
 pub fn apply(ty: PatchType, kind: &str, doc: &Value, patch: &[u8]) -> Result<Value, PatchError> {
     match ty {
         PatchType::Json => {
-            let ops: json_patch::Patch = serde_json::from_slice(patch).map_err(|e| PatchError::Json(e.to_string()))?;
+            let ops: json_patch::Patch =
+                serde_json::from_slice(patch).map_err(|e| PatchError::Json(e.to_string()))?;
             let mut out = doc.clone();
             json_patch::patch(&mut out, &ops).map_err(|e| PatchError::Json(e.to_string()))?;
             Ok(out)
         }
         PatchType::Merge => {
-            let p: Value = serde_json::from_slice(patch).map_err(|e| PatchError::Json(e.to_string()))?;
+            let p: Value =
+                serde_json::from_slice(patch).map_err(|e| PatchError::Json(e.to_string()))?;
             let mut out = doc.clone();
             json_patch::merge(&mut out, &p);
             Ok(out)
         }
         PatchType::Strategic => {
-            let p: Value = serde_json::from_slice(patch).map_err(|e| PatchError::Json(e.to_string()))?;
+            let p: Value =
+                serde_json::from_slice(patch).map_err(|e| PatchError::Json(e.to_string()))?;
             strategic_merge(kind, doc, &p)
         }
     }
@@ -82,15 +85,27 @@ const POD_SPEC_KEYS: &[(&str, ListStrategy)] = &[
     ("volumes", ListStrategy::ByKey("name")),
     ("imagePullSecrets", ListStrategy::ByKey("name")),
     ("hostAliases", ListStrategy::ByKey("ip")),
-    ("topologySpreadConstraints", ListStrategy::ByKey("topologyKey")),
+    (
+        "topologySpreadConstraints",
+        ListStrategy::ByKey("topologyKey"),
+    ),
     ("containers.ports", ListStrategy::ByKey("containerPort")),
     ("containers.env", ListStrategy::ByKey("name")),
     ("containers.volumeMounts", ListStrategy::ByKey("mountPath")),
-    ("containers.volumeDevices", ListStrategy::ByKey("devicePath")),
+    (
+        "containers.volumeDevices",
+        ListStrategy::ByKey("devicePath"),
+    ),
     ("initContainers.ports", ListStrategy::ByKey("containerPort")),
     ("initContainers.env", ListStrategy::ByKey("name")),
-    ("initContainers.volumeMounts", ListStrategy::ByKey("mountPath")),
-    ("initContainers.volumeDevices", ListStrategy::ByKey("devicePath")),
+    (
+        "initContainers.volumeMounts",
+        ListStrategy::ByKey("mountPath"),
+    ),
+    (
+        "initContainers.volumeDevices",
+        ListStrategy::ByKey("devicePath"),
+    ),
 ];
 
 /// Merge keys outside the pod spec, by kind and path from the object root.
@@ -103,9 +118,21 @@ const OTHER_KEYS: &[(&str, &str, ListStrategy)] = &[
     ("Node", "status.addresses", ListStrategy::ByKey("type")),
     ("Node", "spec.podCIDRs", ListStrategy::Primitive),
     ("Service", "spec.ports", ListStrategy::ByKey("port")),
-    ("Deployment", "status.conditions", ListStrategy::ByKey("type")),
-    ("ReplicaSet", "status.conditions", ListStrategy::ByKey("type")),
-    ("Namespace", "status.conditions", ListStrategy::ByKey("type")),
+    (
+        "Deployment",
+        "status.conditions",
+        ListStrategy::ByKey("type"),
+    ),
+    (
+        "ReplicaSet",
+        "status.conditions",
+        ListStrategy::ByKey("type"),
+    ),
+    (
+        "Namespace",
+        "status.conditions",
+        ListStrategy::ByKey("type"),
+    ),
 ];
 
 fn list_strategy(kind: &str, path: &str) -> ListStrategy {
@@ -129,9 +156,13 @@ fn list_strategy(kind: &str, path: &str) -> ListStrategy {
 /// Applies a strategic merge patch to `doc`.
 pub fn strategic_merge(kind: &str, doc: &Value, patch: &Value) -> Result<Value, PatchError> {
     let (Value::Object(orig), Value::Object(p)) = (doc, patch) else {
-        return Err(PatchError::Strategic("invalid JSON document: the patch is not an object".into()));
+        return Err(PatchError::Strategic(
+            "invalid JSON document: the patch is not an object".into(),
+        ));
     };
-    Ok(merge_map(kind, "", orig, p)?.map(Value::Object).unwrap_or(Value::Object(Map::new())))
+    Ok(merge_map(kind, "", orig, p)?
+        .map(Value::Object)
+        .unwrap_or(Value::Object(Map::new())))
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -143,7 +174,12 @@ fn join(path: &str, key: &str) -> String {
 }
 
 /// Merges map `p` into `orig`; `None` means the map itself is deleted (`$patch: delete`).
-fn merge_map(kind: &str, path: &str, orig: &Map<String, Value>, p: &Map<String, Value>) -> Result<Option<Map<String, Value>>, PatchError> {
+fn merge_map(
+    kind: &str,
+    path: &str,
+    orig: &Map<String, Value>,
+    p: &Map<String, Value>,
+) -> Result<Option<Map<String, Value>>, PatchError> {
     match p.get("$patch").and_then(Value::as_str) {
         Some("delete") => return Ok(None),
         Some("replace") => {
@@ -152,11 +188,19 @@ fn merge_map(kind: &str, path: &str, orig: &Map<String, Value>, p: &Map<String, 
             return Ok(Some(out));
         }
         Some("merge") | None => {}
-        Some(other) => return Err(PatchError::Strategic(format!("unknown patch type: {other}"))),
+        Some(other) => {
+            return Err(PatchError::Strategic(format!(
+                "unknown patch type: {other}"
+            )))
+        }
     }
     let mut out = orig.clone();
     for (k, v) in p {
-        if k == "$patch" || k == "$retainKeys" || k.starts_with("$setElementOrder/") || k.starts_with("$deleteFromPrimitiveList/") {
+        if k == "$patch"
+            || k == "$retainKeys"
+            || k.starts_with("$setElementOrder/")
+            || k.starts_with("$deleteFromPrimitiveList/")
+        {
             continue;
         }
         let field_path = join(path, k);
@@ -183,7 +227,11 @@ fn merge_map(kind: &str, path: &str, orig: &Map<String, Value>, p: &Map<String, 
                 },
             },
             Value::Array(pl) => {
-                let ol = orig.get(k).and_then(Value::as_array).cloned().unwrap_or_default();
+                let ol = orig
+                    .get(k)
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
                 let merged = merge_list(kind, &field_path, &ol, pl)?;
                 out.insert(k.clone(), Value::Array(merged));
             }
@@ -212,7 +260,9 @@ fn merge_map(kind: &str, path: &str, orig: &Map<String, Value>, p: &Map<String, 
     if let Some(keep) = p.get("$retainKeys") {
         let keep: Vec<&str> = keep
             .as_array()
-            .ok_or_else(|| PatchError::Strategic("invalid patch: $retainKeys must be a list".into()))?
+            .ok_or_else(|| {
+                PatchError::Strategic("invalid patch: $retainKeys must be a list".into())
+            })?
             .iter()
             .filter_map(Value::as_str)
             .collect();
@@ -232,7 +282,12 @@ fn strip_directives(mut m: Map<String, Value>) -> Map<String, Value> {
     m
 }
 
-fn merge_list(kind: &str, path: &str, orig: &[Value], patch: &[Value]) -> Result<Vec<Value>, PatchError> {
+fn merge_list(
+    kind: &str,
+    path: &str,
+    orig: &[Value],
+    patch: &[Value],
+) -> Result<Vec<Value>, PatchError> {
     match list_strategy(kind, path) {
         ListStrategy::Replace => Ok(patch
             .iter()
@@ -251,7 +306,10 @@ fn merge_list(kind: &str, path: &str, orig: &[Value], patch: &[Value]) -> Result
             Ok(out)
         }
         ListStrategy::ByKey(key) => {
-            if patch.iter().any(|e| e.get("$patch").and_then(Value::as_str) == Some("replace")) {
+            if patch
+                .iter()
+                .any(|e| e.get("$patch").and_then(Value::as_str) == Some("replace"))
+            {
                 return Ok(patch
                     .iter()
                     .filter(|e| e.get("$patch").is_none())
@@ -264,7 +322,10 @@ fn merge_list(kind: &str, path: &str, orig: &[Value], patch: &[Value]) -> Result
                     return Err(PatchError::Strategic(format!("unable to find api field in struct for the list {path}: elements must be objects")));
                 };
                 let Some(kv) = pm.get(key) else {
-                    return Err(PatchError::Strategic(format!("map: {} does not contain declared merge key: {key}", Value::Object(pm.clone()))));
+                    return Err(PatchError::Strategic(format!(
+                        "map: {} does not contain declared merge key: {key}",
+                        Value::Object(pm.clone())
+                    )));
                 };
                 let pos = out.iter().position(|o| o.get(key) == Some(kv));
                 match pos {
@@ -291,7 +352,7 @@ fn merge_list(kind: &str, path: &str, orig: &[Value], patch: &[Value]) -> Result
 
 /// Orders `list` as `$setElementOrder` says; elements it does not name keep their place
 /// after the named ones, in their previous order.
-fn reorder(list: &mut Vec<Value>, order: &[Value], strategy: ListStrategy) {
+fn reorder(list: &mut [Value], order: &[Value], strategy: ListStrategy) {
     let ident = |v: &Value| -> Value {
         match strategy {
             ListStrategy::ByKey(k) => v.get(k).cloned().unwrap_or(Value::Null),
@@ -299,7 +360,11 @@ fn reorder(list: &mut Vec<Value>, order: &[Value], strategy: ListStrategy) {
         }
     };
     let want: Vec<Value> = order.iter().map(ident).collect();
-    let rank = |v: &Value| want.iter().position(|w| *w == ident(v)).unwrap_or(usize::MAX);
+    let rank = |v: &Value| {
+        want.iter()
+            .position(|w| *w == ident(v))
+            .unwrap_or(usize::MAX)
+    };
     list.sort_by_key(|v| rank(v));
 }
 
@@ -358,11 +423,19 @@ mod tests {
             assert_eq!(got["spec"]["containers"], want, "{name}");
         }
         // Lists without a merge key are replaced; null deletes; primitive lists union.
-        let got = smp("Pod", pod.clone(), json!({"spec": {"tolerations": [{"key": "z"}]}, "metadata": {"labels": {"a": null, "b": "2"}, "finalizers": ["y"]}}));
+        let got = smp(
+            "Pod",
+            pod.clone(),
+            json!({"spec": {"tolerations": [{"key": "z"}]}, "metadata": {"labels": {"a": null, "b": "2"}, "finalizers": ["y"]}}),
+        );
         assert_eq!(got["spec"]["tolerations"], json!([{"key": "z"}]));
         assert_eq!(got["metadata"]["labels"], json!({"b": "2"}));
         assert_eq!(got["metadata"]["finalizers"], json!(["x", "y"]));
-        let got = smp("Pod", pod.clone(), json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["x"]}}));
+        let got = smp(
+            "Pod",
+            pod.clone(),
+            json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["x"]}}),
+        );
         assert_eq!(got["metadata"]["finalizers"], json!([]));
     }
 
@@ -372,31 +445,75 @@ mod tests {
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%"}},
             "template": {"spec": {"containers": [{"name": "a", "image": "1"}]}}
         }});
-        let got = smp("Deployment", d.clone(), json!({"spec": {
-            "strategy": {"$retainKeys": ["type"], "type": "Recreate", "rollingUpdate": null},
-            "template": {"spec": {"containers": [{"name": "a", "image": "2"}]}}
-        }}));
+        let got = smp(
+            "Deployment",
+            d.clone(),
+            json!({"spec": {
+                "strategy": {"$retainKeys": ["type"], "type": "Recreate", "rollingUpdate": null},
+                "template": {"spec": {"containers": [{"name": "a", "image": "2"}]}}
+            }}),
+        );
         assert_eq!(got["spec"]["strategy"], json!({"type": "Recreate"}));
-        assert_eq!(got["spec"]["template"]["spec"]["containers"], json!([{"name": "a", "image": "2"}]));
-        let got = smp("Deployment", d, json!({"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "3"}, {"$patch": "replace"}]}}}}));
-        assert_eq!(got["spec"]["template"]["spec"]["containers"], json!([{"name": "b", "image": "3"}]));
+        assert_eq!(
+            got["spec"]["template"]["spec"]["containers"],
+            json!([{"name": "a", "image": "2"}])
+        );
+        let got = smp(
+            "Deployment",
+            d,
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "3"}, {"$patch": "replace"}]}}}}),
+        );
+        assert_eq!(
+            got["spec"]["template"]["spec"]["containers"],
+            json!([{"name": "b", "image": "3"}])
+        );
     }
 
     #[test]
     fn missing_merge_key_is_an_error() {
-        let err = strategic_merge("Pod", &json!({"spec": {}}), &json!({"spec": {"containers": [{"image": "x"}]}})).unwrap_err();
-        assert!(err.to_string().contains("does not contain declared merge key: name"), "{err}");
+        let err = strategic_merge(
+            "Pod",
+            &json!({"spec": {}}),
+            &json!({"spec": {"containers": [{"image": "x"}]}}),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("does not contain declared merge key: name"),
+            "{err}"
+        );
     }
 
     #[test]
     fn json_and_merge_patches() {
         let doc = json!({"spec": {"replicas": 1, "paused": true}});
-        let got = apply(PatchType::Json, "Deployment", &doc, br#"[{"op":"replace","path":"/spec/replicas","value":3}]"#).unwrap();
+        let got = apply(
+            PatchType::Json,
+            "Deployment",
+            &doc,
+            br#"[{"op":"replace","path":"/spec/replicas","value":3}]"#,
+        )
+        .unwrap();
         assert_eq!(got["spec"]["replicas"], 3);
-        let got = apply(PatchType::Merge, "Deployment", &doc, br#"{"spec":{"paused":null}}"#).unwrap();
+        let got = apply(
+            PatchType::Merge,
+            "Deployment",
+            &doc,
+            br#"{"spec":{"paused":null}}"#,
+        )
+        .unwrap();
         assert_eq!(got, json!({"spec": {"replicas": 1}}));
-        assert!(apply(PatchType::Json, "Deployment", &doc, br#"[{"op":"test","path":"/spec/replicas","value":9}]"#).is_err());
-        assert_eq!(PatchType::from_content_type("application/merge-patch+json; charset=utf-8"), Some(PatchType::Merge));
+        assert!(apply(
+            PatchType::Json,
+            "Deployment",
+            &doc,
+            br#"[{"op":"test","path":"/spec/replicas","value":9}]"#
+        )
+        .is_err());
+        assert_eq!(
+            PatchType::from_content_type("application/merge-patch+json; charset=utf-8"),
+            Some(PatchType::Merge)
+        );
         assert_eq!(PatchType::from_content_type("application/json"), None);
     }
 }

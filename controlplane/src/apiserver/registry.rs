@@ -59,17 +59,127 @@ macro_rules! res {
 
 /// Every resource this server serves.
 pub static RESOURCES: &[Resource] = &[
-    res!("", "Namespace", "namespaces", "namespace", false, &["ns"], &["status"], "namespaces", false),
-    res!("", "Node", "nodes", "node", false, &["no"], &["status"], "minions", false),
-    res!("", "Pod", "pods", "pod", true, &["po"], &["status", "binding", "log"], "pods", true),
-    res!("", "Service", "services", "service", true, &["svc"], &["status"], "services/specs", true),
-    res!("", "Endpoints", "endpoints", "endpoints", true, &["ep"], &[], "services/endpoints", false),
-    res!("", "Event", "events", "event", true, &["ev"], &[], "events", false),
-    res!("", "ConfigMap", "configmaps", "configmap", true, &["cm"], &[], "configmaps", false),
-    res!("", "Secret", "secrets", "secret", true, &[], &[], "secrets", false),
-    res!("apps", "Deployment", "deployments", "deployment", true, &["deploy"], &["status", "scale"], "deployments", true),
-    res!("apps", "ReplicaSet", "replicasets", "replicaset", true, &["rs"], &["status", "scale"], "replicasets", true),
-    res!("coordination.k8s.io", "Lease", "leases", "lease", true, &[], &[], "leases", false),
+    res!(
+        "",
+        "Namespace",
+        "namespaces",
+        "namespace",
+        false,
+        &["ns"],
+        &["status"],
+        "namespaces",
+        false
+    ),
+    res!(
+        "",
+        "Node",
+        "nodes",
+        "node",
+        false,
+        &["no"],
+        &["status"],
+        "minions",
+        false
+    ),
+    res!(
+        "",
+        "Pod",
+        "pods",
+        "pod",
+        true,
+        &["po"],
+        &["status", "binding", "log"],
+        "pods",
+        true
+    ),
+    res!(
+        "",
+        "Service",
+        "services",
+        "service",
+        true,
+        &["svc"],
+        &["status"],
+        "services/specs",
+        true
+    ),
+    res!(
+        "",
+        "Endpoints",
+        "endpoints",
+        "endpoints",
+        true,
+        &["ep"],
+        &[],
+        "services/endpoints",
+        false
+    ),
+    res!(
+        "",
+        "Event",
+        "events",
+        "event",
+        true,
+        &["ev"],
+        &[],
+        "events",
+        false
+    ),
+    res!(
+        "",
+        "ConfigMap",
+        "configmaps",
+        "configmap",
+        true,
+        &["cm"],
+        &[],
+        "configmaps",
+        false
+    ),
+    res!(
+        "",
+        "Secret",
+        "secrets",
+        "secret",
+        true,
+        &[],
+        &[],
+        "secrets",
+        false
+    ),
+    res!(
+        "apps",
+        "Deployment",
+        "deployments",
+        "deployment",
+        true,
+        &["deploy"],
+        &["status", "scale"],
+        "deployments",
+        true
+    ),
+    res!(
+        "apps",
+        "ReplicaSet",
+        "replicasets",
+        "replicaset",
+        true,
+        &["rs"],
+        &["status", "scale"],
+        "replicasets",
+        true
+    ),
+    res!(
+        "coordination.k8s.io",
+        "Lease",
+        "leases",
+        "lease",
+        true,
+        &[],
+        &[],
+        "leases",
+        false
+    ),
 ];
 
 /// The API groups, in discovery order, with their one version.
@@ -120,7 +230,10 @@ pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static Resou
 }
 
 /// The resources of one group/version, for discovery.
-pub fn in_group_version<'a>(group: &'a str, version: &'a str) -> impl Iterator<Item = &'static Resource> + 'a {
+pub fn in_group_version<'a>(
+    group: &'a str,
+    version: &'a str,
+) -> impl Iterator<Item = &'static Resource> + 'a {
     RESOURCES
         .iter()
         .filter(move |r| r.group == group && r.version == version)
@@ -133,12 +246,42 @@ mod tests {
     #[test]
     fn keys_follow_kube_apiserver_layout() {
         let cases = [
-            ("", "pods", Some("default"), "web", "/registry/pods/default/web"),
+            (
+                "",
+                "pods",
+                Some("default"),
+                "web",
+                "/registry/pods/default/web",
+            ),
             ("", "nodes", None, "n1", "/registry/minions/n1"),
-            ("", "services", Some("ns"), "s", "/registry/services/specs/ns/s"),
-            ("", "endpoints", Some("ns"), "s", "/registry/services/endpoints/ns/s"),
-            ("apps", "deployments", Some("a"), "d", "/registry/deployments/a/d"),
-            ("", "namespaces", None, "default", "/registry/namespaces/default"),
+            (
+                "",
+                "services",
+                Some("ns"),
+                "s",
+                "/registry/services/specs/ns/s",
+            ),
+            (
+                "",
+                "endpoints",
+                Some("ns"),
+                "s",
+                "/registry/services/endpoints/ns/s",
+            ),
+            (
+                "apps",
+                "deployments",
+                Some("a"),
+                "d",
+                "/registry/deployments/a/d",
+            ),
+            (
+                "",
+                "namespaces",
+                None,
+                "default",
+                "/registry/namespaces/default",
+            ),
         ];
         for (group, plural, ns, name, key) in cases {
             assert_eq!(lookup(group, "v1", plural).unwrap().key(ns, name), key);

@@ -86,9 +86,19 @@ pub fn verb(method: &Method, target: &Target, watch_param: bool) -> Result<&'sta
 mod tests {
     use super::*;
 
-    fn p(path: &str) -> Result<(String, Option<String>, Option<String>, Option<String>), ApiError> {
+    /// (plural, namespace, name, subresource)
+    type Parsed = (String, Option<String>, Option<String>, Option<String>);
+
+    fn p(path: &str) -> Result<Parsed, ApiError> {
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        parse(&segs).map(|t| (t.resource.plural.to_string(), t.namespace, t.name, t.subresource))
+        parse(&segs).map(|t| {
+            (
+                t.resource.plural.to_string(),
+                t.namespace,
+                t.name,
+                t.subresource,
+            )
+        })
     }
 
     fn s(v: &str) -> Option<String> {
@@ -97,16 +107,50 @@ mod tests {
 
     #[test]
     fn paths() {
-        assert_eq!(p("/api/v1/pods").unwrap(), ("pods".into(), None, None, None));
-        assert_eq!(p("/api/v1/namespaces/a/pods").unwrap(), ("pods".into(), s("a"), None, None));
-        assert_eq!(p("/api/v1/namespaces/a/pods/x/status").unwrap(), ("pods".into(), s("a"), s("x"), s("status")));
-        assert_eq!(p("/api/v1/namespaces").unwrap(), ("namespaces".into(), None, None, None));
-        assert_eq!(p("/api/v1/namespaces/a").unwrap(), ("namespaces".into(), None, s("a"), None));
-        assert_eq!(p("/api/v1/namespaces/a/status").unwrap(), ("namespaces".into(), None, s("a"), s("status")));
-        assert_eq!(p("/api/v1/nodes/n/status").unwrap(), ("nodes".into(), None, s("n"), s("status")));
-        assert_eq!(p("/apis/apps/v1/namespaces/d/deployments/w/scale").unwrap(), ("deployments".into(), s("d"), s("w"), s("scale")));
-        assert_eq!(p("/api/v1/watch/namespaces/a/pods").unwrap(), ("pods".into(), s("a"), None, None));
-        for bad in ["/api/v1/bogus", "/api/v1/pods/x", "/api/v1/namespaces/a/pods/x/nope", "/apis/apps/v1/pods", "/api/v2/pods", "/api/v1/nodes/n/scale"] {
+        assert_eq!(
+            p("/api/v1/pods").unwrap(),
+            ("pods".into(), None, None, None)
+        );
+        assert_eq!(
+            p("/api/v1/namespaces/a/pods").unwrap(),
+            ("pods".into(), s("a"), None, None)
+        );
+        assert_eq!(
+            p("/api/v1/namespaces/a/pods/x/status").unwrap(),
+            ("pods".into(), s("a"), s("x"), s("status"))
+        );
+        assert_eq!(
+            p("/api/v1/namespaces").unwrap(),
+            ("namespaces".into(), None, None, None)
+        );
+        assert_eq!(
+            p("/api/v1/namespaces/a").unwrap(),
+            ("namespaces".into(), None, s("a"), None)
+        );
+        assert_eq!(
+            p("/api/v1/namespaces/a/status").unwrap(),
+            ("namespaces".into(), None, s("a"), s("status"))
+        );
+        assert_eq!(
+            p("/api/v1/nodes/n/status").unwrap(),
+            ("nodes".into(), None, s("n"), s("status"))
+        );
+        assert_eq!(
+            p("/apis/apps/v1/namespaces/d/deployments/w/scale").unwrap(),
+            ("deployments".into(), s("d"), s("w"), s("scale"))
+        );
+        assert_eq!(
+            p("/api/v1/watch/namespaces/a/pods").unwrap(),
+            ("pods".into(), s("a"), None, None)
+        );
+        for bad in [
+            "/api/v1/bogus",
+            "/api/v1/pods/x",
+            "/api/v1/namespaces/a/pods/x/nope",
+            "/apis/apps/v1/pods",
+            "/api/v2/pods",
+            "/api/v1/nodes/n/scale",
+        ] {
             assert_eq!(p(bad), Err(ApiError::PathNotFound), "{bad}");
         }
     }
@@ -118,8 +162,14 @@ mod tests {
         assert_eq!(verb(&Method::GET, &list, false).unwrap(), "list");
         assert_eq!(verb(&Method::GET, &list, true).unwrap(), "watch");
         assert_eq!(verb(&Method::POST, &list, false).unwrap(), "create");
-        assert_eq!(verb(&Method::DELETE, &list, false).unwrap(), "deletecollection");
-        assert_eq!(verb(&Method::PUT, &list, false), Err(ApiError::MethodNotAllowed));
+        assert_eq!(
+            verb(&Method::DELETE, &list, false).unwrap(),
+            "deletecollection"
+        );
+        assert_eq!(
+            verb(&Method::PUT, &list, false),
+            Err(ApiError::MethodNotAllowed)
+        );
         let item = parse(&["api", "v1", "namespaces", "a", "pods", "x"]).unwrap();
         assert_eq!(verb(&Method::PATCH, &item, false).unwrap(), "patch");
         assert_eq!(verb(&Method::DELETE, &item, false).unwrap(), "delete");

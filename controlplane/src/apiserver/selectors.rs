@@ -44,7 +44,11 @@ fn split_terms(s: &str) -> Result<Vec<&str>, String> {
         return Err("found '(', expected: ',' or ')'".into());
     }
     terms.push(&s[start..]);
-    Ok(terms.into_iter().map(str::trim).filter(|t| !t.is_empty()).collect())
+    Ok(terms
+        .into_iter()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect())
 }
 
 fn set_values(rest: &str) -> Result<Vec<String>, String> {
@@ -87,10 +91,18 @@ impl LabelSelector {
         let mut reqs = Vec::new();
         if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
             for (k, v) in m {
-                reqs.push(Requirement::Equals(k.clone(), v.as_str().unwrap_or("").into()));
+                reqs.push(Requirement::Equals(
+                    k.clone(),
+                    v.as_str().unwrap_or("").into(),
+                ));
             }
         }
-        for e in sel.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
+        for e in sel
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let key = e["key"].as_str().unwrap_or("").to_string();
             let values: Vec<String> = e["values"]
                 .as_array()
@@ -168,7 +180,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = term.split_once('=') {
                 (f, false, v)
             } else {
-                return Err(format!("invalid selector: '{s}'; can't understand '{term}'"));
+                return Err(format!(
+                    "invalid selector: '{s}'; can't understand '{term}'"
+                ));
             };
             let f = f.trim();
             if field_pointer(kind, f).is_none() {
@@ -271,7 +285,9 @@ mod tests {
             assert_eq!(s.matches("Pod", &pod), want, "{sel}");
         }
         let unscheduled = json!({"metadata": {"name": "q"}, "spec": {}});
-        assert!(FieldSelector::parse("spec.nodeName=", "Pod", "v1").unwrap().matches("Pod", &unscheduled));
+        assert!(FieldSelector::parse("spec.nodeName=", "Pod", "v1")
+            .unwrap()
+            .matches("Pod", &unscheduled));
         let err = FieldSelector::parse("spec.bogus=1", "Pod", "v1").unwrap_err();
         assert!(err.contains("is not a known field selector"), "{err}");
     }

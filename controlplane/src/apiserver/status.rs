@@ -69,31 +69,55 @@ fn go_quote(s: &str) -> String {
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum ApiError {
     #[error("{} \"{name}\" not found", .resource)]
-    NotFound { resource: String, group: String, name: String },
+    NotFound {
+        resource: String,
+        group: String,
+        name: String,
+    },
     #[error("the server could not find the requested resource")]
     PathNotFound,
     #[error("{} \"{name}\" already exists", .resource)]
-    AlreadyExists { resource: String, group: String, name: String },
+    AlreadyExists {
+        resource: String,
+        group: String,
+        name: String,
+    },
     #[error("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", .resource)]
-    Conflict { resource: String, group: String, name: String },
+    Conflict {
+        resource: String,
+        group: String,
+        name: String,
+    },
     /// A conflict with a more specific message (binding, preconditions).
     #[error("{message}")]
-    ConflictWith { resource: String, group: String, name: String, message: String },
+    ConflictWith {
+        resource: String,
+        group: String,
+        name: String,
+        message: String,
+    },
     #[error("{}", invalid_message(&qualified(.kind, .group), .name, .causes))]
-    Invalid { kind: String, group: String, name: String, causes: Vec<Cause> },
+    Invalid {
+        kind: String,
+        group: String,
+        name: String,
+        causes: Vec<Cause>,
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("Unauthorized")]
     Unauthorized,
     #[error("{0}")]
-    Forbidden(ForbiddenDetail),
+    Forbidden(Box<ForbiddenDetail>),
     #[error("{0}")]
     Gone(String),
     #[error("Request entity too large: limit is {0}")]
     TooLarge(usize),
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
-    #[error("the body of the request was in an unknown format - accepted media types include: {0}")]
+    #[error(
+        "the body of the request was in an unknown format - accepted media types include: {0}"
+    )]
     UnsupportedMediaType(String),
     #[error("{0}")]
     Internal(String),
@@ -185,7 +209,16 @@ impl ApiError {
     /// The same conflict with kube's more specific text.
     pub fn with_message(self, message: String) -> ApiError {
         match self {
-            ApiError::Conflict { resource, group, name } => ApiError::ConflictWith { resource, group, name, message },
+            ApiError::Conflict {
+                resource,
+                group,
+                name,
+            } => ApiError::ConflictWith {
+                resource,
+                group,
+                name,
+                message,
+            },
             other => other,
         }
     }
@@ -198,7 +231,9 @@ impl ApiError {
     pub fn code(&self) -> StatusCode {
         match self {
             ApiError::NotFound { .. } | ApiError::PathNotFound => StatusCode::NOT_FOUND,
-            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } | ApiError::ConflictWith { .. } => StatusCode::CONFLICT,
+            ApiError::AlreadyExists { .. }
+            | ApiError::Conflict { .. }
+            | ApiError::ConflictWith { .. } => StatusCode::CONFLICT,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -239,11 +274,33 @@ impl ApiError {
             d
         };
         match self {
-            ApiError::NotFound { resource, group, name }
-            | ApiError::AlreadyExists { resource, group, name }
-            | ApiError::Conflict { resource, group, name }
-            | ApiError::ConflictWith { resource, group, name, .. } => Some(named(resource, group, name)),
-            ApiError::Invalid { kind, group, name, causes } => {
+            ApiError::NotFound {
+                resource,
+                group,
+                name,
+            }
+            | ApiError::AlreadyExists {
+                resource,
+                group,
+                name,
+            }
+            | ApiError::Conflict {
+                resource,
+                group,
+                name,
+            }
+            | ApiError::ConflictWith {
+                resource,
+                group,
+                name,
+                ..
+            } => Some(named(resource, group, name)),
+            ApiError::Invalid {
+                kind,
+                group,
+                name,
+                causes,
+            } => {
                 let mut d = named(kind, group, name);
                 d["causes"] = causes
                     .iter()
@@ -311,9 +368,24 @@ mod tests {
         let pods = registry::lookup("", "v1", "pods").unwrap();
         let deploy = registry::lookup("apps", "v1", "deployments").unwrap();
         let cases: Vec<(ApiError, u16, &str, &str)> = vec![
-            (ApiError::not_found(pods, "x"), 404, "NotFound", r#"pods "x" not found"#),
-            (ApiError::not_found(deploy, "web"), 404, "NotFound", r#"deployments.apps "web" not found"#),
-            (ApiError::already_exists(pods, "x"), 409, "AlreadyExists", r#"pods "x" already exists"#),
+            (
+                ApiError::not_found(pods, "x"),
+                404,
+                "NotFound",
+                r#"pods "x" not found"#,
+            ),
+            (
+                ApiError::not_found(deploy, "web"),
+                404,
+                "NotFound",
+                r#"deployments.apps "web" not found"#,
+            ),
+            (
+                ApiError::already_exists(pods, "x"),
+                409,
+                "AlreadyExists",
+                r#"pods "x" already exists"#,
+            ),
             (
                 ApiError::conflict(deploy, "web"),
                 409,
@@ -330,41 +402,54 @@ mod tests {
                 ApiError::invalid(
                     pods,
                     "p",
-                    vec![Cause::required("spec.containers", ""), Cause::required("spec.x", "")],
+                    vec![
+                        Cause::required("spec.containers", ""),
+                        Cause::required("spec.x", ""),
+                    ],
                 ),
                 422,
                 "Invalid",
                 r#"Pod "p" is invalid: [spec.containers: Required value, spec.x: Required value]"#,
             ),
-            (ApiError::too_old(3, 10), 410, "Expired", "too old resource version: 3 (10)"),
+            (
+                ApiError::too_old(3, 10),
+                410,
+                "Expired",
+                "too old resource version: 3 (10)",
+            ),
             (ApiError::Unauthorized, 401, "Unauthorized", "Unauthorized"),
             (
-                ApiError::Forbidden(ForbiddenDetail {
+                ApiError::Forbidden(Box::new(ForbiddenDetail {
                     user: "bob".into(),
                     verb: "create".into(),
                     resource: "pods".into(),
                     group: "".into(),
                     namespace: Some("default".into()),
                     name: None,
-                }),
+                })),
                 403,
                 "Forbidden",
                 r#"pods is forbidden: User "bob" cannot create resource "pods" in API group "" in the namespace "default""#,
             ),
             (
-                ApiError::Forbidden(ForbiddenDetail {
+                ApiError::Forbidden(Box::new(ForbiddenDetail {
                     user: "bob".into(),
                     verb: "list".into(),
                     resource: "nodes".into(),
                     group: "".into(),
                     namespace: None,
                     name: None,
-                }),
+                })),
                 403,
                 "Forbidden",
                 r#"nodes is forbidden: User "bob" cannot list resource "nodes" in API group "" at the cluster scope"#,
             ),
-            (ApiError::TooLarge(3145728), 413, "RequestEntityTooLarge", "Request entity too large: limit is 3145728"),
+            (
+                ApiError::TooLarge(3145728),
+                413,
+                "RequestEntityTooLarge",
+                "Request entity too large: limit is 3145728",
+            ),
             (
                 ApiError::MethodNotAllowed,
                 405,
@@ -385,6 +470,9 @@ mod tests {
     fn details_name_the_object() {
         let deploy = registry::lookup("apps", "v1", "deployments").unwrap();
         let s = ApiError::not_found(deploy, "web").to_status();
-        assert_eq!(s["details"], json!({"name": "web", "group": "apps", "kind": "deployments"}));
+        assert_eq!(
+            s["details"],
+            json!({"name": "web", "group": "apps", "kind": "deployments"})
+        );
     }
 }

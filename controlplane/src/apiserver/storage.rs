@@ -92,7 +92,8 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 }
 
 fn is_compacted(e: &etcd_client::Error) -> bool {
-    e.to_string().contains("required revision has been compacted")
+    e.to_string()
+        .contains("required revision has been compacted")
 }
 
 impl Store {

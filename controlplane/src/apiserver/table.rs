@@ -38,7 +38,11 @@ pub fn human_duration(secs: i64) -> String {
     let minutes = secs / 60;
     if minutes < 10 {
         let s = secs % 60;
-        return if s == 0 { format!("{minutes}m") } else { format!("{minutes}m{s}s") };
+        return if s == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{s}s")
+        };
     }
     if minutes < 180 {
         return format!("{minutes}m");
@@ -46,21 +50,33 @@ pub fn human_duration(secs: i64) -> String {
     let hours = minutes / 60;
     if hours < 8 {
         let m = minutes % 60;
-        return if m == 0 { format!("{hours}h") } else { format!("{hours}h{m}m") };
+        return if m == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{m}m")
+        };
     }
     if hours < 48 {
         return format!("{hours}h");
     }
     if hours < 24 * 8 {
         let h = hours % 24;
-        return if h == 0 { format!("{}d", hours / 24) } else { format!("{}d{h}h", hours / 24) };
+        return if h == 0 {
+            format!("{}d", hours / 24)
+        } else {
+            format!("{}d{h}h", hours / 24)
+        };
     }
     if hours < 24 * 365 * 2 {
         return format!("{}d", hours / 24);
     }
     if hours < 24 * 365 * 8 {
         let d = (hours / 24) % 365;
-        return if d == 0 { format!("{}y", hours / 24 / 365) } else { format!("{}y{d}d", hours / 24 / 365) };
+        return if d == 0 {
+            format!("{}y", hours / 24 / 365)
+        } else {
+            format!("{}y{d}d", hours / 24 / 365)
+        };
     }
     format!("{}y", hours / 24 / 365)
 }
@@ -87,7 +103,11 @@ fn n(obj: &Value, ptr: &str) -> i64 {
 }
 
 fn none_if_empty(v: &str) -> String {
-    if v.is_empty() { "<none>".into() } else { v.to_string() }
+    if v.is_empty() {
+        "<none>".into()
+    } else {
+        v.to_string()
+    }
 }
 
 /// Column definitions of a kind.
@@ -140,13 +160,19 @@ pub fn columns(kind: &str) -> Vec<Value> {
             col("Age", "string", 0),
             col("Selector", "string", 1),
         ],
-        "Namespace" => vec![col("Name", "string", 0), col("Status", "string", 0), col("Age", "string", 0)],
+        "Namespace" => vec![
+            col("Name", "string", 0),
+            col("Status", "string", 0),
+            col("Age", "string", 0),
+        ],
         _ => vec![col("Name", "string", 0), col("Age", "string", 0)],
     }
 }
 
 fn containers_cells(spec: Option<&Value>) -> (String, String) {
-    let cs = spec.and_then(|s| s.get("containers")).and_then(Value::as_array);
+    let cs = spec
+        .and_then(|s| s.get("containers"))
+        .and_then(Value::as_array);
     let names: Vec<&str> = cs.into_iter().flatten().map(|c| s(c, "/name")).collect();
     let images: Vec<&str> = cs.into_iter().flatten().map(|c| s(c, "/image")).collect();
     (names.join(","), images.join(","))
@@ -169,10 +195,23 @@ pub fn cells(kind: &str, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
     let name = json!(s(obj, "/metadata/name"));
     match kind {
         "Pod" => {
-            let total = obj.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
-            let statuses = obj.pointer("/status/containerStatuses").and_then(Value::as_array);
-            let ready = statuses.into_iter().flatten().filter(|c| c["ready"] == json!(true)).count();
-            let restarts: i64 = statuses.into_iter().flatten().map(|c| n(c, "/restartCount")).sum();
+            let total = obj
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            let statuses = obj
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array);
+            let ready = statuses
+                .into_iter()
+                .flatten()
+                .filter(|c| c["ready"] == json!(true))
+                .count();
+            let restarts: i64 = statuses
+                .into_iter()
+                .flatten()
+                .map(|c| n(c, "/restartCount"))
+                .sum();
             let mut status = match s(obj, "/status/reason") {
                 "" => s(obj, "/status/phase").to_string(),
                 r => r.to_string(),
@@ -202,7 +241,11 @@ pub fn cells(kind: &str, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
             let (names, images) = containers_cells(obj.pointer("/spec/template/spec"));
             vec![
                 name,
-                json!(format!("{}/{}", n(obj, "/status/readyReplicas"), n(obj, "/spec/replicas"))),
+                json!(format!(
+                    "{}/{}",
+                    n(obj, "/status/readyReplicas"),
+                    n(obj, "/spec/replicas")
+                )),
                 json!(n(obj, "/status/updatedReplicas")),
                 json!(n(obj, "/status/availableReplicas")),
                 json!(age(obj, now)),
@@ -231,13 +274,25 @@ pub fn cells(kind: &str, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 .into_iter()
                 .flatten()
                 .find(|c| c["type"] == "Ready")
-                .map(|c| if c["status"] == "True" { "Ready" } else { "NotReady" })
+                .map(|c| {
+                    if c["status"] == "True" {
+                        "Ready"
+                    } else {
+                        "NotReady"
+                    }
+                })
                 .unwrap_or("Unknown");
             let mut status = ready.to_string();
             if obj.pointer("/spec/unschedulable") == Some(&json!(true)) {
                 status.push_str(",SchedulingDisabled");
             }
-            vec![name, json!(status), json!("<none>"), json!(age(obj, now)), json!(s(obj, "/status/nodeInfo/kubeletVersion"))]
+            vec![
+                name,
+                json!(status),
+                json!("<none>"),
+                json!(age(obj, now)),
+                json!(s(obj, "/status/nodeInfo/kubeletVersion")),
+            ]
         }
         "Service" => {
             let ports: Vec<String> = obj
@@ -284,7 +339,13 @@ fn row_object(obj: &Value, include: IncludeObject) -> Value {
 }
 
 /// A Table of `objects`.
-pub fn table(kind: &str, objects: &[Value], list_meta: Value, include: IncludeObject, now: DateTime<Utc>) -> Value {
+pub fn table(
+    kind: &str,
+    objects: &[Value],
+    list_meta: Value,
+    include: IncludeObject,
+    now: DateTime<Utc>,
+) -> Value {
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| json!({"cells": cells(kind, o, now), "object": row_object(o, include)}))
@@ -304,7 +365,16 @@ mod tests {
 
     #[test]
     fn human_durations() {
-        let cases = [(5, "5s"), (119, "119s"), (125, "2m5s"), (600, "10m"), (3 * 3600 + 60, "3h1m"), (9 * 3600, "9h"), (50 * 3600, "2d2h"), (30 * 86400, "30d")];
+        let cases = [
+            (5, "5s"),
+            (119, "119s"),
+            (125, "2m5s"),
+            (600, "10m"),
+            (3 * 3600 + 60, "3h1m"),
+            (9 * 3600, "9h"),
+            (50 * 3600, "2d2h"),
+            (30 * 86400, "30d"),
+        ];
         for (secs, want) in cases {
             assert_eq!(human_duration(secs), want, "{secs}");
         }
@@ -317,8 +387,24 @@ mod tests {
             "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
             "status": {"phase": "Running", "podIP": "10.0.0.1", "containerStatuses": [{"ready": true, "restartCount": 2}, {"ready": false, "restartCount": 1}]}});
         let row = cells("Pod", &pod, now);
-        assert_eq!(row[..6], [json!("p"), json!("1/2"), json!("Running"), json!(3), json!("30s"), json!("10.0.0.1")]);
-        let t = table("Pod", &[pod], json!({"resourceVersion": "5"}), IncludeObject::Metadata, now);
+        assert_eq!(
+            row[..6],
+            [
+                json!("p"),
+                json!("1/2"),
+                json!("Running"),
+                json!(3),
+                json!("30s"),
+                json!("10.0.0.1")
+            ]
+        );
+        let t = table(
+            "Pod",
+            &[pod],
+            json!({"resourceVersion": "5"}),
+            IncludeObject::Metadata,
+            now,
+        );
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
         assert_eq!(t["columnDefinitions"].as_array().unwrap().len(), 9);
     }

@@ -24,7 +24,10 @@ pub enum TlsError {
     #[error("reading {path}: {reason}")]
     Read { path: PathBuf, reason: String },
     #[error("writing {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("generating a self-signed certificate: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("TLS configuration: {0}")]
@@ -33,11 +36,19 @@ pub enum TlsError {
 
 /// The certificate and key files to serve with: the given ones, or a self-signed pair in
 /// `cert_dir` (generated once).
-pub fn cert_files(cert: Option<&Path>, key: Option<&Path>, cert_dir: &Path, bind: IpAddr) -> Result<(PathBuf, PathBuf), TlsError> {
+pub fn cert_files(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    cert_dir: &Path,
+    bind: IpAddr,
+) -> Result<(PathBuf, PathBuf), TlsError> {
     if let (Some(c), Some(k)) = (cert, key) {
         return Ok((c.to_path_buf(), k.to_path_buf()));
     }
-    let (c, k) = (cert_dir.join("apiserver.crt"), cert_dir.join("apiserver.key"));
+    let (c, k) = (
+        cert_dir.join("apiserver.crt"),
+        cert_dir.join("apiserver.key"),
+    );
     if c.exists() && k.exists() {
         return Ok((c, k));
     }
@@ -60,7 +71,10 @@ pub fn cert_files(cert: Option<&Path>, key: Option<&Path>, cert_dir: &Path, bind
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let read_err = |path: &Path| {
         let path = path.to_path_buf();
-        move |e: rustls_pki_types::pem::Error| TlsError::Read { path, reason: e.to_string() }
+        move |e: rustls_pki_types::pem::Error| TlsError::Read {
+            path,
+            reason: e.to_string(),
+        }
     };
     let certs = CertificateDer::pem_file_iter(cert)
         .map_err(read_err(cert))?
@@ -77,7 +91,11 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
 }
 
 /// Serves `router` over TLS on `listener` until the listener fails.
-pub async fn serve(listener: TcpListener, config: Arc<ServerConfig>, router: Router) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    router: Router,
+) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(config);
     loop {
         let (tcp, peer) = listener.accept().await?;
@@ -92,7 +110,10 @@ pub async fn serve(listener: TcpListener, config: Arc<ServerConfig>, router: Rou
                 }
             };
             let service = TowerToHyperService::new(router);
-            if let Err(e) = auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await
+            {
                 tracing::debug!(%peer, %e, "connection ended with an error");
             }
         });

@@ -41,7 +41,13 @@ struct Render {
 impl Render {
     fn event(&self, ty: &str, obj: &Value) -> Bytes {
         let object = match self.table {
-            Some(include) => table::table(self.kind, std::slice::from_ref(obj), json!({}), include, self.server.clock.now()),
+            Some(include) => table::table(
+                self.kind,
+                std::slice::from_ref(obj),
+                json!({}),
+                include,
+                self.server.clock.now(),
+            ),
             None => obj.clone(),
         };
         line(&json!({"type": ty, "object": object}))
@@ -64,18 +70,25 @@ pub async fn watch(server: &Arc<ApiServer>, req: &ResourceRequest) -> Result<Res
     let mut filter = Filter::from_request(req)?;
     if let Some(name) = &req.target.name {
         // `/watch/namespaces/<ns>/pods/<name>`: the old form of a name field selector.
-        filter.fields = super::selectors::FieldSelector::parse(&format!("metadata.name={name}"), r.kind, "")
-            .map_err(ApiError::BadRequest)?;
+        filter.fields =
+            super::selectors::FieldSelector::parse(&format!("metadata.name={name}"), r.kind, "")
+                .map_err(ApiError::BadRequest)?;
     }
     let cache = server.cache(r)?;
-    let rv = req.query.get("resourceVersion").map(String::as_str).unwrap_or("");
+    let rv = req
+        .query
+        .get("resourceVersion")
+        .map(String::as_str)
+        .unwrap_or("");
     let (initial, from) = match rv {
         "" | "0" => {
             let (items, rev, _) = list_objects(&server, r, &filter, 0, None).await?;
             (items, rev)
         }
         rv => {
-            let rev = rv.parse::<i64>().map_err(|_| ApiError::BadRequest(format!("invalid resource version: {rv}")))?;
+            let rev = rv
+                .parse::<i64>()
+                .map_err(|_| ApiError::BadRequest(format!("invalid resource version: {rv}")))?;
             (Vec::new(), rev)
         }
     };
@@ -89,7 +102,10 @@ pub async fn watch(server: &Arc<ApiServer>, req: &ResourceRequest) -> Result<Res
         kind: r.kind,
         server: server.clone(),
     };
-    let bookmarks = req.query.get("allowWatchBookmarks").is_some_and(|v| v == "true");
+    let bookmarks = req
+        .query
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true");
     let timeout = req
         .query
         .get("timeoutSeconds")
@@ -103,7 +119,9 @@ pub async fn watch(server: &Arc<ApiServer>, req: &ResourceRequest) -> Result<Res
         let sub = match subscription {
             Ok(s) => s,
             Err((asked, oldest)) => {
-                let _ = tx.send(Ok(error_event(&ApiError::too_old(asked, oldest)))).await;
+                let _ = tx
+                    .send(Ok(error_event(&ApiError::too_old(asked, oldest))))
+                    .await;
                 return;
             }
         };
@@ -159,7 +177,14 @@ pub async fn watch(server: &Arc<ApiServer>, req: &ResourceRequest) -> Result<Res
 
 /// Sends one cache event if it is after the watch's start and matches its filter; false
 /// once the client is gone. Backlog and live events never overlap (see the cache).
-async fn send_event(tx: &mpsc::Sender<Result<Bytes, Infallible>>, render: &Render, filter: &Filter, ev: &Arc<Event>, from: i64, last: &mut i64) -> bool {
+async fn send_event(
+    tx: &mpsc::Sender<Result<Bytes, Infallible>>,
+    render: &Render,
+    filter: &Filter,
+    ev: &Arc<Event>,
+    from: i64,
+    last: &mut i64,
+) -> bool {
     if ev.revision <= from {
         return true;
     }

@@ -73,7 +73,10 @@ pub struct Subscription {
 
 impl WatchCache {
     /// Starts following `prefix` from the store's current revision.
-    pub async fn start(store: Store, prefix: String) -> Result<Arc<WatchCache>, storage::StoreError> {
+    pub async fn start(
+        store: Store,
+        prefix: String,
+    ) -> Result<Arc<WatchCache>, storage::StoreError> {
         let rev = store.revision().await?;
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
         let cache = Arc::new(WatchCache {
@@ -100,7 +103,12 @@ impl WatchCache {
         if rv < w.oldest {
             return Err((rv, w.oldest + 1));
         }
-        let backlog = w.events.iter().filter(|e| e.revision > rv).cloned().collect();
+        let backlog = w
+            .events
+            .iter()
+            .filter(|e| e.revision > rv)
+            .cloned()
+            .collect();
         Ok(Subscription {
             backlog,
             live: w.tx.subscribe(),
@@ -145,7 +153,9 @@ async fn feed(cache: Arc<WatchCache>, store: Store) {
                     Err(e) => tracing::warn!(%e, "reading the store revision"),
                 }
             }
-            Err(FeedError::Etcd(e)) => tracing::warn!(prefix = %cache.prefix, %e, "etcd watch failed; re-watching"),
+            Err(FeedError::Etcd(e)) => {
+                tracing::warn!(prefix = %cache.prefix, %e, "etcd watch failed; re-watching")
+            }
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
@@ -181,9 +191,12 @@ async fn follow(cache: &WatchCache, store: &Store, from: i64) -> Result<(), Feed
                 EventType::Put if kv.create_revision() == kv.mod_revision() => {
                     storage::decode(kv.value(), revision).map(|s| (EventKind::Added, s.object))
                 }
-                EventType::Put => storage::decode(kv.value(), revision).map(|s| (EventKind::Modified, s.object)),
+                EventType::Put => {
+                    storage::decode(kv.value(), revision).map(|s| (EventKind::Modified, s.object))
+                }
                 EventType::Delete => match ev.prev_kv() {
-                    Some(prev) => storage::decode(prev.value(), revision).map(|s| (EventKind::Deleted, s.object)),
+                    Some(prev) => storage::decode(prev.value(), revision)
+                        .map(|s| (EventKind::Deleted, s.object)),
                     None => continue,
                 },
             };
@@ -193,7 +206,9 @@ async fn follow(cache: &WatchCache, store: &Store, from: i64) -> Result<(), Feed
                     object,
                     revision,
                 }),
-                Err(e) => tracing::warn!(key = %String::from_utf8_lossy(kv.key()), %e, "skipping undecodable object"),
+                Err(e) => {
+                    tracing::warn!(key = %String::from_utf8_lossy(kv.key()), %e, "skipping undecodable object")
+                }
             }
         }
     }

@@ -25,8 +25,12 @@ pub enum Flavor {
 }
 
 fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect();
-    ls.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
+    let ls: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    ls.iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
 }
 
 fn raftkv_binary() -> PathBuf {
@@ -34,7 +38,11 @@ fn raftkv_binary() -> PathBuf {
     // target/debug/deps/<test> → target/debug/raftkv
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join("raftkv");
-    assert!(path.exists(), "{} is missing: run `cargo build -p raftkv` (cargo test --workspace builds it)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p raftkv` (cargo test --workspace builds it)",
+        path.display()
+    );
     path
 }
 
@@ -65,7 +73,10 @@ fn spawn_logged(cmd: &mut Command, log: &Path) -> Proc {
         .stderr(f)
         .spawn()
         .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-    Proc { child, log: log.to_path_buf() }
+    Proc {
+        child,
+        log: log.to_path_buf(),
+    }
 }
 
 /// One store member.
@@ -86,33 +97,71 @@ impl StoreServer {
         let mut cmd = Command::new(program);
         cmd.args(["--name", "m1", "--data-dir"])
             .arg(dir.join("store-data"))
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
             .args(["--initial-cluster", &format!("m1={peer}")]);
         let proc = spawn_logged(&mut cmd, &dir.join("store.log"));
-        let server = StoreServer { endpoint: client, proc };
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let server = StoreServer {
+            endpoint: client,
+            proc,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ok = rt.block_on(async {
-                let mut c = etcd_client::Client::connect([server.endpoint.as_str()], None).await.ok()?;
+                let mut c = etcd_client::Client::connect([server.endpoint.as_str()], None)
+                    .await
+                    .ok()?;
                 c.get("probe", None).await.ok()
             });
             if ok.is_some() {
                 return server;
             }
-            assert!(Instant::now() < deadline, "store did not answer within 30s; log: {}", server.proc.log.display());
+            assert!(
+                Instant::now() < deadline,
+                "store did not answer within 30s; log: {}",
+                server.proc.log.display()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// Compacts the store's history up to its current revision; returns that revision.
     pub fn compact(&self) -> i64 {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         rt.block_on(async {
-            let mut c = etcd_client::Client::connect([self.endpoint.as_str()], None).await.expect("connect");
-            let rev = c.get("probe", None).await.expect("get").header().expect("header").revision();
-            c.compact(rev, Some(etcd_client::CompactionOptions::new().with_physical())).await.expect("compact");
+            let mut c = etcd_client::Client::connect([self.endpoint.as_str()], None)
+                .await
+                .expect("connect");
+            let rev = c
+                .get("probe", None)
+                .await
+                .expect("get")
+                .header()
+                .expect("header")
+                .revision();
+            c.compact(
+                rev,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            )
+            .await
+            .expect("compact");
             rev
         })
     }
@@ -131,7 +180,8 @@ impl ApiServer {
     pub fn start(name: &str, etcd: &str, dir: &Path, extra: &[&str]) -> ApiServer {
         let tokens = dir.join("admin-tokens.csv");
         if !tokens.exists() {
-            std::fs::write(&tokens, "admin-token,admin,1,\"system:masters\"\n").expect("writing the token file");
+            std::fs::write(&tokens, "admin-token,admin,1,\"system:masters\"\n")
+                .expect("writing the token file");
         }
         let mut args: Vec<&str> = extra.to_vec();
         if !extra.contains(&"--token-auth-file") {
@@ -143,20 +193,35 @@ impl ApiServer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_controlplane"));
         // HTTPS with a self-signed certificate the written kubeconfig trusts, as a real
         // cluster is reached: kubectl sends tokens over TLS only.
-        cmd.args(["apiserver", "--etcd-servers", etcd, "--secure-port", &port.to_string(), "--cert-dir"])
-            .arg(dir.join(format!("{name}-certs")))
-            .arg("--kubeconfig-out")
-            .arg(&kubeconfig)
-            .args(extra)
-            .env("RUST_LOG", "controlplane=debug");
+        cmd.args([
+            "apiserver",
+            "--etcd-servers",
+            etcd,
+            "--secure-port",
+            &port.to_string(),
+            "--cert-dir",
+        ])
+        .arg(dir.join(format!("{name}-certs")))
+        .arg("--kubeconfig-out")
+        .arg(&kubeconfig)
+        .args(extra)
+        .env("RUST_LOG", "controlplane=debug");
         let proc = spawn_logged(&mut cmd, &dir.join(format!("{name}.log")));
         let url = format!("127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
         while !(kubeconfig.exists() && std::net::TcpStream::connect(&url).is_ok()) {
-            assert!(Instant::now() < deadline, "apiserver {name} did not start; log: {}", proc.log.display());
+            assert!(
+                Instant::now() < deadline,
+                "apiserver {name} did not start; log: {}",
+                proc.log.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        ApiServer { kubeconfig, url: format!("https://{url}"), proc }
+        ApiServer {
+            kubeconfig,
+            url: format!("https://{url}"),
+            proc,
+        }
     }
 }
 
@@ -197,7 +262,11 @@ pub fn kubectl_program() -> String {
 
 impl Kubectl {
     pub fn new(server: &ApiServer, dir: &Path, name: &str) -> Kubectl {
-        Kubectl { kubeconfig: server.kubeconfig.clone(), cache: dir.join(format!("cache-{name}")), token: None }
+        Kubectl {
+            kubeconfig: server.kubeconfig.clone(),
+            cache: dir.join(format!("cache-{name}")),
+            token: None,
+        }
     }
 
     pub fn with_token(mut self, token: &str) -> Kubectl {
@@ -207,7 +276,11 @@ impl Kubectl {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(kubectl_program());
-        cmd.arg("--kubeconfig").arg(&self.kubeconfig).arg("--cache-dir").arg(&self.cache).arg("--request-timeout=15s");
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .arg("--request-timeout=15s");
         if let Some(t) = &self.token {
             cmd.arg("--token").arg(t);
         }
@@ -218,11 +291,20 @@ impl Kubectl {
     /// Runs kubectl (bounded to 30s), feeding `stdin`.
     pub fn run_with_input(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = self.command(args);
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {}: {e}; set KUBECTL", kubectl_program()));
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}; set KUBECTL", kubectl_program()));
         if let Some(input) = stdin {
             use std::io::Write;
-            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("writing stdin");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("writing stdin");
         }
         drop(child.stdin.take());
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -233,7 +315,10 @@ impl Kubectl {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let out = child.wait_with_output().expect("output");
-                panic!("kubectl {args:?} timed out; stderr: {}", String::from_utf8_lossy(&out.stderr));
+                panic!(
+                    "kubectl {args:?} timed out; stderr: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -246,7 +331,12 @@ impl Kubectl {
 
     pub fn ok_with_input(&self, args: &[&str], stdin: Option<&str>) -> String {
         let out = self.run_with_input(args, stdin);
-        assert!(out.status.success(), "kubectl {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -257,7 +347,11 @@ impl Kubectl {
 
     pub fn fails_with_input(&self, args: &[&str], stdin: Option<&str>) -> String {
         let out = self.run_with_input(args, stdin);
-        assert!(!out.status.success(), "kubectl {args:?} should have failed: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
@@ -278,7 +372,11 @@ pub fn wait_for_output(path: &Path, needle: &str, times: usize, secs: u64) -> St
         if text.matches(needle).count() >= times {
             return text;
         }
-        assert!(Instant::now() < deadline, "{} did not show {needle:?} {times} times within {secs}s:\n{text}", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} did not show {needle:?} {times} times within {secs}s:\n{text}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
