@@ -188,6 +188,24 @@ fn watch_through_the_other_replica(flavor: Flavor) {
     );
     assert!(text.contains("0/1     Pending"), "{text}");
 
+    // A selector watch sees an object leave its selection as DELETED and re-enter as ADDED.
+    let selected = dir.path().join("selected.out");
+    let _sel = c.ka.spawn(
+        &["get", "pods", "-l", "tier=a", "-w", "--output-watch-events"],
+        &selected,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    c.kb.ok(&["run", "p3", "--image=nginx", "--labels=tier=a"]);
+    c.kb.ok(&["label", "pod", "p3", "tier=b", "--overwrite"]);
+    c.kb.ok(&["label", "pod", "p3", "tier=a", "--overwrite"]);
+    let text = wait_for_output(&selected, "p3 ", 3, 15);
+    let events: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("p3 "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(events, ["ADDED", "DELETED", "ADDED"], "{text}");
+
     // Killing replica B disturbs nobody on A: the watch keeps going, writes through A work.
     c.b.proc.kill();
     c.ka.ok(&["run", "p2", "--image=nginx"]);

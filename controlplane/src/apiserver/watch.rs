@@ -189,13 +189,18 @@ async fn send_event(
         return true;
     }
     *last = (*last).max(ev.revision);
-    if !filter.matches(&ev.object) {
-        return true;
-    }
+    let now = filter.matches(&ev.object);
     let ty = match ev.kind {
-        EventKind::Added => "ADDED",
-        EventKind::Modified => "MODIFIED",
-        EventKind::Deleted => "DELETED",
+        EventKind::Added if now => "ADDED",
+        EventKind::Deleted if now => "DELETED",
+        EventKind::Modified => match (ev.prev.as_ref().map(|p| filter.matches(p)), now) {
+            // Kubernetes' cacher: entering the selection is ADDED, leaving it DELETED.
+            (Some(true), true) | (None, true) => "MODIFIED",
+            (Some(false), true) => "ADDED",
+            (Some(true), false) => "DELETED",
+            _ => return true,
+        },
+        _ => return true,
     };
     tx.send(Ok(render.event(ty, &ev.object))).await.is_ok()
 }

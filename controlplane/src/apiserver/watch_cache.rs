@@ -47,6 +47,9 @@ impl EventKind {
 pub struct Event {
     pub kind: EventKind,
     pub object: Value,
+    /// The state before a modification, so a watch with a selector can tell an object
+    /// entering (ADDED) or leaving (DELETED) its selection.
+    pub prev: Option<Value>,
     pub revision: i64,
 }
 
@@ -200,10 +203,17 @@ async fn follow(cache: &WatchCache, store: &Store, from: i64) -> Result<(), Feed
                     None => continue,
                 },
             };
+            let prev = match (ev.event_type(), ev.prev_kv()) {
+                (EventType::Put, Some(p)) => storage::decode(p.value(), p.mod_revision())
+                    .ok()
+                    .map(|s| s.object),
+                _ => None,
+            };
             match decoded {
                 Ok((kind, object)) => cache.push(Event {
                     kind,
                     object,
+                    prev,
                     revision,
                 }),
                 Err(e) => {
