@@ -45,6 +45,9 @@ struct ApiserverArgs {
     /// PEM private key of --tls-cert-file.
     #[arg(long, requires = "tls_cert_file")]
     tls_private_key_file: Option<PathBuf>,
+    /// CA bundle (PEM) whose client certificates authenticate users: CN = user, O = groups.
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
     /// Where the self-signed certificate is kept.
     #[arg(long, default_value = "apiserver.local.config/certificates")]
     cert_dir: PathBuf,
@@ -79,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
                     cert_file: a.tls_cert_file,
                     key_file: a.tls_private_key_file,
                     cert_dir: a.cert_dir,
+                    client_ca_file: a.client_ca_file,
                 }),
                 insecure: a.insecure_port.map(|p| SocketAddr::new(a.bind_address, p)),
                 token_auth_file: a.token_auth_file,

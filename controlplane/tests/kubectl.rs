@@ -400,3 +400,81 @@ fn raftkv_token_auth() {
 fn etcd_token_auth() {
     token_auth(Flavor::Etcd);
 }
+
+/// Writes a CA and two client certificates signed by it: `carol` in `system:masters`, and
+/// `dave` in no group. Returns the CA file.
+fn client_pki(dir: &std::path::Path) -> std::path::PathBuf {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "test client CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let ca_file = dir.join("client-ca.crt");
+    std::fs::write(&ca_file, ca_cert.pem()).expect("write CA");
+    let issuer = Issuer::new(ca_params, ca_key);
+    for (user, org) in [("carol", Some("system:masters")), ("dave", None)] {
+        let key = KeyPair::generate().expect("client key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params.distinguished_name.push(DnType::CommonName, user);
+        if let Some(o) = org {
+            params.distinguished_name.push(DnType::OrganizationName, o);
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &issuer).expect("client certificate");
+        std::fs::write(dir.join(format!("{user}.crt")), cert.pem()).expect("write cert");
+        std::fs::write(dir.join(format!("{user}.key")), key.serialize_pem()).expect("write key");
+    }
+    ca_file
+}
+
+/// A kubeconfig like `server`'s but authenticating with `user`'s client certificate.
+fn cert_kubeconfig(server: &ApiServer, dir: &std::path::Path, user: &str) -> std::path::PathBuf {
+    let base = std::fs::read_to_string(&server.kubeconfig).expect("read kubeconfig");
+    let cluster_part = base.split("users:").next().expect("kubeconfig has users");
+    let text = format!(
+        "{cluster_part}users:\n- name: raftkv\n  user:\n    client-certificate: {}\n    client-key: {}\n",
+        dir.join(format!("{user}.crt")).display(),
+        dir.join(format!("{user}.key")).display()
+    );
+    let path = dir.join(format!("{user}.kubeconfig"));
+    std::fs::write(&path, text).expect("write kubeconfig");
+    path
+}
+
+#[test]
+fn client_certificates_name_the_user() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = StoreServer::start(Flavor::Raftkv, dir.path());
+    let ca = client_pki(dir.path());
+    let policy = dir.path().join("policy.jsonl");
+    std::fs::write(&policy, "").expect("write policy");
+    let a = ApiServer::start(
+        "a",
+        &store.endpoint,
+        dir.path(),
+        &[
+            "--client-ca-file",
+            ca.to_str().expect("utf-8"),
+            "--authorization-policy-file",
+            policy.to_str().expect("utf-8"),
+        ],
+    );
+    let carol = Kubectl::with_kubeconfig(
+        cert_kubeconfig(&a, dir.path(), "carol"),
+        dir.path(),
+        "carol",
+    );
+    assert_eq!(
+        carol.ok(&["create", "configmap", "by-cert"]).trim(),
+        "configmap/by-cert created"
+    );
+    let dave =
+        Kubectl::with_kubeconfig(cert_kubeconfig(&a, dir.path(), "dave"), dir.path(), "dave");
+    let err = dave.fails(&["get", "configmaps"]);
+    assert!(err.contains(r#"User "dave" cannot list resource "configmaps" in API group "" in the namespace "default""#), "{err}");
+}

@@ -2,8 +2,9 @@
 //!
 //! Authentication: bearer tokens from a static token file in kube-apiserver's
 //! `--token-auth-file` CSV format, one user a line: `token,user,uid,"group1,group2"`
-//! (the groups column is optional). With a token file configured, a request without a
-//! known token is 401 Unauthorized. Without one, every request is the anonymous admin.
+//! (the groups column is optional); client certificates are checked by [`super::tls`].
+//! With a token file or a client CA configured, a request without a known token or a
+//! verified certificate is 401 Unauthorized. With neither, every request is the admin.
 //!
 //! Authorization: kube-apiserver's ABAC policy file format (`--authorization-policy-file`),
 //! one JSON object a line:
@@ -161,6 +162,8 @@ fn matches(pattern: &str, value: &str) -> bool {
 pub struct Auth {
     tokens: Option<HashMap<String, User>>,
     policy: Option<Vec<PolicySpec>>,
+    /// Client certificates can authenticate (so anonymous requests are refused).
+    client_certs: bool,
 }
 
 fn read(path: &Path) -> Result<String, AuthError> {
@@ -171,20 +174,28 @@ fn read(path: &Path) -> Result<String, AuthError> {
 }
 
 impl Auth {
-    pub fn load(token_file: Option<&Path>, policy_file: Option<&Path>) -> Result<Auth, AuthError> {
+    pub fn load(
+        token_file: Option<&Path>,
+        policy_file: Option<&Path>,
+        client_certs: bool,
+    ) -> Result<Auth, AuthError> {
         let tokens = token_file
             .map(|p| read(p).and_then(|t| parse_tokens(&p.display().to_string(), &t)))
             .transpose()?;
         let policy = policy_file
             .map(|p| read(p).and_then(|t| parse_policy(&p.display().to_string(), &t)))
             .transpose()?;
-        Ok(Auth { tokens, policy })
+        Ok(Auth {
+            tokens,
+            policy,
+            client_certs,
+        })
     }
 
     /// The user behind an `Authorization` header value; `None` means 401.
     pub fn authenticate(&self, header: Option<&str>) -> Option<User> {
         let Some(tokens) = &self.tokens else {
-            return Some(User::admin());
+            return (!self.client_certs).then(User::admin);
         };
         let token = header?.strip_prefix("Bearer ")?.trim();
         tokens.get(token).cloned()
@@ -240,6 +251,7 @@ mod tests {
         let auth = Auth {
             tokens: Some(tokens),
             policy: Some(policy),
+            client_certs: false,
         };
         assert!(auth.authenticate(None).is_none());
         assert!(auth.authenticate(Some("Bearer nope")).is_none());

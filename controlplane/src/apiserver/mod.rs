@@ -106,6 +106,8 @@ pub struct SecureListen {
     pub key_file: Option<PathBuf>,
     /// Where a self-signed certificate is generated when no files are given.
     pub cert_dir: PathBuf,
+    /// CA whose client certificates authenticate users (CN = user, O = groups).
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// One API server replica's shared state.
@@ -138,9 +140,14 @@ impl ApiServer {
 /// namespaces.
 pub async fn build(config: &Config, address: String) -> Result<Arc<ApiServer>, ServeError> {
     let store = Store::connect(&config.etcd_servers).await?;
+    let client_certs = config
+        .secure
+        .as_ref()
+        .is_some_and(|s| s.client_ca_file.is_some());
     let auth = Auth::load(
         config.token_auth_file.as_deref(),
         config.authorization_policy_file.as_deref(),
+        client_certs,
     )?;
     let mut caches = HashMap::new();
     for r in RESOURCES {
@@ -222,7 +229,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             &s.cert_dir,
             addr.ip(),
         )?;
-        let tls_config = tls::server_config(&cert, &key)?;
+        let tls_config = tls::server_config(&cert, &key, s.client_ca_file.as_deref())?;
         tracing::info!(%addr, cert = %cert.display(), "apiserver serving HTTPS");
         kubeconfig_target = Some((format!("https://{addr}"), Some(cert)));
         let r = router.clone();
@@ -373,7 +380,12 @@ async fn route(
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let user = match server.auth.authenticate(auth_header) {
+    // As in Kubernetes, a verified client certificate wins over a bearer token.
+    let cert_user = parts
+        .extensions
+        .get::<tls::ClientCertUser>()
+        .map(|c| c.0.clone());
+    let user = match cert_user.or_else(|| server.auth.authenticate(auth_header)) {
         Some(u) => u,
         None if is_public(path) => auth::User {
             name: "system:anonymous".into(),

@@ -4,6 +4,10 @@
 //! `apiserver.crt`/`apiserver.key`), and reuses it on the next start.
 //!
 //! kubectl sends bearer tokens only over TLS, so token authentication needs this port.
+//!
+//! With `--client-ca-file`, clients may present a certificate signed by that CA; as in
+//! Kubernetes, its subject's common name is the user name and its organizations are the
+//! groups. The identity is attached to each request of the connection as an extension.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -13,11 +17,15 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use super::auth::User;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -32,6 +40,8 @@ pub enum TlsError {
     Generate(#[from] rcgen::Error),
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
+    #[error("client CA: {0}")]
+    ClientCa(#[from] rustls::server::VerifierBuilderError),
 }
 
 /// The certificate and key files to serve with: the given ones, or a self-signed pair in
@@ -67,28 +77,75 @@ pub fn cert_files(
     Ok((c, k))
 }
 
-/// A rustls server configuration from PEM files.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let read_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |e: rustls_pki_types::pem::Error| TlsError::Read {
-            path,
-            reason: e.to_string(),
-        }
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |e: rustls_pki_types::pem::Error| TlsError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
     };
-    let certs = CertificateDer::pem_file_iter(cert)
-        .map_err(read_err(cert))?
+    CertificateDer::pem_file_iter(path)
+        .map_err(err)?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(read_err(cert))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(read_err(key))?;
+        .map_err(err)
+}
+
+/// A rustls server configuration from PEM files; with `client_ca`, client certificates
+/// signed by it are verified (and optional: token clients present none).
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs = read_certs(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Read {
+        path: key.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in read_certs(ca)? {
+                roots.add(c)?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+/// The user a verified client certificate names: CN is the user, each O a group.
+pub fn certificate_user(der: &[u8]) -> Option<User> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let name = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let mut groups: Vec<String> = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(String::from))
+        .collect();
+    groups.push("system:authenticated".into());
+    Some(User {
+        name,
+        uid: String::new(),
+        groups,
+    })
+}
+
+/// A client certificate's user, as a request extension.
+#[derive(Clone, Debug)]
+pub struct ClientCertUser(pub User);
 
 /// Serves `router` over TLS on `listener` until the listener fails.
 pub async fn serve(
@@ -109,6 +166,20 @@ pub async fn serve(
                     return;
                 }
             };
+            let user = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| certificate_user(leaf));
+            tracing::debug!(%peer, user = ?user.as_ref().map(|u| &u.name), "TLS connection");
+            let router =
+                router.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    if let Some(u) = &user {
+                        req.extensions_mut().insert(ClientCertUser(u.clone()));
+                    }
+                    req
+                });
             let service = TowerToHyperService::new(router);
             if let Err(e) = auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(tls), service)
@@ -117,5 +188,26 @@ pub async fn serve(
                 tracing::debug!(%peer, %e, "connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_subject_is_the_user() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "carol");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "devs");
+        let cert = params.self_signed(&key).unwrap();
+        let user = certificate_user(cert.der()).expect("a user");
+        assert_eq!(user.name, "carol");
+        assert_eq!(user.groups, vec!["devs", "system:authenticated"]);
     }
 }

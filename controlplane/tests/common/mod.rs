@@ -269,6 +269,15 @@ impl Kubectl {
         }
     }
 
+    /// kubectl with its own kubeconfig (e.g. a client-certificate user).
+    pub fn with_kubeconfig(kubeconfig: PathBuf, dir: &Path, name: &str) -> Kubectl {
+        Kubectl {
+            kubeconfig,
+            cache: dir.join(format!("cache-{name}")),
+            token: None,
+        }
+    }
+
     pub fn with_token(mut self, token: &str) -> Kubectl {
         self.token = Some(token.into());
         self
