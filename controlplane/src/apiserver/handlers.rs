@@ -434,16 +434,8 @@ async fn write(server: &ApiServer, req: &ResourceRequest) -> Result<Response, Ap
             Some(ty) => {
                 let out =
                     patch::apply(ty, r.kind, &existing.object, &req.body).map_err(|e| match e {
-                        patch::PatchError::Unreadable => ApiError::BadRequest(e.to_string()),
-                        other => ApiError::invalid(
-                            r,
-                            name,
-                            vec![super::status::Cause {
-                                reason: "FieldValueInvalid",
-                                field: "".into(),
-                                message: other.to_string(),
-                            }],
-                        ),
+                        patch::PatchError::Malformed(m) => ApiError::BadRequest(m),
+                        other => ApiError::Unprocessable(other.to_string()),
                     })?;
                 if !out.is_object() {
                     return Err(ApiError::BadRequest(

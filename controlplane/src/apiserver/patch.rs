@@ -9,11 +9,12 @@
 
 use serde_json::{Map, Value};
 
-/// Errors applying a patch; the text is what kube-apiserver answers (422 or 400).
+/// Errors applying a patch: a body that does not parse (400), or a patch that cannot
+/// apply to the object (422).
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum PatchError {
-    #[error("the server rejected our request due to an error in our request")]
-    Unreadable,
+    #[error("{0}")]
+    Malformed(String),
     #[error("{0}")]
     Json(String),
     #[error("{0}")]
@@ -47,21 +48,21 @@ pub fn apply(ty: PatchType, kind: &str, doc: &Value, patch: &[u8]) -> Result<Val
     match ty {
         PatchType::Json => {
             let ops: json_patch::Patch =
-                serde_json::from_slice(patch).map_err(|e| PatchError::Json(e.to_string()))?;
+                serde_json::from_slice(patch).map_err(|e| PatchError::Malformed(e.to_string()))?;
             let mut out = doc.clone();
             json_patch::patch(&mut out, &ops).map_err(|e| PatchError::Json(e.to_string()))?;
             Ok(out)
         }
         PatchType::Merge => {
             let p: Value =
-                serde_json::from_slice(patch).map_err(|e| PatchError::Json(e.to_string()))?;
+                serde_json::from_slice(patch).map_err(|e| PatchError::Malformed(e.to_string()))?;
             let mut out = doc.clone();
             json_patch::merge(&mut out, &p);
             Ok(out)
         }
         PatchType::Strategic => {
             let p: Value =
-                serde_json::from_slice(patch).map_err(|e| PatchError::Json(e.to_string()))?;
+                serde_json::from_slice(patch).map_err(|e| PatchError::Malformed(e.to_string()))?;
             strategic_merge(kind, doc, &p)
         }
     }

@@ -105,6 +105,9 @@ pub enum ApiError {
     },
     #[error("{0}")]
     BadRequest(String),
+    /// A well-formed request that cannot apply (a patch whose operations fail).
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("Unauthorized")]
     Unauthorized,
     #[error("{0}")]
@@ -234,7 +237,9 @@ impl ApiError {
             ApiError::AlreadyExists { .. }
             | ApiError::Conflict { .. }
             | ApiError::ConflictWith { .. } => StatusCode::CONFLICT,
-            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Invalid { .. } | ApiError::Unprocessable(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -252,7 +257,7 @@ impl ApiError {
             ApiError::NotFound { .. } | ApiError::PathNotFound => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
             ApiError::Conflict { .. } | ApiError::ConflictWith { .. } => "Conflict",
-            ApiError::Invalid { .. } => "Invalid",
+            ApiError::Invalid { .. } | ApiError::Unprocessable(_) => "Invalid",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::Unauthorized => "Unauthorized",
             ApiError::Forbidden(_) => "Forbidden",
