@@ -65,6 +65,8 @@ struct Window {
 /// The cache of one resource.
 pub struct WatchCache {
     prefix: String,
+    /// Events kept for resuming watches.
+    capacity: usize,
     window: Mutex<Window>,
 }
 
@@ -81,18 +83,24 @@ impl WatchCache {
         prefix: String,
     ) -> Result<Arc<WatchCache>, storage::StoreError> {
         let rev = store.revision().await?;
+        let cache = Arc::new(WatchCache::empty(prefix, rev, BUFFER_EVENTS));
+        tokio::spawn(feed(cache.clone(), store));
+        Ok(cache)
+    }
+
+    /// A cache holding no events, complete from `rev` on, keeping `capacity` events.
+    fn empty(prefix: String, rev: i64, capacity: usize) -> WatchCache {
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
-        let cache = Arc::new(WatchCache {
+        WatchCache {
             prefix,
+            capacity,
             window: Mutex::new(Window {
                 events: VecDeque::new(),
                 oldest: rev,
                 latest: rev,
                 tx,
             }),
-        });
-        tokio::spawn(feed(cache.clone(), store));
-        Ok(cache)
+        }
     }
 
     /// The newest revision seen, for bookmarks.
@@ -122,7 +130,7 @@ impl WatchCache {
         let mut w = self.window.lock().expect("watch cache lock");
         w.latest = w.latest.max(event.revision);
         let event = Arc::new(event);
-        if w.events.len() == BUFFER_EVENTS {
+        if w.events.len() == self.capacity {
             if let Some(old) = w.events.pop_front() {
                 w.oldest = old.revision;
             }
@@ -223,4 +231,73 @@ async fn follow(cache: &WatchCache, store: &Store, from: i64) -> Result<(), Feed
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(rev: i64) -> Event {
+        Event {
+            kind: EventKind::Modified,
+            object: json!({"metadata": {"name": format!("o{rev}")}}),
+            prev: None,
+            revision: rev,
+        }
+    }
+
+    fn revs(events: &[Arc<Event>]) -> Vec<i64> {
+        events.iter().map(|e| e.revision).collect()
+    }
+
+    #[test]
+    fn resume_from_a_revision_in_the_window() {
+        let cache = WatchCache::empty("/registry/pods/".into(), 10, 3);
+        for rev in [11, 13, 14] {
+            cache.push(event(rev));
+        }
+        let cases: &[(i64, Result<Vec<i64>, (i64, i64)>)] = &[
+            (10, Ok(vec![11, 13, 14])),
+            (12, Ok(vec![13, 14])),
+            (14, Ok(vec![])),
+            (20, Ok(vec![])),
+            (9, Err((9, 11))),
+        ];
+        for (rv, want) in cases {
+            let got = cache.subscribe(*rv).map(|s| revs(&s.backlog));
+            assert_eq!(&got, want, "rv {rv}");
+        }
+        // A fourth event pushes the oldest out: resuming before it is now too old.
+        cache.push(event(15));
+        assert_eq!(cache.subscribe(10).err(), Some((10, 12)));
+        assert_eq!(
+            revs(&cache.subscribe(11).expect("in window").backlog),
+            vec![13, 14, 15]
+        );
+        assert_eq!(cache.latest(), 15);
+    }
+
+    #[test]
+    fn live_events_follow_the_backlog_without_a_gap() {
+        let cache = WatchCache::empty("/registry/pods/".into(), 0, 10);
+        cache.push(event(1));
+        let mut sub = cache.subscribe(0).expect("subscribe");
+        cache.push(event(2));
+        assert_eq!(revs(&sub.backlog), vec![1]);
+        assert_eq!(sub.live.try_recv().expect("live event").revision, 2);
+        assert!(sub.live.try_recv().is_err());
+    }
+
+    #[test]
+    fn reset_disconnects_watchers() {
+        let cache = WatchCache::empty("/registry/pods/".into(), 0, 10);
+        let mut sub = cache.subscribe(0).expect("subscribe");
+        cache.reset(50);
+        assert!(matches!(
+            sub.live.try_recv(),
+            Err(broadcast::error::TryRecvError::Closed)
+        ));
+        assert_eq!(cache.subscribe(49).err(), Some((49, 51)));
+    }
 }
