@@ -1,5 +1,9 @@
-//! Kubernetes-style control plane on raftkv. Today: the API server ([`apiserver`]); the
-//! scheduler and controller manager (issues 8 and 12) will live beside it and elect a
-//! leader with Leases stored through it.
+//! Kubernetes-style control plane on raftkv: the API server ([`apiserver`]), the typed
+//! client the other components use ([`client`]), Lease-based leader election
+//! ([`leaderelection`]) and the scheduler ([`scheduler`]).
 
 pub mod apiserver;
+pub mod client;
+pub mod clock;
+pub mod leaderelection;
+pub mod scheduler;

@@ -1,6 +1,5 @@
-//! `controlplane`: the control plane's processes, one subcommand each. Today only
-//! `controlplane apiserver`; `scheduler` and `controller-manager` are to be added as
-//! further subcommands.
+//! `controlplane`: the control plane's processes, one subcommand each: `apiserver` and
+//! `scheduler` (`controller-manager` is to be added).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -23,6 +22,92 @@ struct Cli {
 enum Command {
     /// The API server: Kubernetes REST + watch, state in the etcd v3 API.
     Apiserver(ApiserverArgs),
+    /// The scheduler: binds pending pods to nodes, optionally one active replica of many.
+    Scheduler(SchedulerArgs),
+}
+
+#[derive(clap::Args)]
+struct SchedulerArgs {
+    /// kubeconfig of the API server (as `apiserver --kubeconfig-out` writes it).
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Run only while holding the Lease; exit when it is lost.
+    #[arg(long)]
+    leader_elect: bool,
+    /// The Lease's name (in --lease-namespace).
+    #[arg(long, alias = "leader-elect-resource-name", default_value = "kube-scheduler")]
+    lease_name: String,
+    #[arg(long, alias = "leader-elect-resource-namespace", default_value = "kube-system")]
+    lease_namespace: String,
+    /// This replica's holder identity (default: hostname_<random>).
+    #[arg(long)]
+    identity: Option<String>,
+    /// How long a Lease is valid after its last renewal.
+    #[arg(long, value_parser = humantime_secs, default_value = "15s")]
+    leader_elect_lease_duration: std::time::Duration,
+    /// How long the leader keeps trying to renew before it stops acting.
+    #[arg(long, value_parser = humantime_secs, default_value = "10s")]
+    leader_elect_renew_deadline: std::time::Duration,
+    /// Interval between acquire/renew attempts.
+    #[arg(long, value_parser = humantime_secs, default_value = "2s")]
+    leader_elect_retry_period: std::time::Duration,
+    /// The schedulerName of the pods this scheduler handles.
+    #[arg(long, default_value = controlplane::scheduler::DEFAULT_SCHEDULER_NAME)]
+    scheduler_name: String,
+    /// Score plugin weights, e.g. `NodeResourcesLeastAllocated=2,SelectorSpread=0`.
+    #[arg(long, default_value = "")]
+    score_weights: String,
+}
+
+/// `1.5s`, `500ms` or plain seconds.
+fn humantime_secs(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = match s.strip_suffix("ms") {
+        Some(n) => (n, 0.001),
+        None => (s.strip_suffix('s').unwrap_or(s), 1.0),
+    };
+    let v: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    std::time::Duration::try_from_secs_f64(v * unit).map_err(|e| e.to_string())
+}
+
+async fn scheduler(a: SchedulerArgs) -> anyhow::Result<()> {
+    use controlplane::client::http::HttpClient;
+    use controlplane::clock::SystemClock;
+    use controlplane::leaderelection::{Config, LeaderElector};
+    use controlplane::scheduler::{run, Options};
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+
+    let api = HttpClient::from_kubeconfig(&a.kubeconfig)?;
+    let opts = Options {
+        scheduler_name: a.scheduler_name,
+        weights: a.score_weights.parse()?,
+    };
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+        });
+    }
+    let clock = Arc::new(SystemClock);
+    if !a.leader_elect {
+        run(api, clock, opts, shutdown).await;
+        return Ok(());
+    }
+    let identity = a.identity.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}_{}", host.trim(), uuid::Uuid::new_v4())
+    });
+    let mut config = Config::new(&a.lease_namespace, &a.lease_name, &identity);
+    config.lease_duration = a.leader_elect_lease_duration;
+    config.renew_deadline = a.leader_elect_renew_deadline;
+    config.retry_period = a.leader_elect_retry_period;
+    let mut elector = LeaderElector::new(api.clone(), clock.clone(), config)?;
+    elector
+        .run(shutdown, move |leading| run(api, clock, opts, leading))
+        .await
+        .context("scheduler")
 }
 
 #[derive(clap::Args)]
@@ -93,5 +178,6 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("apiserver")
         }
+        Command::Scheduler(a) => scheduler(a).await,
     }
 }
