@@ -19,6 +19,9 @@ pub struct NodeInfo {
     /// By pod key (`namespace/name`).
     pub pods: BTreeMap<String, Arc<Pod>>,
     pub requested: Resources,
+    /// `requested` with Kubernetes' scoring defaults for pods without requests (see
+    /// [`Resources::nonzero`]); kept here so scoring need not walk the pods.
+    pub nonzero_requested: Resources,
     pub allocatable: Resources,
 }
 
@@ -29,6 +32,7 @@ impl NodeInfo {
             node: Arc::new(node),
             pods: BTreeMap::new(),
             requested: Resources::default(),
+            nonzero_requested: Resources::default(),
             allocatable,
         }
     }
@@ -40,14 +44,20 @@ impl NodeInfo {
     pub fn add_pod(&mut self, pod: Arc<Pod>) {
         let key = key_of(&pod.metadata);
         if let Some(old) = self.pods.insert(key, pod.clone()) {
-            self.requested.sub(&Resources::of_pod(&old));
+            let r = Resources::of_pod(&old);
+            self.requested.sub(&r);
+            self.nonzero_requested.sub(&r.nonzero());
         }
-        self.requested.add(&Resources::of_pod(&pod));
+        let r = Resources::of_pod(&pod);
+        self.requested.add(&r);
+        self.nonzero_requested.add(&r.nonzero());
     }
 
     pub fn remove_pod(&mut self, key: &str) {
         if let Some(old) = self.pods.remove(key) {
-            self.requested.sub(&Resources::of_pod(&old));
+            let r = Resources::of_pod(&old);
+            self.requested.sub(&r);
+            self.nonzero_requested.sub(&r.nonzero());
         }
     }
 }
@@ -156,6 +166,7 @@ impl Cache {
         for info in self.nodes.values_mut() {
             info.pods.clear();
             info.requested = Resources::default();
+            info.nonzero_requested = Resources::default();
         }
         self.placed.clear();
         self.orphans.clear();

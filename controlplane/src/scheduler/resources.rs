@@ -26,6 +26,16 @@ impl Resources {
         self.pods -= o.pods;
     }
 
+    /// For scoring: a pod without a CPU or memory request counts as 100m / 200Mi
+    /// (Kubernetes' non-zero defaults), so best-effort pods still spread.
+    pub fn nonzero(&self) -> Resources {
+        Resources {
+            milli_cpu: if self.milli_cpu == 0 { 100 } else { self.milli_cpu },
+            memory: if self.memory == 0 { 200 * 1024 * 1024 } else { self.memory },
+            pods: self.pods,
+        }
+    }
+
     /// From a `requests`/`allocatable` map (missing entries are zero).
     pub fn from_map(m: Option<&BTreeMap<String, Quantity>>) -> Resources {
         let get = |k: &str, milli: bool| {

@@ -2,9 +2,8 @@
 //! node's bound and assumed pods request) and the two resource scores,
 //! NodeResourcesLeastAllocated and NodeResourcesBalancedAllocation.
 //!
-//! A node without a `pods` allocatable is not limited in pod count. For scoring, a pod
-//! without requests counts as 100m CPU / 200Mi memory (Kubernetes' non-zero defaults),
-//! so best-effort pods still spread.
+//! A node without a `pods` allocatable is not limited in pod count. Scores use the
+//! non-zero requests ([`Resources::nonzero`]).
 
 use k8s_openapi::api::core::v1::Pod;
 
@@ -14,9 +13,6 @@ use crate::scheduler::resources::Resources;
 
 pub const LEAST_ALLOCATED: &str = "NodeResourcesLeastAllocated";
 pub const BALANCED_ALLOCATION: &str = "NodeResourcesBalancedAllocation";
-
-const DEFAULT_MILLI_CPU: i64 = 100;
-const DEFAULT_MEMORY: i64 = 200 * 1024 * 1024;
 
 pub struct NodeResourcesFit;
 
@@ -47,20 +43,8 @@ impl FilterPlugin for NodeResourcesFit {
 
 /// (cpu, memory) the node would have requested with `pod` on it, with non-zero defaults.
 fn requested_with(pod: &Pod, node: &NodeInfo) -> (i64, i64) {
-    let nonzero = |r: &Resources| {
-        (
-            if r.milli_cpu == 0 { DEFAULT_MILLI_CPU } else { r.milli_cpu },
-            if r.memory == 0 { DEFAULT_MEMORY } else { r.memory },
-        )
-    };
-    let (pc, pm) = nonzero(&Resources::of_pod(pod));
-    let (mut c, mut m) = (0, 0);
-    for p in node.pods.values() {
-        let (a, b) = nonzero(&Resources::of_pod(p));
-        c += a;
-        m += b;
-    }
-    (c + pc, m + pm)
+    let p = Resources::of_pod(pod).nonzero();
+    (node.nonzero_requested.milli_cpu + p.milli_cpu, node.nonzero_requested.memory + p.memory)
 }
 
 pub struct LeastAllocated;
