@@ -36,7 +36,9 @@ pub struct ManualClock {
 impl Default for ManualClock {
     fn default() -> Self {
         ManualClock {
-            now: Arc::new(Mutex::new(DateTime::<Utc>::from_timestamp(1_700_000_000, 0).expect("valid timestamp"))),
+            now: Arc::new(Mutex::new(
+                DateTime::<Utc>::from_timestamp(1_700_000_000, 0).expect("valid timestamp"),
+            )),
         }
     }
 }

@@ -134,7 +134,11 @@ impl<C: Api, K: Clock> LeaderElector<C, K> {
             Err(e) => return self.failed(e),
         };
         let spec = existing.spec.clone().unwrap_or_default();
-        if self.observed.as_ref().is_none_or(|(o, _)| !same_record(o, &spec)) {
+        if self
+            .observed
+            .as_ref()
+            .is_none_or(|(o, _)| !same_record(o, &spec))
+        {
             self.observed = Some((spec.clone(), now));
         }
         let holder = spec.holder_identity.clone().unwrap_or_default();
@@ -143,7 +147,10 @@ impl<C: Api, K: Clock> LeaderElector<C, K> {
             .lease_duration_seconds
             .map(|s| Duration::from_secs(s.max(0) as u64))
             .unwrap_or(self.config.lease_duration);
-        if !holder.is_empty() && holder != self.config.identity && since(now, observed_at) < duration {
+        if !holder.is_empty()
+            && holder != self.config.identity
+            && since(now, observed_at) < duration
+        {
             return Attempt::HeldBy(holder);
         }
         let transitions = spec.lease_transitions.unwrap_or(0);
@@ -192,7 +199,11 @@ impl<C: Api, K: Clock> LeaderElector<C, K> {
     /// Renews every retry period until a renewal fails for `renew_deadline`; then
     /// cancels `leading` and returns [`ElectionError::Lost`]. Returns `Ok` (after
     /// releasing the Lease) when `shutdown` fires.
-    pub async fn renew_until_lost(&mut self, leading: &CancellationToken, shutdown: &CancellationToken) -> Result<(), ElectionError> {
+    pub async fn renew_until_lost(
+        &mut self,
+        leading: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ElectionError> {
         let mut last_renew = self.clock.now();
         loop {
             tokio::select! {
@@ -205,7 +216,9 @@ impl<C: Api, K: Clock> LeaderElector<C, K> {
             }
             match self.try_acquire_or_renew().await {
                 Attempt::Leading => last_renew = self.clock.now(),
-                _ if since(self.clock.now(), last_renew) + self.config.retry_period >= self.config.renew_deadline => {
+                _ if since(self.clock.now(), last_renew) + self.config.retry_period
+                    >= self.config.renew_deadline =>
+                {
                     // Stop before the next attempt could land past the deadline.
                     leading.cancel();
                     tracing::error!(lease = %self.config.name, "failed to renew lease within the renew deadline; stopping");
@@ -231,7 +244,11 @@ impl<C: Api, K: Clock> LeaderElector<C, K> {
 
     /// Acquires, runs `work` with a token cancelled on loss of leadership, renews until
     /// lost or shut down. `Err(Lost)` means the caller must stop acting (client-go exits).
-    pub async fn run<F, Fut>(&mut self, shutdown: CancellationToken, work: F) -> Result<(), ElectionError>
+    pub async fn run<F, Fut>(
+        &mut self,
+        shutdown: CancellationToken,
+        work: F,
+    ) -> Result<(), ElectionError>
     where
         F: FnOnce(CancellationToken) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -254,12 +271,25 @@ mod tests {
     use crate::client::fake::FakeApi;
     use crate::clock::ManualClock;
 
-    fn elector(api: &FakeApi, clock: &Arc<ManualClock>, id: &str) -> LeaderElector<FakeApi, ManualClock> {
-        LeaderElector::new(api.clone(), clock.clone(), Config::new("kube-system", "kube-scheduler", id)).unwrap()
+    fn elector(
+        api: &FakeApi,
+        clock: &Arc<ManualClock>,
+        id: &str,
+    ) -> LeaderElector<FakeApi, ManualClock> {
+        LeaderElector::new(
+            api.clone(),
+            clock.clone(),
+            Config::new("kube-system", "kube-scheduler", id),
+        )
+        .unwrap()
     }
 
     async fn spec(api: &FakeApi) -> LeaseSpec {
-        api.get::<Lease>(Some("kube-system"), "kube-scheduler").await.unwrap().spec.unwrap()
+        api.get::<Lease>(Some("kube-system"), "kube-scheduler")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
     }
 
     #[tokio::test]
@@ -273,7 +303,7 @@ mod tests {
             ("a", 0, Attempt::Leading),
             ("b", 0, Attempt::HeldBy("a".into())),
             ("b", 14, Attempt::HeldBy("a".into())),
-            ("a", 0, Attempt::Leading), // renews at 14 s
+            ("a", 0, Attempt::Leading),            // renews at 14 s
             ("b", 1, Attempt::HeldBy("a".into())), // b sees the renewal at 15 s
             ("b", 14, Attempt::HeldBy("a".into())),
             ("b", 1, Attempt::Leading), // 15 s since b saw a's last renewal
@@ -287,7 +317,10 @@ mod tests {
         let s = spec(&api).await;
         assert_eq!(s.holder_identity.as_deref(), Some("b"));
         assert_eq!(s.lease_transitions, Some(1));
-        assert_eq!(s.acquire_time.unwrap().0, t0 + chrono::Duration::seconds(30));
+        assert_eq!(
+            s.acquire_time.unwrap().0,
+            t0 + chrono::Duration::seconds(30)
+        );
         assert_eq!(s.lease_duration_seconds, Some(15));
     }
 
@@ -314,7 +347,10 @@ mod tests {
         assert_eq!(a.try_acquire_or_renew().await, Attempt::Leading);
         // Someone else rewrites the Lease between our read and write: simulate by a
         // stale object update, which the fake refuses like the server (409).
-        let stale = api.get::<Lease>(Some("kube-system"), "kube-scheduler").await.unwrap();
+        let stale = api
+            .get::<Lease>(Some("kube-system"), "kube-scheduler")
+            .await
+            .unwrap();
         assert_eq!(a.try_acquire_or_renew().await, Attempt::Leading);
         let err = api.update(Some("kube-system"), &stale).await.unwrap_err();
         assert!(err.is_conflict(), "{err}");
@@ -326,10 +362,16 @@ mod tests {
         let clock = Arc::new(ManualClock::default());
         let mut c = Config::new("ns", "l", "a");
         c.renew_deadline = c.lease_duration;
-        assert!(matches!(LeaderElector::new(api.clone(), clock.clone(), c.clone()), Err(ElectionError::LeaseNotLongerThanDeadline)));
+        assert!(matches!(
+            LeaderElector::new(api.clone(), clock.clone(), c.clone()),
+            Err(ElectionError::LeaseNotLongerThanDeadline)
+        ));
         c.renew_deadline = c.retry_period;
         c.lease_duration = Duration::from_secs(15);
-        assert!(matches!(LeaderElector::new(api, clock, c), Err(ElectionError::DeadlineNotLongerThanRetry)));
+        assert!(matches!(
+            LeaderElector::new(api, clock, c),
+            Err(ElectionError::DeadlineNotLongerThanRetry)
+        ));
     }
 
     /// The leader is cut off from the server: it must cancel its work before the other
@@ -353,7 +395,11 @@ mod tests {
         assert!(matches!(r, Err(ElectionError::Lost)));
         assert!(leading.is_cancelled());
         let stopped_at = clock.now();
-        assert!(since(stopped_at, last_ok) <= Duration::from_secs(10), "stopped {:?} after the last renewal", since(stopped_at, last_ok));
+        assert!(
+            since(stopped_at, last_ok) <= Duration::from_secs(10),
+            "stopped {:?} after the last renewal",
+            since(stopped_at, last_ok)
+        );
         // The other candidate cannot take over until 15 s after it observed that renewal.
         api.set_unavailable(false);
         let mut b = elector(&api, &clock, "b");

@@ -35,9 +35,17 @@ struct SchedulerArgs {
     #[arg(long)]
     leader_elect: bool,
     /// The Lease's name (in --lease-namespace).
-    #[arg(long, alias = "leader-elect-resource-name", default_value = "kube-scheduler")]
+    #[arg(
+        long,
+        alias = "leader-elect-resource-name",
+        default_value = "kube-scheduler"
+    )]
     lease_name: String,
-    #[arg(long, alias = "leader-elect-resource-namespace", default_value = "kube-system")]
+    #[arg(
+        long,
+        alias = "leader-elect-resource-namespace",
+        default_value = "kube-system"
+    )]
     lease_namespace: String,
     /// This replica's holder identity (default: hostname_<random>).
     #[arg(long)]

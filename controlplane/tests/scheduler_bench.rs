@@ -66,14 +66,18 @@ fn pod(name: &str) -> Pod {
 
 async fn populate<C: Api>(api: &C) {
     for i in 0..NODES {
-        api.create(None, &node(&format!("node-{i}"))).await.expect("create node");
+        api.create(None, &node(&format!("node-{i}")))
+            .await
+            .expect("create node");
     }
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..16 {
         let api = api.clone();
         tasks.spawn(async move {
             for i in (w..PODS).step_by(16) {
-                api.create(Some("default"), &pod(&format!("pod-{i}"))).await.expect("create pod");
+                api.create(Some("default"), &pod(&format!("pod-{i}")))
+                    .await
+                    .expect("create pod");
             }
         });
     }
@@ -83,7 +87,10 @@ async fn populate<C: Api>(api: &C) {
 }
 
 async fn bound<C: Api>(api: &C) -> usize {
-    let pods = api.list::<Pod>(Some("default"), &ListParams::default()).await.expect("list");
+    let pods = api
+        .list::<Pod>(Some("default"), &ListParams::default())
+        .await
+        .expect("list");
     pods.items
         .iter()
         .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
@@ -94,12 +101,21 @@ async fn bound<C: Api>(api: &C) -> usize {
 async fn measure<C: Api>(api: C, limit: Duration) -> f64 {
     let stop = CancellationToken::new();
     let start = Instant::now();
-    let task = tokio::spawn(run(api.clone(), Arc::new(SystemClock), Options::default(), stop.clone()));
+    let task = tokio::spawn(run(
+        api.clone(),
+        Arc::new(SystemClock),
+        Options::default(),
+        stop.clone(),
+    ));
     loop {
         if bound(&api).await == PODS {
             break;
         }
-        assert!(start.elapsed() < limit, "only {} of {PODS} pods bound within {limit:?}", bound(&api).await);
+        assert!(
+            start.elapsed() < limit,
+            "only {} of {PODS} pods bound within {limit:?}",
+            bound(&api).await
+        );
         // Listing 1000 pods is not free: poll gently so the measurement does not slow
         // the scheduler it measures.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -124,7 +140,11 @@ fn through_apiserver() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = common::StoreServer::start(common::Flavor::Raftkv, dir.path());
     let apiserver = common::ApiServer::start("api", &store.endpoint, dir.path(), &[]);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let api = HttpClient::from_kubeconfig(&apiserver.kubeconfig).expect("client");
         let t = Instant::now();

@@ -122,14 +122,23 @@ fn killing_the_active_scheduler_loses_no_pod_and_binds_none_twice() {
     rt.block_on(async {
         let api = HttpClient::from_kubeconfig(&apiserver.kubeconfig).expect("client");
         for i in 0..NODES {
-            api.create(None, &node(&format!("node-{i}"))).await.expect("create node");
+            api.create(None, &node(&format!("node-{i}")))
+                .await
+                .expect("create node");
         }
         let leader = wait_for("a leader", 20, || holder(&api)).await;
         // Every nodeName each pod is seen with, in order.
         let seen: Arc<Mutex<BTreeMap<String, Vec<String>>>> = Arc::default();
-        let list = api.list::<Pod>(Some("default"), &ListParams::default()).await.expect("list");
+        let list = api
+            .list::<Pod>(Some("default"), &ListParams::default())
+            .await
+            .expect("list");
         let mut stream = api
-            .watch::<Pod>(Some("default"), &ListParams::default(), &list.resource_version)
+            .watch::<Pod>(
+                Some("default"),
+                &ListParams::default(),
+                &list.resource_version,
+            )
             .await
             .expect("watch");
         let recorder = {
@@ -137,7 +146,8 @@ fn killing_the_active_scheduler_loses_no_pod_and_binds_none_twice() {
             tokio::spawn(async move {
                 while let Some(ev) = stream.next().await {
                     if let Ok(WatchEvent::Added(p) | WatchEvent::Modified(p)) = ev {
-                        if let Some(n) = p.spec.and_then(|s| s.node_name).filter(|n| !n.is_empty()) {
+                        if let Some(n) = p.spec.and_then(|s| s.node_name).filter(|n| !n.is_empty())
+                        {
                             let mut seen = seen.lock().unwrap();
                             let v = seen.entry(p.metadata.name.unwrap_or_default()).or_default();
                             if v.last() != Some(&n) {
@@ -150,9 +160,14 @@ fn killing_the_active_scheduler_loses_no_pod_and_binds_none_twice() {
         };
         let mut killed_at = None;
         for i in 0..PODS {
-            api.create(Some("default"), &pod(&format!("pod-{i}"))).await.expect("create pod");
+            api.create(Some("default"), &pod(&format!("pod-{i}")))
+                .await
+                .expect("create pod");
             if i == PODS / 2 {
-                schedulers.get_mut(leader.as_str()).expect("leader is a or b").kill();
+                schedulers
+                    .get_mut(leader.as_str())
+                    .expect("leader is a or b")
+                    .kill();
                 killed_at = Some(Instant::now());
             }
         }
@@ -168,20 +183,30 @@ fn killing_the_active_scheduler_loses_no_pod_and_binds_none_twice() {
         );
         eprintln!("{successor} took over {takeover:?} after {leader} was killed");
         wait_for("all pods bound", 30, || async {
-            let pods = api.list::<Pod>(Some("default"), &ListParams::default()).await.ok()?;
-            let bound = pods.items.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()).count();
+            let pods = api
+                .list::<Pod>(Some("default"), &ListParams::default())
+                .await
+                .ok()?;
+            let bound = pods
+                .items
+                .iter()
+                .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
+                .count();
             (bound == PODS).then_some(())
         })
         .await;
         // Let late watch events arrive, then check no pod moved.
         tokio::time::sleep(Duration::from_millis(300)).await;
         recorder.abort();
-        let seen = seen.lock().unwrap();
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
         assert_eq!(seen.len(), PODS, "every pod was seen bound");
-        for (pod, nodes) in seen.iter() {
+        for (pod, nodes) in &seen {
             assert_eq!(nodes.len(), 1, "{pod} was bound to {nodes:?}");
         }
-        let lease: Lease = api.get(Some("kube-system"), "kube-scheduler").await.expect("lease");
+        let lease: Lease = api
+            .get(Some("kube-system"), "kube-scheduler")
+            .await
+            .expect("lease");
         let spec = lease.spec.expect("spec");
         assert!(spec.lease_transitions.unwrap_or(0) >= 1, "{spec:?}");
         assert_eq!(spec.lease_duration_seconds, Some(2));

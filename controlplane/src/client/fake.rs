@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Pod};
-use k8s_openapi::Resource;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::WatchEvent;
+use k8s_openapi::Resource;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
@@ -84,7 +84,14 @@ impl FakeApi {
         Ok(())
     }
 
-    fn write(&self, st: &mut State, kind: &'static str, ns: &str, ty: &'static str, mut obj: Value) -> Value {
+    fn write(
+        &self,
+        st: &mut State,
+        kind: &'static str,
+        ns: &str,
+        ty: &'static str,
+        mut obj: Value,
+    ) -> Value {
         st.rv += 1;
         obj["metadata"]["resourceVersion"] = Value::String(st.rv.to_string());
         let key = (kind, ns.to_string(), meta_name(&obj));
@@ -142,7 +149,11 @@ impl Api for FakeApi {
         }
     }
 
-    async fn list<K: Object>(&self, ns: Option<&str>, _params: &ListParams) -> Result<ObjectList<K>> {
+    async fn list<K: Object>(
+        &self,
+        ns: Option<&str>,
+        _params: &ListParams,
+    ) -> Result<ObjectList<K>> {
         self.check()?;
         let st = self.state.lock().unwrap();
         let items = st
@@ -184,14 +195,26 @@ impl Api for FakeApi {
         let Some(current) = st.objects.get(&(K::KIND, ns_of(ns), name.clone())) else {
             return Err(not_found::<K>(&name));
         };
-        let want = v.pointer("/metadata/resourceVersion").and_then(Value::as_str);
-        if want.is_some_and(|w| Some(w) != current.pointer("/metadata/resourceVersion").and_then(Value::as_str)) {
+        let want = v
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str);
+        if want.is_some_and(|w| {
+            Some(w)
+                != current
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+        }) {
             return Err(conflict::<K>(&name));
         }
         decode(&self.write(&mut st, K::KIND, &ns_of(ns), "MODIFIED", v))
     }
 
-    async fn patch_merge<K: Object>(&self, ns: Option<&str>, name: &str, patch: &Value) -> Result<K> {
+    async fn patch_merge<K: Object>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        patch: &Value,
+    ) -> Result<K> {
         self.check()?;
         let mut st = self.state.lock().unwrap();
         let Some(current) = st.objects.get(&(K::KIND, ns_of(ns), name.to_string())) else {
@@ -205,7 +228,11 @@ impl Api for FakeApi {
     async fn delete<K: Object>(&self, ns: Option<&str>, name: &str) -> Result<()> {
         self.check()?;
         let mut st = self.state.lock().unwrap();
-        let Some(current) = st.objects.get(&(K::KIND, ns_of(ns), name.to_string())).cloned() else {
+        let Some(current) = st
+            .objects
+            .get(&(K::KIND, ns_of(ns), name.to_string()))
+            .cloned()
+        else {
             return Err(not_found::<K>(name));
         };
         self.write(&mut st, K::KIND, &ns_of(ns), "DELETED", current);
@@ -220,7 +247,11 @@ impl Api for FakeApi {
         let Some(mut pod) = st.objects.get(&key).cloned() else {
             return Err(not_found::<Pod>(&name));
         };
-        if let Some(node) = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+        if let Some(node) = pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
             return Err(ClientError::api(
                 409,
                 "Conflict",
@@ -232,11 +263,18 @@ impl Api for FakeApi {
         Ok(())
     }
 
-    async fn watch<K: Object>(&self, ns: Option<&str>, _params: &ListParams, resource_version: &str) -> Result<WatchStream<K>> {
+    async fn watch<K: Object>(
+        &self,
+        ns: Option<&str>,
+        _params: &ListParams,
+        resource_version: &str,
+    ) -> Result<WatchStream<K>> {
         self.check()?;
         let from: u64 = resource_version.parse().unwrap_or(0);
         let ns = ns.map(str::to_string);
-        let matches = move |c: &Change| c.kind == K::KIND && c.rv > from && ns.as_ref().is_none_or(|n| *n == c.ns);
+        let matches = move |c: &Change| {
+            c.kind == K::KIND && c.rv > from && ns.as_ref().is_none_or(|n| *n == c.ns)
+        };
         // Subscribing under the lock: nothing written between replay and live is lost.
         let (replay, rx) = {
             let st = self.state.lock().unwrap();

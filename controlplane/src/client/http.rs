@@ -10,7 +10,9 @@ use reqwest::{Method, RequestBuilder, Response};
 use serde::Deserialize;
 
 use super::kubeconfig::Kubeconfig;
-use super::{collection_path, Api, ClientError, ListParams, Object, ObjectList, Result, WatchStream};
+use super::{
+    collection_path, Api, ClientError, ListParams, Object, ObjectList, Result, WatchStream,
+};
 
 /// The HTTP client; cheap to clone (one connection pool).
 #[derive(Clone)]
@@ -33,7 +35,9 @@ impl HttpClient {
                 b = b.add_root_certificate(cert);
             }
         }
-        let http = b.build().map_err(|e| ClientError::Transport(e.to_string()))?;
+        let http = b
+            .build()
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
         Ok(HttpClient {
             http,
             base: config.server.clone(),
@@ -120,7 +124,11 @@ impl Api for HttpClient {
             .await
     }
 
-    async fn list<K: Object>(&self, ns: Option<&str>, params: &ListParams) -> Result<ObjectList<K>> {
+    async fn list<K: Object>(
+        &self,
+        ns: Option<&str>,
+        params: &ListParams,
+    ) -> Result<ObjectList<K>> {
         let l: List<K> = self
             .json(
                 self.request(Method::GET, &collection_path::<K>(ns))
@@ -134,14 +142,20 @@ impl Api for HttpClient {
     }
 
     async fn create<K: Object>(&self, ns: Option<&str>, obj: &K) -> Result<K> {
-        self.json(self.request(Method::POST, &collection_path::<K>(ns)).json(obj))
-            .await
+        self.json(
+            self.request(Method::POST, &collection_path::<K>(ns))
+                .json(obj),
+        )
+        .await
     }
 
     async fn update<K: Object>(&self, ns: Option<&str>, obj: &K) -> Result<K> {
         let name = obj.metadata().name.as_deref().unwrap_or("");
-        self.json(self.request(Method::PUT, &object_path::<K>(ns, name)).json(obj))
-            .await
+        self.json(
+            self.request(Method::PUT, &object_path::<K>(ns, name))
+                .json(obj),
+        )
+        .await
     }
 
     async fn patch_merge<K: Object>(
@@ -186,11 +200,16 @@ impl Api for HttpClient {
             q.push(("timeoutSeconds", t.to_string()));
         }
         let resp = self
-            .send(self.request(Method::GET, &collection_path::<K>(ns)).query(&q))
+            .send(
+                self.request(Method::GET, &collection_path::<K>(ns))
+                    .query(&q),
+            )
             .await?;
         Ok(lines(resp.bytes_stream())
             .map(|line| match line {
-                Ok(line) => serde_json::from_slice::<WatchEvent<K>>(&line).map_err(ClientError::from),
+                Ok(line) => {
+                    serde_json::from_slice::<WatchEvent<K>>(&line).map_err(ClientError::from)
+                }
                 Err(e) => Err(e),
             })
             .boxed())
@@ -202,29 +221,35 @@ fn lines<S>(body: S) -> impl futures::Stream<Item = Result<BytesMut>> + Send
 where
     S: futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + Unpin + 'static,
 {
-    futures::stream::unfold((body, BytesMut::new(), false), |(mut body, mut buf, mut done)| async move {
-        loop {
-            if let Some(i) = buf.iter().position(|&b| b == b'\n') {
-                let line = buf.split_to(i + 1);
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
+    futures::stream::unfold(
+        (body, BytesMut::new(), false),
+        |(mut body, mut buf, mut done)| async move {
+            loop {
+                if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                    let line = buf.split_to(i + 1);
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    return Some((Ok(line), (body, buf, done)));
                 }
-                return Some((Ok(line), (body, buf, done)));
-            }
-            if done {
-                if buf.iter().all(u8::is_ascii_whitespace) {
-                    return None;
+                if done {
+                    if buf.iter().all(u8::is_ascii_whitespace) {
+                        return None;
+                    }
+                    let rest = buf.split();
+                    return Some((Ok(rest), (body, buf, true)));
                 }
-                let rest = buf.split();
-                return Some((Ok(rest), (body, buf, true)));
-            }
-            match body.next().await {
-                Some(Ok(chunk)) => buf.extend_from_slice(chunk.chunk()),
-                Some(Err(e)) => {
-                    return Some((Err(ClientError::Transport(e.to_string())), (body, buf, true)))
+                match body.next().await {
+                    Some(Ok(chunk)) => buf.extend_from_slice(chunk.chunk()),
+                    Some(Err(e)) => {
+                        return Some((
+                            Err(ClientError::Transport(e.to_string())),
+                            (body, buf, true),
+                        ))
+                    }
+                    None => done = true,
                 }
-                None => done = true,
             }
-        }
-    })
+        },
+    )
 }

@@ -122,15 +122,27 @@ pub type WatchStream<K> = BoxStream<'static, Result<WatchEvent<K>>>;
 /// The verbs the control plane uses. Namespace `None` means cluster-scoped objects, or all
 /// namespaces for list/watch of namespaced ones.
 pub trait Api: Clone + Send + Sync + 'static {
-    fn get<K: Object>(&self, ns: Option<&str>, name: &str) -> impl Future<Output = Result<K>> + Send;
+    fn get<K: Object>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+    ) -> impl Future<Output = Result<K>> + Send;
     fn list<K: Object>(
         &self,
         ns: Option<&str>,
         params: &ListParams,
     ) -> impl Future<Output = Result<ObjectList<K>>> + Send;
-    fn create<K: Object>(&self, ns: Option<&str>, obj: &K) -> impl Future<Output = Result<K>> + Send;
+    fn create<K: Object>(
+        &self,
+        ns: Option<&str>,
+        obj: &K,
+    ) -> impl Future<Output = Result<K>> + Send;
     /// A full replace; conflicts (409) when `obj`'s resourceVersion is stale.
-    fn update<K: Object>(&self, ns: Option<&str>, obj: &K) -> impl Future<Output = Result<K>> + Send;
+    fn update<K: Object>(
+        &self,
+        ns: Option<&str>,
+        obj: &K,
+    ) -> impl Future<Output = Result<K>> + Send;
     /// An RFC 7386 JSON merge patch.
     fn patch_merge<K: Object>(
         &self,
@@ -138,7 +150,11 @@ pub trait Api: Clone + Send + Sync + 'static {
         name: &str,
         patch: &serde_json::Value,
     ) -> impl Future<Output = Result<K>> + Send;
-    fn delete<K: Object>(&self, ns: Option<&str>, name: &str) -> impl Future<Output = Result<()>> + Send;
+    fn delete<K: Object>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// `POST pods/<name>/binding`; 409 if the pod is already bound.
     fn bind(&self, ns: &str, binding: &Binding) -> impl Future<Output = Result<()>> + Send;
     /// Events after `resource_version`; a 410 (as an error or an ERROR event) means relist.
@@ -183,7 +199,10 @@ mod tests {
     #[test]
     fn paths() {
         let cases = [
-            (collection_path::<Pod>(Some("default")), "/api/v1/namespaces/default/pods"),
+            (
+                collection_path::<Pod>(Some("default")),
+                "/api/v1/namespaces/default/pods",
+            ),
             (collection_path::<Pod>(None), "/api/v1/pods"),
             (collection_path::<Node>(None), "/api/v1/nodes"),
             (

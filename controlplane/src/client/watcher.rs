@@ -24,7 +24,11 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Starts a watcher task; it stops when the receiver is dropped.
-pub fn watcher<C: Api, K: Object>(api: C, ns: Option<String>, params: ListParams) -> mpsc::Receiver<Event<K>> {
+pub fn watcher<C: Api, K: Object>(
+    api: C,
+    ns: Option<String>,
+    params: ListParams,
+) -> mpsc::Receiver<Event<K>> {
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(async move {
         let mut backoff = BACKOFF_MIN;
@@ -123,7 +127,11 @@ mod tests {
         }
         api.create(None, &node("b")).await.unwrap();
         api.delete::<Node>(None, "a").await.unwrap();
-        assert!(matches!(rx.recv().await.unwrap(), Event::Applied(n) if n.metadata.name.as_deref() == Some("b")));
-        assert!(matches!(rx.recv().await.unwrap(), Event::Deleted(n) if n.metadata.name.as_deref() == Some("a")));
+        assert!(
+            matches!(rx.recv().await.unwrap(), Event::Applied(n) if n.metadata.name.as_deref() == Some("b"))
+        );
+        assert!(
+            matches!(rx.recv().await.unwrap(), Event::Deleted(n) if n.metadata.name.as_deref() == Some("a"))
+        );
     }
 }

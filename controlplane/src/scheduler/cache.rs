@@ -27,7 +27,8 @@ pub struct NodeInfo {
 
 impl NodeInfo {
     pub fn new(node: Node) -> NodeInfo {
-        let allocatable = Resources::from_map(node.status.as_ref().and_then(|s| s.allocatable.as_ref()));
+        let allocatable =
+            Resources::from_map(node.status.as_ref().and_then(|s| s.allocatable.as_ref()));
         NodeInfo {
             node: Arc::new(node),
             pods: BTreeMap::new(),
@@ -91,7 +92,9 @@ impl Cache {
         let adopt: Vec<String> = self
             .orphans
             .iter()
-            .filter(|(_, p)| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()))
+            .filter(|(_, p)| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for k in adopt {
@@ -114,7 +117,11 @@ impl Cache {
     /// Finished pods hold no resources.
     pub fn upsert_pod(&mut self, pod: Pod) {
         let key = key_of(&pod.metadata);
-        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
         if node.is_empty() || is_terminal(&pod) {
             self.remove_pod(&key);
             return;
@@ -189,7 +196,11 @@ mod tests {
         let mut bound = p.clone();
         bound.spec.as_mut().unwrap().node_name = Some("n1".into());
         c.upsert_pod(bound);
-        assert_eq!(req(&c).milli_cpu, 1000, "the confirmation replaces the assumption");
+        assert_eq!(
+            req(&c).milli_cpu,
+            1000,
+            "the confirmation replaces the assumption"
+        );
         c.remove_pod("default/p1");
         assert_eq!(req(&c), Resources::default());
     }

@@ -49,9 +49,18 @@ impl fmt::Display for FitError {
             return f.write_str("no nodes available to schedule pods");
         }
         // kube-scheduler sorts the "<count> <reason>" strings themselves.
-        let mut parts: Vec<String> = self.reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        let mut parts: Vec<String> = self
+            .reasons
+            .iter()
+            .map(|(r, n)| format!("{n} {r}"))
+            .collect();
         parts.sort();
-        write!(f, "0/{} nodes are available: {}.", self.num_nodes, parts.join(", "))
+        write!(
+            f,
+            "0/{} nodes are available: {}.",
+            self.num_nodes,
+            parts.join(", ")
+        )
     }
 }
 
@@ -79,7 +88,11 @@ pub struct Framework {
 impl Framework {
     /// Picks a node for `pod` among `nodes`.
     pub fn schedule(&self, pod: &Pod, nodes: &[&NodeInfo]) -> Result<String, FitError> {
-        let states: Vec<CycleState> = self.filters.iter().map(|f| f.pre_filter(pod, nodes)).collect();
+        let states: Vec<CycleState> = self
+            .filters
+            .iter()
+            .map(|f| f.pre_filter(pod, nodes))
+            .collect();
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut feasible: Vec<&NodeInfo> = Vec::new();
         for node in nodes {
@@ -131,7 +144,9 @@ mod tests {
 
     #[test]
     fn fit_error_messages() {
-        let cases: Vec<(usize, Vec<(&str, usize)>, &str)> = vec![
+        // (nodes, reasons with their node counts, message)
+        type Case<'a> = (usize, Vec<(&'a str, usize)>, &'a str);
+        let cases: Vec<Case> = vec![
             (3, vec![("Insufficient cpu", 3)], "0/3 nodes are available: 3 Insufficient cpu."),
             (
                 3,
@@ -152,7 +167,10 @@ mod tests {
         for (n, reasons, want) in cases {
             let e = FitError {
                 num_nodes: n,
-                reasons: reasons.into_iter().map(|(r, c)| (r.to_string(), c)).collect(),
+                reasons: reasons
+                    .into_iter()
+                    .map(|(r, c)| (r.to_string(), c))
+                    .collect(),
             };
             assert_eq!(e.to_string(), want);
         }

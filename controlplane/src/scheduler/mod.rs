@@ -61,15 +61,24 @@ struct Shared<K: Clock> {
 
 fn is_pending_and_ours(pod: &Pod, name: &str) -> bool {
     let Some(spec) = &pod.spec else { return false };
-    let ours = spec.scheduler_name.as_deref().is_none_or(|n| n.is_empty() || n == name);
+    let ours = spec
+        .scheduler_name
+        .as_deref()
+        .is_none_or(|n| n.is_empty() || n == name);
     let unbound = spec.node_name.as_deref().is_none_or(str::is_empty);
     let live = pod.metadata.deletion_timestamp.is_none()
-        && !matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded") | Some("Failed"));
+        && !matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded") | Some("Failed")
+        );
     ours && unbound && live
 }
 
 fn is_bound(pod: &Pod) -> bool {
-    pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty())
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty())
 }
 
 /// Runs the scheduler until `stop` is cancelled.
@@ -81,7 +90,11 @@ pub async fn run<C: Api, K: Clock>(api: C, clock: Arc<K>, opts: Options, stop: C
     });
     let framework = Arc::new(plugins::default_framework(&opts.weights));
     let nodes = tokio::spawn(watch_nodes(api.clone(), shared.clone()));
-    let pods = tokio::spawn(watch_pods(api.clone(), shared.clone(), opts.scheduler_name.clone()));
+    let pods = tokio::spawn(watch_pods(
+        api.clone(),
+        shared.clone(),
+        opts.scheduler_name.clone(),
+    ));
     tracing::info!(name = %opts.scheduler_name, "scheduler started");
     tokio::select! {
         _ = schedule_loop(api, clock, shared, framework, opts) => {}
@@ -99,8 +112,15 @@ async fn watch_nodes<C: Api, K: Clock>(api: C, shared: Arc<Shared<K>>) {
             let mut cache = shared.cache.lock().unwrap();
             match ev {
                 WatchEvent::Restarted(nodes) => {
-                    let names: std::collections::HashSet<String> = nodes.iter().filter_map(|n| n.metadata.name.clone()).collect();
-                    let stale: Vec<String> = cache.nodes().map(|n| n.name().to_string()).filter(|n| !names.contains(n)).collect();
+                    let names: std::collections::HashSet<String> = nodes
+                        .iter()
+                        .filter_map(|n| n.metadata.name.clone())
+                        .collect();
+                    let stale: Vec<String> = cache
+                        .nodes()
+                        .map(|n| n.name().to_string())
+                        .filter(|n| !names.contains(n))
+                        .collect();
                     for n in stale {
                         cache.remove_node(&n);
                     }
@@ -109,7 +129,9 @@ async fn watch_nodes<C: Api, K: Clock>(api: C, shared: Arc<Shared<K>>) {
                     }
                 }
                 WatchEvent::Applied(n) => cache.upsert_node(n),
-                WatchEvent::Deleted(n) => cache.remove_node(n.metadata.name.as_deref().unwrap_or("")),
+                WatchEvent::Deleted(n) => {
+                    cache.remove_node(n.metadata.name.as_deref().unwrap_or(""))
+                }
             }
         }
         shared.queue.lock().unwrap().move_all_to_active_or_backoff();
@@ -125,7 +147,8 @@ async fn watch_pods<C: Api, K: Clock>(api: C, shared: Arc<Shared<K>>, name: Stri
         match ev {
             WatchEvent::Restarted(pods) => {
                 cache.reset_pods();
-                let keys: std::collections::HashSet<String> = pods.iter().map(|p| key_of(&p.metadata)).collect();
+                let keys: std::collections::HashSet<String> =
+                    pods.iter().map(|p| key_of(&p.metadata)).collect();
                 queue.retain(|k| keys.contains(k));
                 for p in pods {
                     if is_bound(&p) {
@@ -166,7 +189,13 @@ async fn watch_pods<C: Api, K: Clock>(api: C, shared: Arc<Shared<K>>, name: Stri
     }
 }
 
-async fn schedule_loop<C: Api, K: Clock>(api: C, clock: Arc<K>, shared: Arc<Shared<K>>, framework: Arc<Framework>, opts: Options) {
+async fn schedule_loop<C: Api, K: Clock>(
+    api: C,
+    clock: Arc<K>,
+    shared: Arc<Shared<K>>,
+    framework: Arc<Framework>,
+    opts: Options,
+) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BINDINGS));
     loop {
         let next = shared.queue.lock().unwrap().pop();
@@ -196,7 +225,11 @@ async fn schedule_loop<C: Api, K: Clock>(api: C, clock: Arc<K>, shared: Arc<Shar
             None => shared.queue.lock().unwrap().done(&key),
             Some(Ok(node)) => {
                 shared.queue.lock().unwrap().done(&key);
-                let permit = in_flight.clone().acquire_owned().await.expect("semaphore never closed");
+                let permit = in_flight
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore never closed");
                 let (api, shared) = (api.clone(), shared.clone());
                 tokio::spawn(async move {
                     bind(&api, &shared, &pod, &node, cycle).await;
@@ -208,7 +241,9 @@ async fn schedule_loop<C: Api, K: Clock>(api: C, clock: Arc<K>, shared: Arc<Shar
                 shared.queue.lock().unwrap().add_unschedulable(&pod, cycle);
                 let api = api.clone();
                 let (clock, name) = (clock.clone(), opts.scheduler_name.clone());
-                tokio::spawn(async move { record_failure(&api, clock.as_ref(), &name, &pod, &fit).await });
+                tokio::spawn(async move {
+                    record_failure(&api, clock.as_ref(), &name, &pod, &fit).await
+                });
             }
         }
     }
@@ -216,7 +251,11 @@ async fn schedule_loop<C: Api, K: Clock>(api: C, clock: Arc<K>, shared: Arc<Shar
 
 async fn bind<C: Api, K: Clock>(api: &C, shared: &Shared<K>, pod: &Pod, node: &str, cycle: u64) {
     let key = key_of(&pod.metadata);
-    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let binding = Binding {
         metadata: ObjectMeta {
             name: pod.metadata.name.clone(),
@@ -249,11 +288,19 @@ async fn bind<C: Api, K: Clock>(api: &C, shared: &Shared<K>, pod: &Pod, node: &s
 }
 
 /// A "FailedScheduling" Warning event on the pod, as kube-scheduler writes it.
-pub fn failed_scheduling_event(pod: &Pod, scheduler: &str, fit: &FitError, now: chrono::DateTime<chrono::Utc>) -> Event {
+pub fn failed_scheduling_event(
+    pod: &Pod,
+    scheduler: &str,
+    fit: &FitError,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Event {
     let name = pod.metadata.name.clone().unwrap_or_default();
     Event {
         metadata: ObjectMeta {
-            name: Some(format!("{name}.{:x}", now.timestamp_nanos_opt().unwrap_or(0))),
+            name: Some(format!(
+                "{name}.{:x}",
+                now.timestamp_nanos_opt().unwrap_or(0)
+            )),
             namespace: pod.metadata.namespace.clone(),
             ..Default::default()
         },
@@ -280,7 +327,13 @@ pub fn failed_scheduling_event(pod: &Pod, scheduler: &str, fit: &FitError, now: 
     }
 }
 
-async fn record_failure<C: Api, K: Clock>(api: &C, clock: &K, scheduler: &str, pod: &Pod, fit: &FitError) {
+async fn record_failure<C: Api, K: Clock>(
+    api: &C,
+    clock: &K,
+    scheduler: &str,
+    pod: &Pod,
+    fit: &FitError,
+) {
     let ev = failed_scheduling_event(pod, scheduler, fit, clock.now());
     if let Err(e) = api.create(ev.metadata.namespace.as_deref(), &ev).await {
         tracing::warn!(error = %e, "writing a FailedScheduling event");
@@ -304,15 +357,28 @@ mod tests {
             api.create(None, &node(n, "2", "4Gi")).await.unwrap();
         }
         for i in 0..6 {
-            api.create(Some("default"), &pod(&format!("p{i}"), "1", "1Gi")).await.unwrap();
+            api.create(Some("default"), &pod(&format!("p{i}"), "1", "1Gi"))
+                .await
+                .unwrap();
         }
-        api.create(Some("default"), &pod("big", "3", "1Gi")).await.unwrap();
+        api.create(Some("default"), &pod("big", "3", "1Gi"))
+            .await
+            .unwrap();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run(api.clone(), Arc::new(SystemClock), Options::default(), stop.clone()));
+        let task = tokio::spawn(run(
+            api.clone(),
+            Arc::new(SystemClock),
+            Options::default(),
+            stop.clone(),
+        ));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let bound = |api: &FakeApi| api.all::<Pod>().iter().filter(|p| is_bound(p)).count();
         while bound(&api) < 6 || api.all::<Event>().is_empty() {
-            assert!(tokio::time::Instant::now() < deadline, "bound {}", bound(&api));
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "bound {}",
+                bound(&api)
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let mut per_node = std::collections::BTreeMap::new();
@@ -321,14 +387,24 @@ mod tests {
                 *per_node.entry(n).or_insert(0) += 1;
             }
         }
-        assert_eq!(per_node.values().copied().collect::<Vec<_>>(), vec![2, 2, 2], "{per_node:?}");
+        assert_eq!(
+            per_node.values().copied().collect::<Vec<_>>(),
+            vec![2, 2, 2],
+            "{per_node:?}"
+        );
         let ev = &api.all::<Event>()[0];
         assert_eq!(ev.reason.as_deref(), Some("FailedScheduling"));
-        assert_eq!(ev.message.as_deref(), Some("0/3 nodes are available: 3 Insufficient cpu."));
+        assert_eq!(
+            ev.message.as_deref(),
+            Some("0/3 nodes are available: 3 Insufficient cpu.")
+        );
         assert_eq!(ev.involved_object.name.as_deref(), Some("big"));
         api.create(None, &node("n4", "4", "4Gi")).await.unwrap();
         while bound(&api) < 7 {
-            assert!(tokio::time::Instant::now() < deadline, "big pod not bound after a node was added");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "big pod not bound after a node was added"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         stop.cancel();

@@ -90,11 +90,18 @@ impl<K: Clock> SchedulingQueue<K> {
             Some(e) => {
                 e.pod = pod;
                 if self.place.get(&key) == Some(&Where::Unschedulable) {
-                    self.to_active_or_backoff(key);
+                    self.requeue_after_backoff(key);
                 }
             }
             None => {
-                self.entries.insert(key.clone(), Entry { pod, attempts: 0, failed_at: None });
+                self.entries.insert(
+                    key.clone(),
+                    Entry {
+                        pod,
+                        attempts: 0,
+                        failed_at: None,
+                    },
+                );
                 self.activate(key);
             }
         }
@@ -133,10 +140,16 @@ impl<K: Clock> SchedulingQueue<K> {
     pub fn add_unschedulable(&mut self, pod: &Pod, cycle: u64) {
         let key = key_of(&pod.metadata);
         let now = self.clock.now();
-        let Some(e) = self.entries.get_mut(&key) else { return };
+        let Some(e) = self.entries.get_mut(&key) else {
+            return;
+        };
         e.attempts += 1;
         e.failed_at = Some(now);
-        let to = if self.move_cycle >= cycle { Where::Backoff } else { Where::Unschedulable };
+        let to = if self.move_cycle >= cycle {
+            Where::Backoff
+        } else {
+            Where::Unschedulable
+        };
         self.place.insert(key, to);
     }
 
@@ -146,12 +159,16 @@ impl<K: Clock> SchedulingQueue<K> {
     }
 
     fn backoff_over(&self, e: &Entry, now: DateTime<Utc>) -> bool {
-        e.failed_at.is_none_or(|t| since(now, t) >= backoff(e.attempts))
+        e.failed_at
+            .is_none_or(|t| since(now, t) >= backoff(e.attempts))
     }
 
-    fn to_active_or_backoff(&mut self, key: String) {
+    fn requeue_after_backoff(&mut self, key: String) {
         let now = self.clock.now();
-        let over = self.entries.get(&key).is_some_and(|e| self.backoff_over(e, now));
+        let over = self
+            .entries
+            .get(&key)
+            .is_some_and(|e| self.backoff_over(e, now));
         if over {
             self.activate(key);
         } else {
@@ -161,9 +178,14 @@ impl<K: Clock> SchedulingQueue<K> {
 
     /// A cluster event that may let unschedulable pods fit.
     pub fn move_all_to_active_or_backoff(&mut self) {
-        let keys: Vec<String> = self.place.iter().filter(|(_, w)| **w == Where::Unschedulable).map(|(k, _)| k.clone()).collect();
+        let keys: Vec<String> = self
+            .place
+            .iter()
+            .filter(|(_, w)| **w == Where::Unschedulable)
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in keys {
-            self.to_active_or_backoff(k);
+            self.requeue_after_backoff(k);
         }
         self.move_cycle = self.cycle;
     }
@@ -173,10 +195,14 @@ impl<K: Clock> SchedulingQueue<K> {
         let now = self.clock.now();
         let mut ready: Vec<String> = Vec::new();
         for (k, w) in &self.place {
-            let Some(e) = self.entries.get(k) else { continue };
+            let Some(e) = self.entries.get(k) else {
+                continue;
+            };
             let go = match w {
                 Where::Backoff => self.backoff_over(e, now),
-                Where::Unschedulable => e.failed_at.is_none_or(|t| since(now, t) >= UNSCHEDULABLE_MAX_STAY),
+                Where::Unschedulable => e
+                    .failed_at
+                    .is_none_or(|t| since(now, t) >= UNSCHEDULABLE_MAX_STAY),
                 _ => false,
             };
             if go {
@@ -200,7 +226,12 @@ mod tests {
     fn backoff_doubles_to_ten_seconds() {
         let want = [1, 2, 4, 8, 10, 10, 10];
         for (i, w) in want.into_iter().enumerate() {
-            assert_eq!(backoff(i as u32 + 1), Duration::from_secs(w), "attempt {}", i + 1);
+            assert_eq!(
+                backoff(i as u32 + 1),
+                Duration::from_secs(w),
+                "attempt {}",
+                i + 1
+            );
         }
     }
 
@@ -214,7 +245,11 @@ mod tests {
         for (attempt, secs) in [1u64, 2, 4, 8, 10, 10].into_iter().enumerate() {
             let (p, cycle) = q.pop().expect("pod is active");
             q.add_unschedulable(&p, cycle);
-            assert_eq!(q.location("default/p"), Some(Where::Unschedulable), "attempt {attempt}");
+            assert_eq!(
+                q.location("default/p"),
+                Some(Where::Unschedulable),
+                "attempt {attempt}"
+            );
             q.move_all_to_active_or_backoff();
             assert_eq!(q.location("default/p"), Some(Where::Backoff));
             clock.advance(Duration::from_secs(secs) - Duration::from_millis(1));
@@ -260,7 +295,9 @@ mod tests {
         }
         q.add(pod("a", "1", "")); // an update keeps its place
         q.delete("default/b");
-        let order: Vec<String> = std::iter::from_fn(|| q.pop()).map(|(p, _)| p.metadata.name.unwrap()).collect();
+        let order: Vec<String> = std::iter::from_fn(|| q.pop())
+            .map(|(p, _)| p.metadata.name.unwrap())
+            .collect();
         assert_eq!(order, ["a", "c"]);
     }
 }

@@ -30,8 +30,16 @@ impl Resources {
     /// (Kubernetes' non-zero defaults), so best-effort pods still spread.
     pub fn nonzero(&self) -> Resources {
         Resources {
-            milli_cpu: if self.milli_cpu == 0 { 100 } else { self.milli_cpu },
-            memory: if self.memory == 0 { 200 * 1024 * 1024 } else { self.memory },
+            milli_cpu: if self.milli_cpu == 0 {
+                100
+            } else {
+                self.milli_cpu
+            },
+            memory: if self.memory == 0 {
+                200 * 1024 * 1024
+            } else {
+                self.memory
+            },
             pods: self.pods,
         }
     }
@@ -54,11 +62,16 @@ impl Resources {
     /// container's if that is more (init containers run one at a time); `pods` is 1.
     pub fn of_pod(pod: &Pod) -> Resources {
         let Some(spec) = &pod.spec else {
-            return Resources { pods: 1, ..Default::default() };
+            return Resources {
+                pods: 1,
+                ..Default::default()
+            };
         };
         let mut sum = Resources::default();
         for c in &spec.containers {
-            sum.add(&Resources::from_map(c.resources.as_ref().and_then(|r| r.requests.as_ref())));
+            sum.add(&Resources::from_map(
+                c.resources.as_ref().and_then(|r| r.requests.as_ref()),
+            ));
         }
         for c in spec.init_containers.iter().flatten() {
             let r = Resources::from_map(c.resources.as_ref().and_then(|r| r.requests.as_ref()));

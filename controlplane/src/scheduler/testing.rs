@@ -30,7 +30,12 @@ pub fn node(name: &str, cpu: &str, mem: &str) -> Node {
 }
 
 pub fn with_labels(mut n: Node, labels: &[(&str, &str)]) -> Node {
-    n.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    n.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
     n
 }
 
@@ -61,7 +66,12 @@ pub fn pod(name: &str, cpu: &str, mem: &str) -> Pod {
 }
 
 pub fn pod_labels(mut p: Pod, labels: &[(&str, &str)]) -> Pod {
-    p.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    p.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
     p
 }
 

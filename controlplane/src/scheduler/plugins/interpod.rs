@@ -22,7 +22,11 @@ fn term_selects(term: &PodAffinityTerm, owner_ns: Option<&str>, pod: &Pod) -> bo
         _ => pod_ns == owner_ns,
     };
     // A missing selector selects nothing.
-    ns_ok && term.label_selector.as_ref().is_some_and(|s| selector_matches(s, pod.metadata.labels.as_ref()))
+    ns_ok
+        && term
+            .label_selector
+            .as_ref()
+            .is_some_and(|s| selector_matches(s, pod.metadata.labels.as_ref()))
 }
 
 fn affinity_terms(pod: &Pod) -> &[PodAffinityTerm] {
@@ -30,7 +34,10 @@ fn affinity_terms(pod: &Pod) -> &[PodAffinityTerm] {
         .as_ref()
         .and_then(|s| s.affinity.as_ref())
         .and_then(|a| a.pod_affinity.as_ref())
-        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_deref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_deref()
+        })
         .unwrap_or_default()
 }
 
@@ -39,7 +46,10 @@ fn anti_affinity_terms(pod: &Pod) -> &[PodAffinityTerm] {
         .as_ref()
         .and_then(|s| s.affinity.as_ref())
         .and_then(|a| a.pod_anti_affinity.as_ref())
-        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_deref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_deref()
+        })
         .unwrap_or_default()
 }
 
@@ -73,7 +83,10 @@ impl FilterPlugin for InterPodAffinity {
         let mut st = State {
             existing_anti: HashSet::new(),
             anti: HashSet::new(),
-            affinity: aff.iter().map(|t| (t.topology_key.clone(), HashSet::new())).collect(),
+            affinity: aff
+                .iter()
+                .map(|t| (t.topology_key.clone(), HashSet::new()))
+                .collect(),
             affinity_waived: false,
         };
         let mut relevant = !aff.is_empty() || !anti.is_empty();
@@ -115,7 +128,10 @@ impl FilterPlugin for InterPodAffinity {
         };
         let in_domain = |set: &HashSet<Domain>| set.iter().any(|(k, v)| label(node, k) == Some(v));
         if !st.affinity_waived
-            && !st.affinity.iter().all(|(key, domains)| label(node, key).is_some_and(|v| domains.contains(v)))
+            && !st
+                .affinity
+                .iter()
+                .all(|(key, domains)| label(node, key).is_some_and(|v| domains.contains(v)))
         {
             return Err(vec!["node(s) didn't match pod affinity rules".into()]);
         }
@@ -123,7 +139,9 @@ impl FilterPlugin for InterPodAffinity {
             return Err(vec!["node(s) didn't match pod anti-affinity rules".into()]);
         }
         if in_domain(&st.existing_anti) {
-            return Err(vec!["node(s) didn't satisfy existing pods anti-affinity rules".into()]);
+            return Err(vec![
+                "node(s) didn't satisfy existing pods anti-affinity rules".into(),
+            ]);
         }
         Ok(())
     }
@@ -168,13 +186,23 @@ mod tests {
         let nodes: Vec<NodeInfo> = [("a1", "a"), ("a2", "a"), ("b1", "b")]
             .iter()
             .map(|(name, zone)| {
-                let pods = placed.iter().filter(|(n, _)| n == name).map(|(_, p)| p.clone()).collect();
-                info(with_labels(node(name, "1", "1Gi"), &[("zone", zone), ("host", name)]), pods)
+                let pods = placed
+                    .iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, p)| p.clone())
+                    .collect();
+                info(
+                    with_labels(node(name, "1", "1Gi"), &[("zone", zone), ("host", name)]),
+                    pods,
+                )
             })
             .collect();
         let refs: Vec<&NodeInfo> = nodes.iter().collect();
         let st = InterPodAffinity.pre_filter(p, &refs);
-        nodes.iter().map(|n| InterPodAffinity.filter(&st, p, n)).collect()
+        nodes
+            .iter()
+            .map(|n| InterPodAffinity.filter(&st, p, n))
+            .collect()
     }
 
     #[test]
@@ -183,17 +211,61 @@ mod tests {
         let db = || pod_labels(pod("d", "", ""), &[("app", "db")]);
         let ok = Ok(());
         let aff = Err(vec!["node(s) didn't match pod affinity rules".to_string()]);
-        let anti = Err(vec!["node(s) didn't match pod anti-affinity rules".to_string()]);
-        let existing = Err(vec!["node(s) didn't satisfy existing pods anti-affinity rules".to_string()]);
+        let anti = Err(vec![
+            "node(s) didn't match pod anti-affinity rules".to_string()
+        ]);
+        let existing = Err(vec![
+            "node(s) didn't satisfy existing pods anti-affinity rules".to_string(),
+        ]);
         let cases = vec![
-            ("no affinity", web(), vec![("a1", db())], vec![ok.clone(), ok.clone(), ok.clone()]),
-            ("affinity to db by zone", with(web(), vec![term("db", "zone")], vec![]), vec![("a1", db())], vec![ok.clone(), ok.clone(), aff.clone()]),
-            ("affinity to db by host", with(web(), vec![term("db", "host")], vec![]), vec![("a1", db())], vec![ok.clone(), aff.clone(), aff.clone()]),
-            ("affinity to nothing, not self", with(web(), vec![term("db", "zone")], vec![]), vec![], vec![aff.clone(), aff.clone(), aff.clone()]),
-            ("first of a group", with(web(), vec![term("web", "zone")], vec![]), vec![], vec![ok.clone(), ok.clone(), ok.clone()]),
-            ("anti-affinity by host", with(web(), vec![], vec![term("web", "host")]), vec![("a1", web())], vec![anti.clone(), ok.clone(), ok.clone()]),
-            ("anti-affinity by zone", with(web(), vec![], vec![term("web", "zone")]), vec![("a1", web())], vec![anti.clone(), anti.clone(), ok.clone()]),
-            ("existing pod's anti-affinity", web(), vec![("b1", with(db(), vec![], vec![term("web", "zone")]))], vec![ok.clone(), ok.clone(), existing.clone()]),
+            (
+                "no affinity",
+                web(),
+                vec![("a1", db())],
+                vec![ok.clone(), ok.clone(), ok.clone()],
+            ),
+            (
+                "affinity to db by zone",
+                with(web(), vec![term("db", "zone")], vec![]),
+                vec![("a1", db())],
+                vec![ok.clone(), ok.clone(), aff.clone()],
+            ),
+            (
+                "affinity to db by host",
+                with(web(), vec![term("db", "host")], vec![]),
+                vec![("a1", db())],
+                vec![ok.clone(), aff.clone(), aff.clone()],
+            ),
+            (
+                "affinity to nothing, not self",
+                with(web(), vec![term("db", "zone")], vec![]),
+                vec![],
+                vec![aff.clone(), aff.clone(), aff.clone()],
+            ),
+            (
+                "first of a group",
+                with(web(), vec![term("web", "zone")], vec![]),
+                vec![],
+                vec![ok.clone(), ok.clone(), ok.clone()],
+            ),
+            (
+                "anti-affinity by host",
+                with(web(), vec![], vec![term("web", "host")]),
+                vec![("a1", web())],
+                vec![anti.clone(), ok.clone(), ok.clone()],
+            ),
+            (
+                "anti-affinity by zone",
+                with(web(), vec![], vec![term("web", "zone")]),
+                vec![("a1", web())],
+                vec![anti.clone(), anti.clone(), ok.clone()],
+            ),
+            (
+                "existing pod's anti-affinity",
+                web(),
+                vec![("b1", with(db(), vec![], vec![term("web", "zone")]))],
+                vec![ok.clone(), ok.clone(), existing.clone()],
+            ),
         ];
         for (name, p, placed, want) in cases {
             assert_eq!(check(&p, placed), want, "{name}");

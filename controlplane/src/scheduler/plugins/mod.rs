@@ -49,9 +49,16 @@ impl std::str::FromStr for Weights {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut w = Weights::default();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, weight) = part.split_once('=').ok_or_else(|| WeightsError::Syntax(part.into()))?;
-            let weight: i64 = weight.trim().parse().map_err(|_| WeightsError::Syntax(part.into()))?;
-            let slot = w.0.get_mut(name.trim()).ok_or_else(|| WeightsError::UnknownPlugin(name.into()))?;
+            let (name, weight) = part
+                .split_once('=')
+                .ok_or_else(|| WeightsError::Syntax(part.into()))?;
+            let weight: i64 = weight
+                .trim()
+                .parse()
+                .map_err(|_| WeightsError::Syntax(part.into()))?;
+            let slot =
+                w.0.get_mut(name.trim())
+                    .ok_or_else(|| WeightsError::UnknownPlugin(name.into()))?;
             *slot = weight;
         }
         Ok(w)
@@ -73,8 +80,14 @@ pub fn default_framework(weights: &Weights) -> Framework {
         ],
         scores: vec![
             (Box::new(fit::LeastAllocated), w(fit::LEAST_ALLOCATED)),
-            (Box::new(fit::BalancedAllocation), w(fit::BALANCED_ALLOCATION)),
-            (Box::new(node_affinity::NodeAffinity), w(node_affinity::NAME)),
+            (
+                Box::new(fit::BalancedAllocation),
+                w(fit::BALANCED_ALLOCATION),
+            ),
+            (
+                Box::new(node_affinity::NodeAffinity),
+                w(node_affinity::NAME),
+            ),
             (Box::new(spread::SelectorSpread), w(spread::NAME)),
         ],
     }
@@ -107,17 +120,28 @@ mod tests {
 
     #[test]
     fn weights_parse() {
-        let w: Weights = "NodeResourcesLeastAllocated=3, SelectorSpread=0".parse().unwrap();
+        let w: Weights = "NodeResourcesLeastAllocated=3, SelectorSpread=0"
+            .parse()
+            .unwrap();
         assert_eq!(w.0["NodeResourcesLeastAllocated"], 3);
         assert_eq!(w.0["SelectorSpread"], 0);
         assert_eq!(w.0["NodeAffinity"], 1);
-        assert_eq!("Nope=1".parse::<Weights>(), Err(WeightsError::UnknownPlugin("Nope".into())));
-        assert_eq!("x".parse::<Weights>(), Err(WeightsError::Syntax("x".into())));
+        assert_eq!(
+            "Nope=1".parse::<Weights>(),
+            Err(WeightsError::UnknownPlugin("Nope".into()))
+        );
+        assert_eq!(
+            "x".parse::<Weights>(),
+            Err(WeightsError::Syntax("x".into()))
+        );
     }
 
     #[test]
     fn label_selectors() {
-        let labels: BTreeMap<String, String> = [("app", "web"), ("tier", "fe")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let labels: BTreeMap<String, String> = [("app", "web"), ("tier", "fe")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let req = |op: &str, vals: &[&str]| LabelSelector {
             match_expressions: Some(vec![LabelSelectorRequirement {
                 key: "app".into(),
@@ -128,8 +152,20 @@ mod tests {
         };
         let cases = [
             (LabelSelector::default(), true),
-            (LabelSelector { match_labels: Some([("app".to_string(), "web".to_string())].into()), ..Default::default() }, true),
-            (LabelSelector { match_labels: Some([("app".to_string(), "db".to_string())].into()), ..Default::default() }, false),
+            (
+                LabelSelector {
+                    match_labels: Some([("app".to_string(), "web".to_string())].into()),
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                LabelSelector {
+                    match_labels: Some([("app".to_string(), "db".to_string())].into()),
+                    ..Default::default()
+                },
+                false,
+            ),
             (req("In", &["web", "api"]), true),
             (req("NotIn", &["web"]), false),
             (req("Exists", &[]), true),

@@ -14,7 +14,12 @@ impl FilterPlugin for NodeUnschedulable {
         "NodeUnschedulable"
     }
     fn filter(&self, _: &CycleState, pod: &Pod, node: &NodeInfo) -> Result<(), Vec<String>> {
-        let unschedulable = node.node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+        let unschedulable = node
+            .node
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false);
         let taint = Taint {
             key: "node.kubernetes.io/unschedulable".into(),
             effect: "NoSchedule".into(),
@@ -53,7 +58,7 @@ impl FilterPlugin for NodeReady {
 mod tests {
     use super::*;
     use crate::scheduler::testing::{info, node, pod};
-    use k8s_openapi::api::core::v1::Toleration;
+    use k8s_openapi::api::core::v1::{Node, Toleration};
 
     #[test]
     fn unschedulable_and_ready() {
@@ -82,17 +87,33 @@ mod tests {
             p
         };
         let plain = pod("p", "", "");
-        let cases: Vec<(&dyn FilterPlugin, &Pod, k8s_openapi::api::core::v1::Node, Result<(), &str>)> = vec![
+        type Case<'a> = (&'a dyn FilterPlugin, &'a Pod, Node, Result<(), &'a str>);
+        let cases: Vec<Case> = vec![
             (&NodeUnschedulable, &plain, node("n", "1", "1Gi"), Ok(())),
-            (&NodeUnschedulable, &plain, cordoned.clone(), Err("node(s) were unschedulable")),
+            (
+                &NodeUnschedulable,
+                &plain,
+                cordoned.clone(),
+                Err("node(s) were unschedulable"),
+            ),
             (&NodeUnschedulable, &tolerant, cordoned, Ok(())),
             (&NodeReady, &plain, node("n", "1", "1Gi"), Ok(())),
             (&NodeReady, &plain, not_ready, Err("node(s) were not ready")),
-            (&NodeReady, &plain, no_conditions, Err("node(s) were not ready")),
+            (
+                &NodeReady,
+                &plain,
+                no_conditions,
+                Err("node(s) were not ready"),
+            ),
         ];
         for (i, (plugin, p, n, want)) in cases.into_iter().enumerate() {
             let got = plugin.filter(&None, p, &info(n, vec![]));
-            assert_eq!(got, want.map_err(|r| vec![r.to_string()]), "case {i} ({})", plugin.name());
+            assert_eq!(
+                got,
+                want.map_err(|r| vec![r.to_string()]),
+                "case {i} ({})",
+                plugin.name()
+            );
         }
     }
 }

@@ -18,8 +18,17 @@ fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&String>) -> b
         "NotIn" => value.is_none_or(|v| !values.contains(v)),
         "Exists" => value.is_some(),
         "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => match (value.and_then(|v| num(v)), values.first().and_then(|v| num(v))) {
-            (Some(have), Some(bound)) => if r.operator == "Gt" { have > bound } else { have < bound },
+        "Gt" | "Lt" => match (
+            value.and_then(|v| num(v)),
+            values.first().and_then(|v| num(v)),
+        ) {
+            (Some(have), Some(bound)) => {
+                if r.operator == "Gt" {
+                    have > bound
+                } else {
+                    have < bound
+                }
+            }
             _ => false,
         },
         _ => false,
@@ -34,16 +43,20 @@ pub fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
         return false;
     }
     let labels = node.metadata.labels.as_ref();
-    exprs.iter().all(|r| requirement_matches(r, labels.and_then(|l| l.get(&r.key))))
+    exprs
+        .iter()
+        .all(|r| requirement_matches(r, labels.and_then(|l| l.get(&r.key))))
         && fields.iter().all(|r| {
-            let value = (r.key == "metadata.name").then(|| node.metadata.name.clone().unwrap_or_default());
+            let value =
+                (r.key == "metadata.name").then(|| node.metadata.name.clone().unwrap_or_default());
             requirement_matches(r, value.as_ref())
         })
 }
 
 fn selector_matches(sel: &BTreeMap<String, String>, node: &Node) -> bool {
     let labels = node.metadata.labels.as_ref();
-    sel.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+    sel.iter()
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
 }
 
 pub struct NodeAffinity;
@@ -54,13 +67,23 @@ impl FilterPlugin for NodeAffinity {
     }
     fn filter(&self, _: &CycleState, pod: &Pod, node: &NodeInfo) -> Result<(), Vec<String>> {
         let Some(spec) = &pod.spec else { return Ok(()) };
-        let selector_ok = spec.node_selector.as_ref().is_none_or(|s| selector_matches(s, &node.node));
+        let selector_ok = spec
+            .node_selector
+            .as_ref()
+            .is_none_or(|s| selector_matches(s, &node.node));
         let required = spec
             .affinity
             .as_ref()
             .and_then(|a| a.node_affinity.as_ref())
-            .and_then(|na| na.required_during_scheduling_ignored_during_execution.as_ref());
-        let affinity_ok = required.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_matches(t, &node.node)));
+            .and_then(|na| {
+                na.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            });
+        let affinity_ok = required.is_none_or(|r| {
+            r.node_selector_terms
+                .iter()
+                .any(|t| term_matches(t, &node.node))
+        });
         if selector_ok && affinity_ok {
             Ok(())
         } else {
@@ -79,7 +102,10 @@ impl ScorePlugin for NodeAffinity {
             .as_ref()
             .and_then(|s| s.affinity.as_ref())
             .and_then(|a| a.node_affinity.as_ref())
-            .and_then(|na| na.preferred_during_scheduling_ignored_during_execution.as_ref());
+            .and_then(|na| {
+                na.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            });
         preferred
             .into_iter()
             .flatten()
@@ -125,10 +151,25 @@ mod tests {
             (term(vec![req("cores", "Gt", &["4"])]), true),
             (term(vec![req("cores", "Lt", &["4"])]), false),
             (term(vec![req("zone", "Gt", &["4"])]), false),
-            (term(vec![req("zone", "In", &["a"]), req("cores", "In", &["4"])]), false),
+            (
+                term(vec![req("zone", "In", &["a"]), req("cores", "In", &["4"])]),
+                false,
+            ),
             (term(vec![]), false),
-            (NodeSelectorTerm { match_expressions: None, match_fields: Some(vec![req("metadata.name", "In", &["n1"])]) }, true),
-            (NodeSelectorTerm { match_expressions: None, match_fields: Some(vec![req("metadata.name", "In", &["n2"])]) }, false),
+            (
+                NodeSelectorTerm {
+                    match_expressions: None,
+                    match_fields: Some(vec![req("metadata.name", "In", &["n1"])]),
+                },
+                true,
+            ),
+            (
+                NodeSelectorTerm {
+                    match_expressions: None,
+                    match_fields: Some(vec![req("metadata.name", "In", &["n2"])]),
+                },
+                false,
+            ),
         ];
         for (i, (t, want)) in cases.into_iter().enumerate() {
             assert_eq!(term_matches(&t, &n), want, "case {i}");
@@ -137,13 +178,24 @@ mod tests {
 
     #[test]
     fn filter_and_score() {
-        let with_affinity = |required: Option<Vec<NodeSelectorTerm>>, preferred: Vec<(i32, NodeSelectorTerm)>| {
+        let with_affinity = |required: Option<Vec<NodeSelectorTerm>>,
+                             preferred: Vec<(i32, NodeSelectorTerm)>| {
             let mut p = pod("p", "", "");
             p.spec.as_mut().unwrap().affinity = Some(Affinity {
                 node_affinity: Some(k8s_openapi::api::core::v1::NodeAffinity {
-                    required_during_scheduling_ignored_during_execution: required.map(|ts| NodeSelector { node_selector_terms: ts }),
+                    required_during_scheduling_ignored_during_execution: required.map(|ts| {
+                        NodeSelector {
+                            node_selector_terms: ts,
+                        }
+                    }),
                     preferred_during_scheduling_ignored_during_execution: Some(
-                        preferred.into_iter().map(|(weight, preference)| PreferredSchedulingTerm { weight, preference }).collect(),
+                        preferred
+                            .into_iter()
+                            .map(|(weight, preference)| PreferredSchedulingTerm {
+                                weight,
+                                preference,
+                            })
+                            .collect(),
                     ),
                 }),
                 ..Default::default()
@@ -162,15 +214,46 @@ mod tests {
             (pod("p", "", ""), Ok(()), Ok(())),
             (with_selector("zone", "a"), Ok(()), miss.clone()),
             (with_selector("disk", "ssd"), miss.clone(), miss.clone()),
-            (with_affinity(Some(vec![term(vec![req("zone", "In", &["b"])])]), vec![]), miss.clone(), Ok(())),
-            (with_affinity(Some(vec![term(vec![req("zone", "In", &["x"])]), term(vec![req("zone", "Exists", &[])])]), vec![]), Ok(()), Ok(())),
+            (
+                with_affinity(Some(vec![term(vec![req("zone", "In", &["b"])])]), vec![]),
+                miss.clone(),
+                Ok(()),
+            ),
+            (
+                with_affinity(
+                    Some(vec![
+                        term(vec![req("zone", "In", &["x"])]),
+                        term(vec![req("zone", "Exists", &[])]),
+                    ]),
+                    vec![],
+                ),
+                Ok(()),
+                Ok(()),
+            ),
         ];
         for (i, (p, want_a, want_b)) in cases.into_iter().enumerate() {
-            assert_eq!(FilterPlugin::filter(&NodeAffinity, &None, &p, &a), want_a, "case {i} on a");
-            assert_eq!(FilterPlugin::filter(&NodeAffinity, &None, &p, &b), want_b, "case {i} on b");
+            assert_eq!(
+                FilterPlugin::filter(&NodeAffinity, &None, &p, &a),
+                want_a,
+                "case {i} on a"
+            );
+            assert_eq!(
+                FilterPlugin::filter(&NodeAffinity, &None, &p, &b),
+                want_b,
+                "case {i} on b"
+            );
         }
-        let p = with_affinity(None, vec![(10, term(vec![req("zone", "In", &["b"])])), (5, term(vec![req("zone", "Exists", &[])]))]);
-        let mut scores = vec![NodeAffinity.score(&None, &p, &a), NodeAffinity.score(&None, &p, &b)];
+        let p = with_affinity(
+            None,
+            vec![
+                (10, term(vec![req("zone", "In", &["b"])])),
+                (5, term(vec![req("zone", "Exists", &[])])),
+            ],
+        );
+        let mut scores = vec![
+            NodeAffinity.score(&None, &p, &a),
+            NodeAffinity.score(&None, &p, &b),
+        ];
         assert_eq!(scores, vec![5, 15]);
         ScorePlugin::normalize(&NodeAffinity, &mut scores);
         assert_eq!(scores, vec![33, 100]);

@@ -14,7 +14,11 @@ pub fn host_ports(pod: &Pod) -> Vec<(String, String, i32)> {
         .flat_map(|c| c.ports.iter().flatten())
         .filter_map(|p| {
             let port = p.host_port.filter(|&h| h > 0)?;
-            let ip = p.host_ip.clone().filter(|i| !i.is_empty()).unwrap_or_else(|| "0.0.0.0".into());
+            let ip = p
+                .host_ip
+                .clone()
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(|| "0.0.0.0".into());
             Some((p.protocol.clone().unwrap_or_else(|| "TCP".into()), ip, port))
         })
         .collect()
@@ -41,7 +45,9 @@ impl FilterPlugin for NodePorts {
             .flat_map(|p| host_ports(p))
             .any(|used| wanted.iter().any(|w| conflicts(w, &used)));
         if clash {
-            Err(vec!["node(s) didn't have free ports for the requested pod ports".into()])
+            Err(vec![
+                "node(s) didn't have free ports for the requested pod ports".into(),
+            ])
         } else {
             Ok(())
         }
@@ -71,15 +77,43 @@ mod tests {
         let busy = "node(s) didn't have free ports for the requested pod ports";
         let cases = [
             (with_port("p", "TCP", "", 8080), vec![], Ok(())),
-            (with_port("p", "TCP", "", 8080), vec![with_port("a", "TCP", "", 8080)], Err(busy)),
-            (with_port("p", "UDP", "", 8080), vec![with_port("a", "TCP", "", 8080)], Ok(())),
-            (with_port("p", "TCP", "", 8081), vec![with_port("a", "TCP", "", 8080)], Ok(())),
-            (with_port("p", "TCP", "10.0.0.1", 8080), vec![with_port("a", "TCP", "10.0.0.2", 8080)], Ok(())),
-            (with_port("p", "TCP", "10.0.0.1", 8080), vec![with_port("a", "TCP", "", 8080)], Err(busy)),
-            (pod("p", "", ""), vec![with_port("a", "TCP", "", 8080)], Ok(())),
+            (
+                with_port("p", "TCP", "", 8080),
+                vec![with_port("a", "TCP", "", 8080)],
+                Err(busy),
+            ),
+            (
+                with_port("p", "UDP", "", 8080),
+                vec![with_port("a", "TCP", "", 8080)],
+                Ok(()),
+            ),
+            (
+                with_port("p", "TCP", "", 8081),
+                vec![with_port("a", "TCP", "", 8080)],
+                Ok(()),
+            ),
+            (
+                with_port("p", "TCP", "10.0.0.1", 8080),
+                vec![with_port("a", "TCP", "10.0.0.2", 8080)],
+                Ok(()),
+            ),
+            (
+                with_port("p", "TCP", "10.0.0.1", 8080),
+                vec![with_port("a", "TCP", "", 8080)],
+                Err(busy),
+            ),
+            (
+                pod("p", "", ""),
+                vec![with_port("a", "TCP", "", 8080)],
+                Ok(()),
+            ),
         ];
         for (i, (p, bound, want)) in cases.into_iter().enumerate() {
-            assert_eq!(NodePorts.filter(&None, &p, &info(node("n", "1", "1Gi"), bound)), want.map_err(|m| vec![m.to_string()]), "case {i}");
+            assert_eq!(
+                NodePorts.filter(&None, &p, &info(node("n", "1", "1Gi"), bound)),
+                want.map_err(|m| vec![m.to_string()]),
+                "case {i}"
+            );
         }
     }
 }

@@ -25,10 +25,14 @@ impl ScorePlugin for SelectorSpread {
         NAME
     }
     fn score(&self, _: &CycleState, pod: &Pod, node: &NodeInfo) -> i64 {
-        let Some(uid) = controller_uid(pod) else { return 0 };
+        let Some(uid) = controller_uid(pod) else {
+            return 0;
+        };
         node.pods
             .values()
-            .filter(|p| p.metadata.namespace == pod.metadata.namespace && controller_uid(p) == Some(uid))
+            .filter(|p| {
+                p.metadata.namespace == pod.metadata.namespace && controller_uid(p) == Some(uid)
+            })
             .count() as i64
     }
     /// Fewer siblings is better; with no siblings anywhere every node scores 100.
@@ -59,8 +63,14 @@ mod tests {
     #[test]
     fn spreads_by_owner() {
         let nodes = [
-            info(node("a", "1", "1Gi"), vec![owned("x1", "rs1"), owned("x2", "rs1")]),
-            info(node("b", "1", "1Gi"), vec![owned("y1", "rs1"), owned("z1", "rs2")]),
+            info(
+                node("a", "1", "1Gi"),
+                vec![owned("x1", "rs1"), owned("x2", "rs1")],
+            ),
+            info(
+                node("b", "1", "1Gi"),
+                vec![owned("y1", "rs1"), owned("z1", "rs2")],
+            ),
             info(node("c", "1", "1Gi"), vec![owned("z2", "rs2")]),
         ];
         // (pod, raw scores, normalized)
@@ -71,7 +81,10 @@ mod tests {
             (pod("new", "", ""), vec![0, 0, 0], vec![100, 100, 100]),
         ];
         for (i, (p, raw, norm)) in cases.into_iter().enumerate() {
-            let mut s: Vec<i64> = nodes.iter().map(|n| SelectorSpread.score(&None, &p, n)).collect();
+            let mut s: Vec<i64> = nodes
+                .iter()
+                .map(|n| SelectorSpread.score(&None, &p, n))
+                .collect();
             assert_eq!(s, raw, "case {i}");
             SelectorSpread.normalize(&mut s);
             assert_eq!(s, norm, "case {i}");

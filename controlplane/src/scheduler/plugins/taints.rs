@@ -7,7 +7,10 @@ use crate::scheduler::framework::{CycleState, FilterPlugin};
 
 /// Kubernetes' `Toleration.ToleratesTaint`.
 pub fn toleration_matches(t: &Toleration, taint: &Taint) -> bool {
-    if t.effect.as_deref().is_some_and(|e| !e.is_empty() && e != taint.effect) {
+    if t.effect
+        .as_deref()
+        .is_some_and(|e| !e.is_empty() && e != taint.effect)
+    {
         return false;
     }
     let key = t.key.as_deref().unwrap_or("");
@@ -16,7 +19,10 @@ pub fn toleration_matches(t: &Toleration, taint: &Taint) -> bool {
     }
     match t.operator.as_deref().unwrap_or("Equal") {
         "Exists" => true,
-        "Equal" | "" => !key.is_empty() && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+        "Equal" | "" => {
+            !key.is_empty()
+                && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
+        }
         _ => false,
     }
 }
@@ -36,9 +42,10 @@ impl FilterPlugin for TaintToleration {
     }
     fn filter(&self, _: &CycleState, pod: &Pod, node: &NodeInfo) -> Result<(), Vec<String>> {
         let taints = node.node.spec.as_ref().and_then(|s| s.taints.as_ref());
-        let untolerated = taints.into_iter().flatten().find(|t| {
-            (t.effect == "NoSchedule" || t.effect == "NoExecute") && !tolerates(pod, t)
-        });
+        let untolerated = taints
+            .into_iter()
+            .flatten()
+            .find(|t| (t.effect == "NoSchedule" || t.effect == "NoExecute") && !tolerates(pod, t));
         match untolerated {
             None => Ok(()),
             Some(t) => Err(vec![format!(
@@ -115,7 +122,11 @@ mod tests {
             (&plain, node("n", "1", "1Gi"), Ok(())),
         ];
         for (i, (p, n, want)) in cases.into_iter().enumerate() {
-            assert_eq!(TaintToleration.filter(&None, p, &info(n, vec![])), want.map_err(|m| vec![m.to_string()]), "case {i}");
+            assert_eq!(
+                TaintToleration.filter(&None, p, &info(n, vec![])),
+                want.map_err(|m| vec![m.to_string()]),
+                "case {i}"
+            );
         }
     }
 }
