@@ -295,6 +295,22 @@ fn conflicts_and_errors(flavor: Flavor) {
     let err = c.ka.fails(&["get", "configmap", "cfg"]);
     assert!(err.contains(r#"configmaps "cfg" not found"#), "{err}");
 
+    // Patches that break the object's shape are refused, never applied.
+    for (ty, body) in [
+        ("merge", r#"{"metadata":"x"}"#),
+        ("merge", r#"{"spec":{"containers":"x"}}"#),
+        ("json", r#"[{"op":"replace","path":"/metadata","value":7}]"#),
+    ] {
+        c.ka.ok(&["run", "shape", "--image=nginx"]);
+        let err =
+            c.ka.fails(&["patch", "pod", "shape", &format!("--type={ty}"), "-p", body]);
+        assert!(
+            err.contains("Error from server (BadRequest)") || err.contains("is invalid"),
+            "{body}: {err}"
+        );
+        c.ka.ok(&["delete", "pod", "shape"]);
+    }
+
     // Paging: limit/continue over the raw API.
     for i in 0..5 {
         c.ka.ok(&["create", "configmap", &format!("page-{i}")]);

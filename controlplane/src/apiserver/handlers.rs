@@ -303,7 +303,19 @@ async fn list(server: &ApiServer, req: &ResourceRequest) -> Result<Response, Api
 }
 
 /// Rejects a body whose namespace disagrees with the URL's, and fills it in otherwise.
+/// Also the guard that `metadata` is an object, so later field writes cannot panic.
 fn set_namespace(req: &ResourceRequest, obj: &mut Value) -> Result<(), ApiError> {
+    match obj.get("metadata") {
+        None | Some(Value::Null) => obj["metadata"] = json!({}),
+        Some(Value::Object(_)) => {}
+        Some(_) => {
+            let r = req.r();
+            return Err(ApiError::BadRequest(format!(
+                "{} in version \"{}\" cannot be handled as a {}: metadata: expected an object",
+                r.kind, r.version, r.kind
+            )));
+        }
+    }
     if !req.r().namespaced {
         if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("namespace");
@@ -327,9 +339,6 @@ async fn create(server: &ApiServer, req: &ResourceRequest) -> Result<Response, A
     let r = req.r();
     let mut obj = objects::parse_body(r, &req.body)?;
     objects::check_type(r, &obj)?;
-    if !obj.get("metadata").is_some_and(Value::is_object) {
-        obj["metadata"] = json!({});
-    }
     set_namespace(req, &mut obj)?;
     if meta_str(&obj, "name").is_none() {
         if let Some(prefix) = meta_str(&obj, "generateName") {
