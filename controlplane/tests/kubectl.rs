@@ -318,6 +318,15 @@ fn conflicts_and_errors(flavor: Flavor) {
         .fails(&["get", "pod", "bound"])
         .contains(r#"pods "bound" not found"#));
 
+    // Deleting a namespace deletes what is in it.
+    c.ka.ok(&["create", "namespace", "team"]);
+    c.ka.ok(&["create", "configmap", "inside", "-n", "team"]);
+    c.kb.ok(&["delete", "namespace", "team"]);
+    assert!(c
+        .ka
+        .fails(&["get", "configmap", "inside", "-n", "team"])
+        .contains("not found"));
+
     // Patches that break the object's shape are refused, never applied.
     for (ty, body) in [
         ("merge", r#"{"metadata":"x"}"#),
