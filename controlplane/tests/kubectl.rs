@@ -295,6 +295,54 @@ fn conflicts_and_errors(flavor: Flavor) {
     let err = c.ka.fails(&["get", "configmap", "cfg"]);
     assert!(err.contains(r#"configmaps "cfg" not found"#), "{err}");
 
+    // A pod bound to a node is deleted gracefully: it shows Terminating until its node
+    // agent (or a forced delete) removes it.
+    c.ka.ok_with_input(
+        &["create", "-f", "-"],
+        Some(r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"bound"},"spec":{"nodeName":"n1","containers":[{"name":"c","image":"x"}]}}"#),
+    );
+    c.ka.ok(&["delete", "pod", "bound", "--wait=false"]);
+    let row = c.kb.ok(&["get", "pod", "bound", "--no-headers"]);
+    assert!(row.contains("Terminating"), "{row}");
+    assert_eq!(
+        jsonpath(
+            &c.kb,
+            &["get", "pod", "bound"],
+            "{.metadata.deletionGracePeriodSeconds}"
+        ),
+        "30"
+    );
+    c.kb.ok(&["delete", "pod", "bound", "--grace-period=0", "--force"]);
+    assert!(c
+        .ka
+        .fails(&["get", "pod", "bound"])
+        .contains(r#"pods "bound" not found"#));
+
+    // Deleting a namespace deletes what is in it.
+    c.ka.ok(&["create", "namespace", "team"]);
+    c.ka.ok(&["create", "configmap", "inside", "-n", "team"]);
+    c.kb.ok(&["delete", "namespace", "team"]);
+    assert!(c
+        .ka
+        .fails(&["get", "configmap", "inside", "-n", "team"])
+        .contains("not found"));
+
+    // Patches that break the object's shape are refused, never applied.
+    for (ty, body) in [
+        ("merge", r#"{"metadata":"x"}"#),
+        ("merge", r#"{"spec":{"containers":"x"}}"#),
+        ("json", r#"[{"op":"replace","path":"/metadata","value":7}]"#),
+    ] {
+        c.ka.ok(&["run", "shape", "--image=nginx"]);
+        let err =
+            c.ka.fails(&["patch", "pod", "shape", &format!("--type={ty}"), "-p", body]);
+        assert!(
+            err.contains("Error from server (BadRequest)") || err.contains("is invalid"),
+            "{body}: {err}"
+        );
+        c.ka.ok(&["delete", "pod", "shape"]);
+    }
+
     // Paging: limit/continue over the raw API.
     for i in 0..5 {
         c.ka.ok(&["create", "configmap", &format!("page-{i}")]);

@@ -303,7 +303,19 @@ async fn list(server: &ApiServer, req: &ResourceRequest) -> Result<Response, Api
 }
 
 /// Rejects a body whose namespace disagrees with the URL's, and fills it in otherwise.
+/// Also the guard that `metadata` is an object, so later field writes cannot panic.
 fn set_namespace(req: &ResourceRequest, obj: &mut Value) -> Result<(), ApiError> {
+    match obj.get("metadata") {
+        None | Some(Value::Null) => obj["metadata"] = json!({}),
+        Some(Value::Object(_)) => {}
+        Some(_) => {
+            let r = req.r();
+            return Err(ApiError::BadRequest(format!(
+                "{} in version \"{}\" cannot be handled as a {}: metadata: expected an object",
+                r.kind, r.version, r.kind
+            )));
+        }
+    }
     if !req.r().namespaced {
         if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("namespace");
@@ -327,9 +339,6 @@ async fn create(server: &ApiServer, req: &ResourceRequest) -> Result<Response, A
     let r = req.r();
     let mut obj = objects::parse_body(r, &req.body)?;
     objects::check_type(r, &obj)?;
-    if !obj.get("metadata").is_some_and(Value::is_object) {
-        obj["metadata"] = json!({});
-    }
     set_namespace(req, &mut obj)?;
     if meta_str(&obj, "name").is_none() {
         if let Some(prefix) = meta_str(&obj, "generateName") {
@@ -795,6 +804,9 @@ async fn delete_one(
 
 async fn delete(server: &ApiServer, req: &ResourceRequest) -> Result<Response, ApiError> {
     let opts = delete_options(req)?;
+    if req.r().kind == "Namespace" && !req.dry_run() {
+        empty_namespace(server, req.name()).await?;
+    }
     let obj = delete_one(
         server,
         req.r(),
@@ -805,6 +817,35 @@ async fn delete(server: &ApiServer, req: &ResourceRequest) -> Result<Response, A
     )
     .await?;
     Ok(json_response(StatusCode::OK, &obj))
+}
+
+/// Deletes every object in namespace `ns` (pods bound to a node are only marked for
+/// graceful deletion). Kubernetes leaves this to the namespace controller and keeps the
+/// namespace Terminating meanwhile; until the controller manager exists the API server
+/// does it inline, so no objects outlive their namespace.
+async fn empty_namespace(server: &ApiServer, ns: &str) -> Result<(), ApiError> {
+    let opts = DeleteOptions {
+        grace: None,
+        uid: None,
+        rv: None,
+    };
+    for r in registry::RESOURCES.iter().filter(|r| r.namespaced) {
+        let filter = Filter {
+            namespace: Some(ns.to_string()),
+            labels: LabelSelector::default(),
+            fields: FieldSelector::default(),
+            kind: r.kind,
+        };
+        let (items, _, _) = list_objects(server, r, &filter, 0, None).await?;
+        for obj in items {
+            let name = meta_str(&obj, "name").unwrap_or("").to_string();
+            match delete_one(server, r, &r.key(Some(ns), &name), &name, &opts, false).await {
+                Ok(_) | Err(ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn delete_collection(

@@ -118,7 +118,7 @@ pub async fn watch(server: &Arc<ApiServer>, req: &ResourceRequest) -> Result<Res
     tokio::spawn(async move {
         let sub = match subscription {
             Ok(s) => s,
-            Err((asked, oldest)) => {
+            Err(super::watch_cache::TooOld { asked, oldest }) => {
                 let _ = tx
                     .send(Ok(error_event(&ApiError::too_old(asked, oldest))))
                     .await;

@@ -70,6 +70,14 @@ pub struct WatchCache {
     window: Mutex<Window>,
 }
 
+/// A resume point older than the cache's window: the client must re-list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TooOld {
+    pub asked: i64,
+    /// The oldest resourceVersion the cache can still resume from.
+    pub oldest: i64,
+}
+
 /// What a client watch starts with.
 pub struct Subscription {
     pub backlog: Vec<Arc<Event>>,
@@ -109,10 +117,13 @@ impl WatchCache {
     }
 
     /// Events after `rv`, then live ones. Gone if `rv` is older than the window.
-    pub fn subscribe(&self, rv: i64) -> Result<Subscription, (i64, i64)> {
+    pub fn subscribe(&self, rv: i64) -> Result<Subscription, TooOld> {
         let w = self.window.lock().expect("watch cache lock");
         if rv < w.oldest {
-            return Err((rv, w.oldest + 1));
+            return Err(TooOld {
+                asked: rv,
+                oldest: w.oldest + 1,
+            });
         }
         let backlog = w
             .events
@@ -257,12 +268,13 @@ mod tests {
         for rev in [11, 13, 14] {
             cache.push(event(rev));
         }
-        let cases: &[(i64, Result<Vec<i64>, (i64, i64)>)] = &[
+        let too_old = |asked, oldest| Err(TooOld { asked, oldest });
+        let cases: &[(i64, Result<Vec<i64>, TooOld>)] = &[
             (10, Ok(vec![11, 13, 14])),
             (12, Ok(vec![13, 14])),
             (14, Ok(vec![])),
             (20, Ok(vec![])),
-            (9, Err((9, 11))),
+            (9, too_old(9, 11)),
         ];
         for (rv, want) in cases {
             let got = cache.subscribe(*rv).map(|s| revs(&s.backlog));
@@ -270,7 +282,13 @@ mod tests {
         }
         // A fourth event pushes the oldest out: resuming before it is now too old.
         cache.push(event(15));
-        assert_eq!(cache.subscribe(10).err(), Some((10, 12)));
+        assert_eq!(
+            cache.subscribe(10).err(),
+            Some(TooOld {
+                asked: 10,
+                oldest: 12
+            })
+        );
         assert_eq!(
             revs(&cache.subscribe(11).expect("in window").backlog),
             vec![13, 14, 15]
@@ -298,6 +316,12 @@ mod tests {
             sub.live.try_recv(),
             Err(broadcast::error::TryRecvError::Closed)
         ));
-        assert_eq!(cache.subscribe(49).err(), Some((49, 51)));
+        assert_eq!(
+            cache.subscribe(49).err(),
+            Some(TooOld {
+                asked: 49,
+                oldest: 51
+            })
+        );
     }
 }
