@@ -65,6 +65,9 @@ struct SchedulerArgs {
     /// Score plugin weights, e.g. `NodeResourcesLeastAllocated=2,SelectorSpread=0`.
     #[arg(long, default_value = "")]
     score_weights: String,
+    /// Serve Prometheus `/metrics` here (e.g. 127.0.0.1:10251); off unless given.
+    #[arg(long)]
+    metrics_address: Option<SocketAddr>,
 }
 
 /// `1.5s`, `500ms` or plain seconds.
@@ -89,7 +92,16 @@ async fn scheduler(a: SchedulerArgs) -> anyhow::Result<()> {
     let opts = Options {
         scheduler_name: a.scheduler_name,
         weights: a.score_weights.parse()?,
+        metrics: Arc::default(),
     };
+    if let Some(addr) = a.metrics_address {
+        let metrics = opts.metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics.serve(addr).await {
+                tracing::error!(%addr, error = %e, "metrics server failed");
+            }
+        });
+    }
     let shutdown = CancellationToken::new();
     {
         let shutdown = shutdown.clone();
@@ -112,8 +124,12 @@ async fn scheduler(a: SchedulerArgs) -> anyhow::Result<()> {
     config.renew_deadline = a.leader_elect_renew_deadline;
     config.retry_period = a.leader_elect_retry_period;
     let mut elector = LeaderElector::new(api.clone(), clock.clone(), config)?;
+    let metrics = opts.metrics.clone();
     elector
-        .run(shutdown, move |leading| run(api, clock, opts, leading))
+        .run(shutdown, move |leading| {
+            metrics.leader.set(1);
+            run(api, clock, opts, leading)
+        })
         .await
         .context("scheduler")
 }

@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod framework;
+pub mod metrics;
 pub mod plugins;
 pub mod queue;
 pub mod resources;
@@ -42,6 +43,7 @@ pub struct Options {
     /// Pods whose `spec.schedulerName` is this (or empty) are ours.
     pub scheduler_name: String,
     pub weights: Weights,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl Default for Options {
@@ -49,6 +51,7 @@ impl Default for Options {
         Options {
             scheduler_name: DEFAULT_SCHEDULER_NAME.into(),
             weights: Weights::default(),
+            metrics: Arc::default(),
         }
     }
 }
@@ -198,7 +201,11 @@ async fn schedule_loop<C: Api, K: Clock>(
 ) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BINDINGS));
     loop {
-        let next = shared.queue.lock().unwrap().pop();
+        let next = {
+            let mut q = shared.queue.lock().unwrap();
+            opts.metrics.pending.set(q.len() as i64);
+            q.pop()
+        };
         let Some((pod, cycle)) = next else {
             // Backoffs expire without any event: look again at least every 100 ms.
             tokio::select! {
@@ -214,7 +221,9 @@ async fn schedule_loop<C: Api, K: Clock>(
                 None
             } else {
                 let nodes: Vec<&cache::NodeInfo> = cache.nodes().collect();
+                let timer = opts.metrics.algorithm_seconds.start_timer();
                 let d = framework.schedule(&pod, &nodes);
+                timer.observe_duration();
                 if let Ok(node) = &d {
                     cache.assume(&pod, node);
                 }
@@ -224,19 +233,29 @@ async fn schedule_loop<C: Api, K: Clock>(
         match decision {
             None => shared.queue.lock().unwrap().done(&key),
             Some(Ok(node)) => {
+                opts.metrics
+                    .attempts
+                    .with_label_values(&["scheduled"])
+                    .inc();
                 shared.queue.lock().unwrap().done(&key);
                 let permit = in_flight
                     .clone()
                     .acquire_owned()
                     .await
                     .expect("semaphore never closed");
-                let (api, shared) = (api.clone(), shared.clone());
+                let (api, shared, metrics) = (api.clone(), shared.clone(), opts.metrics.clone());
                 tokio::spawn(async move {
-                    bind(&api, &shared, &pod, &node, cycle).await;
+                    if !bind(&api, &shared, &pod, &node, cycle).await {
+                        metrics.attempts.with_label_values(&["error"]).inc();
+                    }
                     drop(permit);
                 });
             }
             Some(Err(fit)) => {
+                opts.metrics
+                    .attempts
+                    .with_label_values(&["unschedulable"])
+                    .inc();
                 tracing::debug!(pod = %key, reason = %fit, "unschedulable");
                 shared.queue.lock().unwrap().add_unschedulable(&pod, cycle);
                 let api = api.clone();
@@ -249,7 +268,14 @@ async fn schedule_loop<C: Api, K: Clock>(
     }
 }
 
-async fn bind<C: Api, K: Clock>(api: &C, shared: &Shared<K>, pod: &Pod, node: &str, cycle: u64) {
+/// Sends the binding; `false` if it failed and the pod was requeued.
+async fn bind<C: Api, K: Clock>(
+    api: &C,
+    shared: &Shared<K>,
+    pod: &Pod,
+    node: &str,
+    cycle: u64,
+) -> bool {
     let key = key_of(&pod.metadata);
     let ns = pod
         .metadata
@@ -283,8 +309,10 @@ async fn bind<C: Api, K: Clock>(api: &C, shared: &Shared<K>, pod: &Pod, node: &s
             let mut q = shared.queue.lock().unwrap();
             q.add(pod.clone());
             q.add_unschedulable(pod, cycle);
+            return false;
         }
     }
+    true
 }
 
 /// A "FailedScheduling" Warning event on the pod, as kube-scheduler writes it.
