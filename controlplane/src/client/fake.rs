@@ -32,6 +32,8 @@ struct State {
     rv: u64,
     objects: BTreeMap<Key, Value>,
     history: Vec<Change>,
+    /// Watches from before this resourceVersion get 410.
+    compacted: u64,
 }
 
 /// The fake; clones share state.
@@ -40,6 +42,8 @@ pub struct FakeApi {
     state: Arc<Mutex<State>>,
     events: broadcast::Sender<Change>,
     unavailable: Arc<AtomicBool>,
+    /// Bumped to end every open watch stream.
+    closer: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Default for FakeApi {
@@ -48,6 +52,7 @@ impl Default for FakeApi {
             state: Arc::default(),
             events: broadcast::channel(4096).0,
             unavailable: Arc::default(),
+            closer: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 }
@@ -110,6 +115,17 @@ impl FakeApi {
         st.history.push(change.clone());
         let _ = self.events.send(change);
         obj
+    }
+
+    /// Forgets the history (watches from older resourceVersions get 410 Gone) and ends
+    /// every open watch, as a server restart after a compaction would.
+    pub fn compact_and_close_watches(&self) {
+        {
+            let mut st = self.state.lock().unwrap();
+            st.compacted = st.rv;
+            st.history.clear();
+        }
+        self.closer.send_modify(|g| *g += 1);
     }
 
     /// Every stored object of `K`, for assertions.
@@ -271,6 +287,8 @@ impl Api for FakeApi {
     ) -> Result<WatchStream<K>> {
         self.check()?;
         let from: u64 = resource_version.parse().unwrap_or(0);
+        let mut closed = self.closer.subscribe();
+        closed.mark_unchanged();
         let ns = ns.map(str::to_string);
         let matches = move |c: &Change| {
             c.kind == K::KIND && c.rv > from && ns.as_ref().is_none_or(|n| *n == c.ns)
@@ -278,6 +296,13 @@ impl Api for FakeApi {
         // Subscribing under the lock: nothing written between replay and live is lost.
         let (replay, rx) = {
             let st = self.state.lock().unwrap();
+            if from < st.compacted {
+                return Err(ClientError::api(
+                    410,
+                    "Expired",
+                    format!("too old resource version: {from} ({})", st.compacted),
+                ));
+            }
             let replay: Vec<Change> = st.history.iter().filter(|c| matches(c)).cloned().collect();
             (replay, self.events.subscribe())
         };
@@ -285,8 +310,12 @@ impl Api for FakeApi {
             let c = c.ok().filter(&matches);
             async move { c }
         });
+        let closed = async move {
+            let _ = closed.changed().await;
+        };
         Ok(futures::stream::iter(replay)
             .chain(live)
+            .take_until(closed)
             .map(|c| {
                 let obj: K = decode(&c.obj)?;
                 Ok(match c.ty {

@@ -134,4 +134,31 @@ mod tests {
             matches!(rx.recv().await.unwrap(), Event::Deleted(n) if n.metadata.name.as_deref() == Some("a"))
         );
     }
+
+    #[tokio::test]
+    async fn relists_when_its_resource_version_is_gone() {
+        let api = FakeApi::new();
+        api.create(None, &node("a")).await.unwrap();
+        let mut rx = watcher::<_, Node>(api.clone(), None, ListParams::default());
+        assert!(matches!(rx.recv().await.unwrap(), Event::Restarted(_)));
+        api.create(None, &node("b")).await.unwrap();
+        assert!(matches!(rx.recv().await.unwrap(), Event::Applied(_)));
+        // The stream ends; meanwhile a write happens and history is compacted, so
+        // resuming from the last seen version gets 410: the watcher must relist.
+        api.delete::<Node>(None, "a").await.unwrap();
+        api.compact_and_close_watches();
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap();
+        match next.unwrap() {
+            Event::Restarted(items) => {
+                let names: Vec<_> = items
+                    .iter()
+                    .filter_map(|n| n.metadata.name.clone())
+                    .collect();
+                assert_eq!(names, ["b"]);
+            }
+            e => panic!("{e:?}"),
+        }
+    }
 }
