@@ -24,6 +24,25 @@ else
   echo "setup: system packages present"
 fi
 
+# kubectl 1.20 (Debian's kubernetes-client) for the API server tests. When another package
+# owns /usr/bin/kubectl (e.g. google-cloud-sdk's newer kubectl), unpack it beside instead.
+KUBECTL_DIR=/opt/kubectl-1.20
+if ! { kubectl version --client 2>/dev/null | grep -q 'Minor:"20"'; } && [ ! -x "$KUBECTL_DIR/usr/bin/kubectl" ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  if ! command -v kubectl >/dev/null; then
+    echo "setup: installing kubernetes-client (kubectl 1.20)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends kubernetes-client
+  else
+    echo "setup: unpacking kubernetes-client (kubectl 1.20) into $KUBECTL_DIR"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download kubernetes-client >/dev/null 2>&1 || { $SUDO apt-get update -qq && apt-get download kubernetes-client; })
+    $SUDO dpkg -x "$tmp"/kubernetes-client_*.deb "$KUBECTL_DIR"
+    rm -rf "$tmp"
+  fi
+fi
+
 if command -v rustup >/dev/null; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi

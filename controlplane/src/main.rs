@@ -1,8 +1,207 @@
-//! Kubernetes-style control plane on raftkv: the API server (REST + watch), the scheduler and
-//! the controller manager. Several replicas of each run at once; the scheduler and controllers
-//! elect a leader with Leases stored in raftkv. Not built yet: see the open issues.
+//! `controlplane`: the control plane's processes, one subcommand each: `apiserver` and
+//! `scheduler` (`controller-manager` is to be added).
 
-fn main() {
-    eprintln!("controlplane: not implemented yet (see issues 7, 8 and 12)");
-    std::process::exit(2);
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use controlplane::apiserver::SecureListen;
+
+#[derive(Parser)]
+#[command(
+    name = "controlplane",
+    about = "Kubernetes-style control plane on raftkv"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The API server: Kubernetes REST + watch, state in the etcd v3 API.
+    Apiserver(ApiserverArgs),
+    /// The scheduler: binds pending pods to nodes, optionally one active replica of many.
+    Scheduler(SchedulerArgs),
+}
+
+#[derive(clap::Args)]
+struct SchedulerArgs {
+    /// kubeconfig of the API server (as `apiserver --kubeconfig-out` writes it).
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Run only while holding the Lease; exit when it is lost.
+    #[arg(long)]
+    leader_elect: bool,
+    /// The Lease's name (in --lease-namespace).
+    #[arg(
+        long,
+        alias = "leader-elect-resource-name",
+        default_value = "kube-scheduler"
+    )]
+    lease_name: String,
+    #[arg(
+        long,
+        alias = "leader-elect-resource-namespace",
+        default_value = "kube-system"
+    )]
+    lease_namespace: String,
+    /// This replica's holder identity (default: hostname_<random>).
+    #[arg(long)]
+    identity: Option<String>,
+    /// How long a Lease is valid after its last renewal.
+    #[arg(long, value_parser = humantime_secs, default_value = "15s")]
+    leader_elect_lease_duration: std::time::Duration,
+    /// How long the leader keeps trying to renew before it stops acting.
+    #[arg(long, value_parser = humantime_secs, default_value = "10s")]
+    leader_elect_renew_deadline: std::time::Duration,
+    /// Interval between acquire/renew attempts.
+    #[arg(long, value_parser = humantime_secs, default_value = "2s")]
+    leader_elect_retry_period: std::time::Duration,
+    /// The schedulerName of the pods this scheduler handles.
+    #[arg(long, default_value = controlplane::scheduler::DEFAULT_SCHEDULER_NAME)]
+    scheduler_name: String,
+    /// Score plugin weights, e.g. `NodeResourcesLeastAllocated=2,SelectorSpread=0`.
+    #[arg(long, default_value = "")]
+    score_weights: String,
+    /// Serve Prometheus `/metrics` here (e.g. 127.0.0.1:10251); off unless given.
+    #[arg(long)]
+    metrics_address: Option<SocketAddr>,
+}
+
+/// `1.5s`, `500ms` or plain seconds.
+fn humantime_secs(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = match s.strip_suffix("ms") {
+        Some(n) => (n, 0.001),
+        None => (s.strip_suffix('s').unwrap_or(s), 1.0),
+    };
+    let v: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    std::time::Duration::try_from_secs_f64(v * unit).map_err(|e| e.to_string())
+}
+
+async fn scheduler(a: SchedulerArgs) -> anyhow::Result<()> {
+    use controlplane::client::http::HttpClient;
+    use controlplane::clock::SystemClock;
+    use controlplane::leaderelection::{Config, LeaderElector};
+    use controlplane::scheduler::{run, Options};
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+
+    let api = HttpClient::from_kubeconfig(&a.kubeconfig)?;
+    let opts = Options {
+        scheduler_name: a.scheduler_name,
+        weights: a.score_weights.parse()?,
+        metrics: Arc::default(),
+    };
+    if let Some(addr) = a.metrics_address {
+        let metrics = opts.metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics.serve(addr).await {
+                tracing::error!(%addr, error = %e, "metrics server failed");
+            }
+        });
+    }
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+        });
+    }
+    let clock = Arc::new(SystemClock);
+    if !a.leader_elect {
+        run(api, clock, opts, shutdown).await;
+        return Ok(());
+    }
+    let identity = a.identity.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}_{}", host.trim(), uuid::Uuid::new_v4())
+    });
+    let mut config = Config::new(&a.lease_namespace, &a.lease_name, &identity);
+    config.lease_duration = a.leader_elect_lease_duration;
+    config.renew_deadline = a.leader_elect_renew_deadline;
+    config.retry_period = a.leader_elect_retry_period;
+    let mut elector = LeaderElector::new(api.clone(), clock.clone(), config)?;
+    let metrics = opts.metrics.clone();
+    elector
+        .run(shutdown, move |leading| {
+            metrics.leader.set(1);
+            run(api, clock, opts, leading)
+        })
+        .await
+        .context("scheduler")
+}
+
+#[derive(clap::Args)]
+struct ApiserverArgs {
+    /// etcd v3 endpoints (raftkv or etcd), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    etcd_servers: Vec<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_address: IpAddr,
+    /// HTTPS port (0 picks a free one).
+    #[arg(long, default_value_t = 6443)]
+    secure_port: u16,
+    /// Serve no HTTPS (only the insecure port).
+    #[arg(long)]
+    no_secure_port: bool,
+    /// PEM certificate for HTTPS; without it a self-signed one is generated in --cert-dir.
+    #[arg(long, requires = "tls_private_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, requires = "tls_cert_file")]
+    tls_private_key_file: Option<PathBuf>,
+    /// CA bundle (PEM) whose client certificates authenticate users: CN = user, O = groups.
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
+    /// Where the self-signed certificate is kept.
+    #[arg(long, default_value = "apiserver.local.config/certificates")]
+    cert_dir: PathBuf,
+    /// Plain-HTTP port (0 picks a free one); off unless given.
+    #[arg(long)]
+    insecure_port: Option<u16>,
+    /// Static bearer tokens, kube-apiserver's CSV format: token,user,uid,"group1,group2".
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
+    /// ABAC policy, one JSON Policy object a line (kube-apiserver's format).
+    #[arg(long)]
+    authorization_policy_file: Option<PathBuf>,
+    /// Write a kubeconfig for this server (and the token file's first user) here.
+    #[arg(long)]
+    kubeconfig_out: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Apiserver(a) => {
+            let config = controlplane::apiserver::Config {
+                etcd_servers: a.etcd_servers,
+                secure: (!a.no_secure_port).then(|| SecureListen {
+                    addr: SocketAddr::new(a.bind_address, a.secure_port),
+                    cert_file: a.tls_cert_file,
+                    key_file: a.tls_private_key_file,
+                    cert_dir: a.cert_dir,
+                    client_ca_file: a.client_ca_file,
+                }),
+                insecure: a.insecure_port.map(|p| SocketAddr::new(a.bind_address, p)),
+                token_auth_file: a.token_auth_file,
+                authorization_policy_file: a.authorization_policy_file,
+                kubeconfig_out: a.kubeconfig_out,
+            };
+            controlplane::apiserver::serve(config)
+                .await
+                .context("apiserver")
+        }
+        Command::Scheduler(a) => scheduler(a).await,
+    }
 }
