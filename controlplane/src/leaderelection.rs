@@ -107,7 +107,11 @@ impl<C: Api, K: Clock> LeaderElector<C, K> {
         let me = self.config.identity.clone();
         let mine = |acquire: DateTime<Utc>, transitions: i32| LeaseSpec {
             holder_identity: Some(me.clone()),
-            lease_duration_seconds: Some(self.config.lease_duration.as_secs().max(1) as i32),
+            // Rounded up: other candidates wait out the Lease's own duration, which must
+            // not be shorter than ours or they could take it before we stop.
+            lease_duration_seconds: Some(
+                self.config.lease_duration.as_millis().div_ceil(1000).max(1) as i32,
+            ),
             acquire_time: Some(MicroTime(acquire)),
             renew_time: Some(MicroTime(now)),
             lease_transitions: Some(transitions),
@@ -406,6 +410,25 @@ mod tests {
         assert_eq!(b.try_acquire_or_renew().await, Attempt::HeldBy("a".into()));
         clock.advance(Duration::from_secs(15));
         assert_eq!(b.try_acquire_or_renew().await, Attempt::Leading);
+    }
+
+    #[tokio::test]
+    async fn lease_duration_seconds_round_up() {
+        for (millis, want) in [(2000, 2), (2500, 3), (15000, 15), (1200, 2)] {
+            let api = FakeApi::new();
+            let clock = Arc::new(ManualClock::default());
+            let mut c = Config::new("kube-system", "kube-scheduler", "a");
+            c.lease_duration = Duration::from_millis(millis);
+            c.renew_deadline = Duration::from_millis(millis / 2);
+            c.retry_period = Duration::from_millis(millis / 4);
+            let mut a = LeaderElector::new(api.clone(), clock, c).unwrap();
+            assert_eq!(a.try_acquire_or_renew().await, Attempt::Leading);
+            assert_eq!(
+                spec(&api).await.lease_duration_seconds,
+                Some(want),
+                "{millis} ms"
+            );
+        }
     }
 
     #[tokio::test]

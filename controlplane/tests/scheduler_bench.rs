@@ -2,7 +2,8 @@
 //! scheduler's start until every pod is bound. `in_memory` runs against the in-memory
 //! fake API (the scheduler's own cost; always runs); `through_apiserver` against raftkv +
 //! the API server (`cargo test -p controlplane --test scheduler_bench -- --ignored
-//! --nocapture`; ignored by default as it mostly measures the debug-built API server).
+//! --nocapture`; ignored by default as it mostly measures the debug-built API server;
+//! `BENCH_STORE=etcd` puts etcd 3.4 under the API server instead of raftkv).
 
 mod common;
 
@@ -138,7 +139,12 @@ async fn in_memory() {
 #[ignore]
 fn through_apiserver() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = common::StoreServer::start(common::Flavor::Raftkv, dir.path());
+    // BENCH_STORE=etcd uses etcd 3.4 (e.g. for a release build without a release raftkv).
+    let flavor = match std::env::var("BENCH_STORE").as_deref() {
+        Ok("etcd") => common::Flavor::Etcd,
+        _ => common::Flavor::Raftkv,
+    };
+    let store = common::StoreServer::start(flavor, dir.path());
     let apiserver = common::ApiServer::start("api", &store.endpoint, dir.path(), &[]);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
