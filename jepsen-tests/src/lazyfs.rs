@@ -37,8 +37,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     BackgroundSession, FileAttr, FileType, Filesystem, MountOption, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    Request, TimeOrNow,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
+    TimeOrNow,
 };
 
 /// Page size of the in-memory cache: what a partial write pulls in from the backing file.
@@ -174,8 +174,9 @@ impl State {
                 let page_start = idx * PAGE;
                 let from = offset.max(page_start);
                 let to = end.min(page_start + PAGE);
-                buf[(from - offset) as usize..(to - offset) as usize]
-                    .copy_from_slice(&page[(from - page_start) as usize..(to - page_start) as usize]);
+                buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(
+                    &page[(from - page_start) as usize..(to - page_start) as usize],
+                );
             }
         }
         Ok(buf)
@@ -242,9 +243,7 @@ impl State {
 
     /// Cuts or extends `ino` to `size`, in the backing file at once (metadata is durable).
     fn truncate(&mut self, ino: u64, size: u64) -> io::Result<()> {
-        let path = self
-            .path(ino)
-            .map_err(io::Error::from_raw_os_error)?;
+        let path = self.path(ino).map_err(io::Error::from_raw_os_error)?;
         OpenOptions::new().write(true).open(&path)?.set_len(size)?;
         if let Some(d) = self.dirty.get_mut(&ino) {
             d.pages.retain(|&idx, _| idx * PAGE < size);
@@ -542,7 +541,10 @@ impl Filesystem for LazyFs {
         _lock_owner: Option<u64>,
         reply: ReplyData,
     ) {
-        match self.state().read(ino, fh, offset.max(0) as u64, size.into()) {
+        match self
+            .state()
+            .read(ino, fh, offset.max(0) as u64, size.into())
+        {
             Ok(buf) => reply.data(&buf),
             Err(e) => reply.error(e),
         }
@@ -784,7 +786,13 @@ mod tests {
         // ...but the backing file only what was fsynced.
         assert_eq!(read_all(&m.backing().join("wal")), b"durable ");
         let lost = m.lose_unsynced();
-        assert_eq!(lost, Lost { files: 1, bytes: PAGE });
+        assert_eq!(
+            lost,
+            Lost {
+                files: 1,
+                bytes: PAGE
+            }
+        );
         assert_eq!(read_all(&p), b"durable ");
         assert_eq!(m.unsynced(), Lost::default());
     }
@@ -814,7 +822,10 @@ mod tests {
             }
             assert_eq!(read_all(&lazy), read_all(&plain), "case {n} before fsync");
             lf.sync_all().unwrap();
-            assert_eq!(read_all(&m.backing().join(format!("f{n}"))), read_all(&plain));
+            assert_eq!(
+                read_all(&m.backing().join(format!("f{n}"))),
+                read_all(&plain)
+            );
             assert_eq!(read_all(&lazy), read_all(&plain), "case {n} after fsync");
         }
     }
@@ -829,7 +840,10 @@ mod tests {
         std::fs::write(&tmp, b"MANIFEST-1").unwrap();
         std::fs::rename(&tmp, sub.join("CURRENT")).unwrap();
         assert_eq!(read_all(&sub.join("CURRENT")), b"MANIFEST-1");
-        let f = OpenOptions::new().write(true).open(sub.join("CURRENT")).unwrap();
+        let f = OpenOptions::new()
+            .write(true)
+            .open(sub.join("CURRENT"))
+            .unwrap();
         f.set_len(3).unwrap();
         assert_eq!(read_all(&sub.join("CURRENT")), b"MAN");
         m.lose_unsynced();

@@ -204,7 +204,12 @@ impl FaultTarget for Cluster {
     fn power_loss(&mut self) -> Result<Vec<(usize, String)>, ClusterError> {
         Ok(Cluster::power_loss(self)?
             .into_iter()
-            .map(|(m, lost)| (m, format!("{} KiB in {} files", lost.bytes / 1024, lost.files)))
+            .map(|(m, lost)| {
+                (
+                    m,
+                    format!("{} KiB in {} files", lost.bytes / 1024, lost.files),
+                )
+            })
             .collect())
     }
     fn heal_all(&mut self) -> Vec<ClusterError> {

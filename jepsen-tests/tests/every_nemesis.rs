@@ -32,7 +32,13 @@ const FAULTS: &[&str] = &[
 ];
 
 fn short_run(fault: &str, seed: u64, store: &std::path::Path) -> RunConfig {
-    let mut cfg = config(Target::Raftkv, 3, raftkv_binary(), store.to_path_buf(), seed);
+    let mut cfg = config(
+        Target::Raftkv,
+        3,
+        raftkv_binary(),
+        store.to_path_buf(),
+        seed,
+    );
     cfg.nemesis = fault.parse::<NemesisSpec>().expect("nemesis spec");
     cfg.time_limit = Duration::from_secs(7);
     cfg.nemesis_interval = Duration::from_millis(1500);

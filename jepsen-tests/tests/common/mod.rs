@@ -41,7 +41,13 @@ pub fn etcd_binary() -> PathBuf {
     on_path("etcd").expect("etcd not found at /usr/bin/etcd or on PATH; run scripts/setup.sh")
 }
 
-pub fn config(target: Target, members: usize, binary: PathBuf, store: PathBuf, seed: u64) -> RunConfig {
+pub fn config(
+    target: Target,
+    members: usize,
+    binary: PathBuf,
+    store: PathBuf,
+    seed: u64,
+) -> RunConfig {
     RunConfig {
         workload: WorkloadKind::Register,
         nemesis: "kill".parse::<NemesisSpec>().expect("nemesis spec"),
