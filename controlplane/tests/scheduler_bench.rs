@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,54 +14,19 @@ use controlplane::client::fake::FakeApi;
 use controlplane::client::http::HttpClient;
 use controlplane::client::{Api, ListParams};
 use controlplane::clock::SystemClock;
-use controlplane::scheduler::{run, Options};
-use k8s_openapi::api::core::v1::{
-    Container, Node, NodeCondition, NodeStatus, Pod, PodSpec, ResourceRequirements,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use controlplane::scheduler::{run, testing, Options};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use tokio_util::sync::CancellationToken;
 
 const NODES: usize = 100;
 const PODS: usize = 1000;
 
 fn node(name: &str) -> Node {
-    let mut n = Node::default();
-    n.metadata.name = Some(name.into());
-    n.status = Some(NodeStatus {
-        allocatable: Some(BTreeMap::from([
-            ("cpu".to_string(), Quantity("32".into())),
-            ("memory".to_string(), Quantity("128Gi".into())),
-            ("pods".to_string(), Quantity("110".into())),
-        ])),
-        conditions: Some(vec![NodeCondition {
-            type_: "Ready".into(),
-            status: "True".into(),
-            ..Default::default()
-        }]),
-        ..Default::default()
-    });
-    n
+    testing::node(name, "32", "128Gi")
 }
 
 fn pod(name: &str) -> Pod {
-    let mut p = Pod::default();
-    p.metadata.name = Some(name.into());
-    p.spec = Some(PodSpec {
-        containers: vec![Container {
-            name: "c".into(),
-            image: Some("busybox".into()),
-            resources: Some(ResourceRequirements {
-                requests: Some(BTreeMap::from([
-                    ("cpu".to_string(), Quantity("100m".into())),
-                    ("memory".to_string(), Quantity("128Mi".into())),
-                ])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
-    p
+    testing::pod(name, "100m", "128Mi")
 }
 
 async fn populate<C: Api>(api: &C) {

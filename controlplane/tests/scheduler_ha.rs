@@ -13,12 +13,10 @@ use std::time::{Duration, Instant};
 use common::{ApiServer, Flavor, Proc, StoreServer};
 use controlplane::client::http::HttpClient;
 use controlplane::client::{Api, ListParams};
+use controlplane::scheduler::testing;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{
-    Container, Node, NodeCondition, NodeStatus, Pod, PodSpec, ResourceRequirements,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::WatchEvent;
 
 const LEASE: Duration = Duration::from_secs(2);
@@ -60,43 +58,11 @@ fn start_scheduler(
 }
 
 fn node(name: &str) -> Node {
-    let mut n = Node::default();
-    n.metadata.name = Some(name.into());
-    n.status = Some(NodeStatus {
-        allocatable: Some(BTreeMap::from([
-            ("cpu".to_string(), Quantity("8".into())),
-            ("memory".to_string(), Quantity("32Gi".into())),
-            ("pods".to_string(), Quantity("110".into())),
-        ])),
-        conditions: Some(vec![NodeCondition {
-            type_: "Ready".into(),
-            status: "True".into(),
-            ..Default::default()
-        }]),
-        ..Default::default()
-    });
-    n
+    testing::node(name, "8", "32Gi")
 }
 
 fn pod(name: &str) -> Pod {
-    let mut p = Pod::default();
-    p.metadata.name = Some(name.into());
-    p.spec = Some(PodSpec {
-        containers: vec![Container {
-            name: "c".into(),
-            image: Some("busybox".into()),
-            resources: Some(ResourceRequirements {
-                requests: Some(BTreeMap::from([
-                    ("cpu".to_string(), Quantity("100m".into())),
-                    ("memory".to_string(), Quantity("64Mi".into())),
-                ])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
-    p
+    testing::pod(name, "100m", "64Mi")
 }
 
 async fn holder(api: &HttpClient) -> Option<String> {

@@ -326,6 +326,26 @@ impl LazyFs {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// unlink and rmdir: removes the backing entry, then forgets it and its unsynced data.
+    fn remove(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        op: impl FnOnce(&Path) -> io::Result<()>,
+        reply: ReplyEmpty,
+    ) {
+        let mut s = self.state();
+        let result = s.child(parent, name).and_then(|path| {
+            op(&path).map_err(|e| errno(&e))?;
+            s.forget_path(&path);
+            Ok(())
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn entry(&self, path: PathBuf, reply: ReplyEntry) {
         let mut s = self.state();
         let ino = s.intern(path);
@@ -429,29 +449,11 @@ impl Filesystem for LazyFs {
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        let mut s = self.state();
-        let result = s.child(parent, name).and_then(|path| {
-            std::fs::remove_file(&path).map_err(|e| errno(&e))?;
-            s.forget_path(&path);
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, |p| std::fs::remove_file(p), reply);
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        let mut s = self.state();
-        let result = s.child(parent, name).and_then(|path| {
-            std::fs::remove_dir(&path).map_err(|e| errno(&e))?;
-            s.forget_path(&path);
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, |p| std::fs::remove_dir(p), reply);
     }
 
     fn rename(

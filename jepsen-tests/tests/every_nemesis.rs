@@ -31,6 +31,16 @@ const FAULTS: &[&str] = &[
     "lose-unsynced",
 ];
 
+/// The lazy disk is a FUSE mount made by the harness: it needs /dev/fuse and root. CI has
+/// both; elsewhere the lazy-disk runs say loudly that they did not run.
+fn lazy_disk_available() -> bool {
+    let ok = std::path::Path::new("/dev/fuse").exists() && unsafe { libc::geteuid() } == 0;
+    if !ok {
+        println!("SKIPPED lose-unsynced runs: they need /dev/fuse and root");
+    }
+    ok
+}
+
 fn short_run(fault: &str, seed: u64, store: &std::path::Path) -> RunConfig {
     let mut cfg = config(
         Target::Raftkv,
@@ -57,16 +67,21 @@ async fn every_nemesis_leaves_3_member_raftkv_valid() {
             }
         }
     };
+    let lazy = lazy_disk_available();
     let (even, odd): (Vec<_>, Vec<_>) = FAULTS
         .iter()
         .copied()
         .enumerate()
+        .filter(|(_, f)| lazy || *f != "lose-unsynced")
         .partition(|(i, _)| i % 2 == 0);
     tokio::join!(lane(even), lane(odd));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsafe_no_fsync_is_caught_by_power_loss() {
+    if !lazy_disk_available() {
+        return;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let wrapper = unsafe_raftkv(dir.path(), "--experimental-unsafe-no-fsync");
     let mut cfg = short_run("lose-unsynced", 7, &dir.path().join("store"));

@@ -15,7 +15,7 @@ pub mod metrics;
 pub mod plugins;
 pub mod queue;
 pub mod resources;
-#[cfg(test)]
+/// Object builders for tests (the unit tests here and the scheduler integration tests).
 pub mod testing;
 
 use std::sync::{Arc, Mutex};
