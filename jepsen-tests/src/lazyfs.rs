@@ -95,6 +95,17 @@ impl State {
         s
     }
 
+    fn unsynced(&self) -> Lost {
+        Lost {
+            files: self.dirty.len(),
+            bytes: self
+                .dirty
+                .values()
+                .map(|d| d.pages.len() as u64 * PAGE)
+                .sum(),
+        }
+    }
+
     fn path(&self, ino: u64) -> Result<PathBuf, i32> {
         self.paths.get(&ino).cloned().ok_or(libc::ENOENT)
     }
@@ -714,6 +725,10 @@ impl Mount {
         })
     }
 
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
     }
@@ -724,18 +739,15 @@ impl Mount {
 
     /// Bytes written but not yet fsynced.
     pub fn unsynced(&self) -> Lost {
-        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        Lost {
-            files: s.dirty.len(),
-            bytes: s.dirty.values().map(|d| d.pages.len() as u64 * PAGE).sum(),
-        }
+        self.state().unsynced()
     }
 
     /// The power loss: forgets every un-fsynced write. Call it only once every process
     /// using the mount is dead, or they will keep reading data that no longer exists.
     pub fn lose_unsynced(&self) -> Lost {
-        let lost = self.unsynced();
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        // One lock: what is reported is exactly what is dropped.
+        let mut s = self.state();
+        let lost = s.unsynced();
         s.dirty.clear();
         s.files.clear();
         lost
