@@ -5,6 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential pkg-config libclang-dev clang protobuf-compiler  # rocksdb, bindgen, protos
+  libprotobuf-dev            # google/protobuf/*.proto, which etcd-client's protos import
   etcd-server etcd-client    # the reference etcd 3.4 the differential tests compare against
   runc busybox-static        # the node agent's container runtime and test image
   iproute2 curl ca-certificates

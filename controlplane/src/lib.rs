@@ -1,9 +1,13 @@
 //! Kubernetes-style control plane on raftkv: the API server ([`apiserver`]), the typed
 //! client the other components use ([`client`]), Lease-based leader election
-//! ([`leaderelection`]) and the scheduler ([`scheduler`]).
+//! ([`leaderelection`]), the scheduler ([`scheduler`]) and the controller manager
+//! ([`controllers`]).
 
 pub mod apiserver;
 pub mod client;
 pub mod clock;
+pub mod controllers;
+pub mod labels;
 pub mod leaderelection;
+pub mod metrics;
 pub mod scheduler;

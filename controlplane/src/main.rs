@@ -1,5 +1,5 @@
-//! `controlplane`: the control plane's processes, one subcommand each: `apiserver` and
-//! `scheduler` (`controller-manager` is to be added).
+//! `controlplane`: the control plane's processes, one subcommand each: `apiserver`,
+//! `scheduler` and `controller-manager`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -24,23 +24,20 @@ enum Command {
     Apiserver(ApiserverArgs),
     /// The scheduler: binds pending pods to nodes, optionally one active replica of many.
     Scheduler(SchedulerArgs),
+    /// The controllers (ReplicaSet, Deployment, node lifecycle, endpoints, garbage
+    /// collector), optionally one active replica of many.
+    ControllerManager(ControllerManagerArgs),
 }
 
+/// Leader election flags (kube-scheduler's and kube-controller-manager's names).
 #[derive(clap::Args)]
-struct SchedulerArgs {
-    /// kubeconfig of the API server (as `apiserver --kubeconfig-out` writes it).
-    #[arg(long)]
-    kubeconfig: PathBuf,
+struct ElectionArgs {
     /// Run only while holding the Lease; exit when it is lost.
     #[arg(long)]
     leader_elect: bool,
-    /// The Lease's name (in --lease-namespace).
-    #[arg(
-        long,
-        alias = "leader-elect-resource-name",
-        default_value = "kube-scheduler"
-    )]
-    lease_name: String,
+    /// The Lease's name (in --lease-namespace); defaults to the component's name.
+    #[arg(long, alias = "leader-elect-resource-name")]
+    lease_name: Option<String>,
     #[arg(
         long,
         alias = "leader-elect-resource-namespace",
@@ -59,6 +56,15 @@ struct SchedulerArgs {
     /// Interval between acquire/renew attempts.
     #[arg(long, value_parser = humantime_secs, default_value = "2s")]
     leader_elect_retry_period: std::time::Duration,
+}
+
+#[derive(clap::Args)]
+struct SchedulerArgs {
+    /// kubeconfig of the API server (as `apiserver --kubeconfig-out` writes it).
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    #[command(flatten)]
+    election: ElectionArgs,
     /// The schedulerName of the pods this scheduler handles.
     #[arg(long, default_value = controlplane::scheduler::DEFAULT_SCHEDULER_NAME)]
     scheduler_name: String,
@@ -80,13 +86,110 @@ fn humantime_secs(s: &str) -> Result<std::time::Duration, String> {
     std::time::Duration::try_from_secs_f64(v * unit).map_err(|e| e.to_string())
 }
 
+#[derive(clap::Args)]
+struct ControllerManagerArgs {
+    /// kubeconfig of the API server (as `apiserver --kubeconfig-out` writes it).
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    #[command(flatten)]
+    election: ElectionArgs,
+    /// Controllers to run: `*` or a comma-separated list of
+    /// replicaset, deployment, nodelifecycle, endpoint, garbagecollector.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    controllers: Vec<String>,
+    /// Workers per controller.
+    #[arg(long, default_value_t = 2)]
+    concurrent_syncs: usize,
+    /// How often every object is reconciled even without events.
+    #[arg(long, value_parser = humantime_secs, default_value = "30s")]
+    min_resync_period: std::time::Duration,
+    /// A node whose heartbeat is older than this is marked unreachable.
+    #[arg(long, value_parser = humantime_secs, default_value = "40s")]
+    node_monitor_grace_period: std::time::Duration,
+    /// How often node heartbeats are checked.
+    #[arg(long, value_parser = humantime_secs, default_value = "5s")]
+    node_monitor_period: std::time::Duration,
+    /// Serve Prometheus `/metrics` here (e.g. 127.0.0.1:10252); off unless given.
+    #[arg(long)]
+    metrics_address: Option<SocketAddr>,
+}
+
+/// Cancelled on Ctrl-C / SIGTERM.
+fn shutdown_token() -> tokio_util::sync::CancellationToken {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        s.cancel();
+    });
+    shutdown
+}
+
+fn serve_metrics<F>(addr: Option<SocketAddr>, serve: impl FnOnce(SocketAddr) -> F)
+where
+    F: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    if let Some(addr) = addr {
+        let fut = serve(addr);
+        tokio::spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::error!(%addr, error = %e, "metrics server failed");
+            }
+        });
+    }
+}
+
+/// Runs `work` directly, or only while holding the Lease `default_lease` when
+/// `--leader-elect` is given (returning an error when leadership is lost).
+async fn run_elected<F, Fut>(
+    api: controlplane::client::http::HttpClient,
+    e: ElectionArgs,
+    default_lease: &str,
+    leader_gauge: prometheus::IntGauge,
+    work: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use controlplane::clock::SystemClock;
+    use controlplane::leaderelection::{Config, LeaderElector};
+    use std::sync::Arc;
+
+    let shutdown = shutdown_token();
+    if !e.leader_elect {
+        work(shutdown).await;
+        return Ok(());
+    }
+    let identity = e.identity.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}_{}", host.trim(), uuid::Uuid::new_v4())
+    });
+    let lease = e.lease_name.unwrap_or_else(|| default_lease.to_string());
+    let mut config = Config::new(&e.lease_namespace, &lease, &identity);
+    config.lease_duration = e.leader_elect_lease_duration;
+    config.renew_deadline = e.leader_elect_renew_deadline;
+    config.retry_period = e.leader_elect_retry_period;
+    let mut elector = LeaderElector::new(api, Arc::new(SystemClock), config)?;
+    elector
+        .run(shutdown, move |leading| {
+            leader_gauge.set(1);
+            work(leading)
+        })
+        .await
+        .context(lease)
+}
+
 async fn scheduler(a: SchedulerArgs) -> anyhow::Result<()> {
     use controlplane::client::http::HttpClient;
     use controlplane::clock::SystemClock;
-    use controlplane::leaderelection::{Config, LeaderElector};
     use controlplane::scheduler::{run, Options};
     use std::sync::Arc;
-    use tokio_util::sync::CancellationToken;
 
     let api = HttpClient::from_kubeconfig(&a.kubeconfig)?;
     let opts = Options {
@@ -94,44 +197,50 @@ async fn scheduler(a: SchedulerArgs) -> anyhow::Result<()> {
         weights: a.score_weights.parse()?,
         metrics: Arc::default(),
     };
-    if let Some(addr) = a.metrics_address {
-        let metrics = opts.metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = metrics.serve(addr).await {
-                tracing::error!(%addr, error = %e, "metrics server failed");
-            }
-        });
+    serve_metrics(a.metrics_address, |addr| opts.metrics.clone().serve(addr));
+    let gauge = opts.metrics.leader.clone();
+    let worker_api = api.clone();
+    run_elected(api, a.election, "kube-scheduler", gauge, move |token| {
+        run(worker_api, Arc::new(SystemClock), opts, token)
+    })
+    .await
+}
+
+async fn controller_manager(a: ControllerManagerArgs) -> anyhow::Result<()> {
+    use controlplane::client::http::HttpClient;
+    use controlplane::clock::SystemClock;
+    use controlplane::controllers::{nodelifecycle, run, Options, ALL};
+    use std::sync::Arc;
+
+    for c in &a.controllers {
+        anyhow::ensure!(
+            c == "*" || ALL.contains(&c.as_str()),
+            "--controllers: unknown controller {c:?} (known: {})",
+            ALL.join(", ")
+        );
     }
-    let shutdown = CancellationToken::new();
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            shutdown.cancel();
-        });
-    }
-    let clock = Arc::new(SystemClock);
-    if !a.leader_elect {
-        run(api, clock, opts, shutdown).await;
-        return Ok(());
-    }
-    let identity = a.identity.unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        format!("{}_{}", host.trim(), uuid::Uuid::new_v4())
-    });
-    let mut config = Config::new(&a.lease_namespace, &a.lease_name, &identity);
-    config.lease_duration = a.leader_elect_lease_duration;
-    config.renew_deadline = a.leader_elect_renew_deadline;
-    config.retry_period = a.leader_elect_retry_period;
-    let mut elector = LeaderElector::new(api.clone(), clock.clone(), config)?;
-    let metrics = opts.metrics.clone();
-    elector
-        .run(shutdown, move |leading| {
-            metrics.leader.set(1);
-            run(api, clock, opts, leading)
-        })
-        .await
-        .context("scheduler")
+    let api = HttpClient::from_kubeconfig(&a.kubeconfig)?;
+    let opts = Options {
+        controllers: a.controllers,
+        workers: a.concurrent_syncs,
+        resync_period: a.min_resync_period,
+        node: nodelifecycle::Options {
+            grace_period: a.node_monitor_grace_period,
+            monitor_period: a.node_monitor_period,
+        },
+        metrics: Arc::default(),
+    };
+    serve_metrics(a.metrics_address, |addr| opts.metrics.clone().serve(addr));
+    let gauge = opts.metrics.leader.clone();
+    let worker_api = api.clone();
+    run_elected(
+        api,
+        a.election,
+        "kube-controller-manager",
+        gauge,
+        move |token| run(worker_api, Arc::new(SystemClock), opts, token),
+    )
+    .await
 }
 
 #[derive(clap::Args)]
@@ -203,5 +312,6 @@ async fn main() -> anyhow::Result<()> {
                 .context("apiserver")
         }
         Command::Scheduler(a) => scheduler(a).await,
+        Command::ControllerManager(a) => controller_manager(a).await,
     }
 }

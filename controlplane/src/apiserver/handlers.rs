@@ -16,7 +16,7 @@ use super::patch::{self, PatchType};
 use super::registry::{self, Resource};
 use super::request::Target;
 use super::selectors::{FieldSelector, LabelSelector};
-use super::status::ApiError;
+use super::status::{ApiError, Cause};
 use super::storage::{set_resource_version, StoreError, Stored};
 use super::table::{self, IncludeObject};
 use super::ApiServer;
@@ -667,6 +667,9 @@ struct DeleteOptions {
     grace: Option<i64>,
     uid: Option<String>,
     rv: Option<String>,
+    /// The finalizer a Foreground or Orphan propagation policy adds; the garbage collector
+    /// removes it once the dependents are deleted (or released). Background adds none.
+    finalizer: Option<&'static str>,
 }
 
 fn delete_options(req: &ResourceRequest) -> Result<DeleteOptions, ApiError> {
@@ -678,7 +681,32 @@ fn delete_options(req: &ResourceRequest) -> Result<DeleteOptions, ApiError> {
     let grace = body["gracePeriodSeconds"]
         .as_i64()
         .or_else(|| req.q("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+    let policy = body["propagationPolicy"]
+        .as_str()
+        .map(String::from)
+        .or_else(|| req.q("propagationPolicy").map(String::from));
+    let orphan = body["orphanDependents"]
+        .as_bool()
+        .or_else(|| req.q("orphanDependents").and_then(|o| o.parse().ok()));
+    let finalizer = match (policy.as_deref(), orphan) {
+        (Some("Foreground"), _) => Some("foregroundDeletion"),
+        (Some("Orphan"), _) | (None, Some(true)) => Some("orphan"),
+        (Some("Background") | None, _) => None,
+        (Some(other), _) => {
+            return Err(ApiError::Invalid {
+                kind: "DeleteOptions".into(),
+                group: "meta.k8s.io".into(),
+                name: String::new(),
+                causes: vec![Cause {
+                    reason: "FieldValueNotSupported",
+                    field: "propagationPolicy".into(),
+                    message: format!("Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\""),
+                }],
+            })
+        }
+    };
     Ok(DeleteOptions {
+        finalizer,
         grace,
         uid: body
             .pointer("/preconditions/uid")
@@ -721,6 +749,15 @@ async fn delete_one(
         if let Some(rv) = &opts.rv {
             if *rv != mod_revision.to_string() {
                 return Err(ApiError::conflict(r, name));
+            }
+        }
+        let mut object = object;
+        if let Some(f) = opts.finalizer {
+            if let Some(meta) = object["metadata"].as_object_mut() {
+                let list = meta.entry("finalizers").or_insert_with(|| json!([]));
+                if let Some(list) = list.as_array_mut().filter(|l| !l.iter().any(|x| x == f)) {
+                    list.push(json!(f));
+                }
             }
         }
         let has_finalizers = object
@@ -828,6 +865,7 @@ async fn empty_namespace(server: &ApiServer, ns: &str) -> Result<(), ApiError> {
         grace: None,
         uid: None,
         rv: None,
+        finalizer: None,
     };
     for r in registry::RESOURCES.iter().filter(|r| r.namespaced) {
         let filter = Filter {

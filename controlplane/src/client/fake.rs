@@ -14,7 +14,10 @@ use k8s_openapi::Resource;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use super::{Api, ClientError, ListParams, Object, ObjectList, Result, WatchStream};
+use super::{
+    Api, ClientError, DeleteParams, ListParams, Object, ObjectList, Propagation, Result,
+    WatchStream,
+};
 
 type Key = (&'static str, String, String);
 
@@ -97,6 +100,13 @@ impl FakeApi {
         ty: &'static str,
         mut obj: Value,
     ) -> Value {
+        // As the API server does: an update that removes the last finalizer of an object
+        // marked for deletion deletes it.
+        let ty = if ty == "MODIFIED" && marked_and_finalized(&obj) {
+            "DELETED"
+        } else {
+            ty
+        };
         st.rv += 1;
         obj["metadata"]["resourceVersion"] = Value::String(st.rv.to_string());
         let key = (kind, ns.to_string(), meta_name(&obj));
@@ -137,6 +147,14 @@ impl FakeApi {
             .filter_map(|(_, v)| serde_json::from_value(v.clone()).ok())
             .collect()
     }
+}
+
+fn marked_and_finalized(obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp").is_some()
+        && obj
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_none_or(|f| f.is_empty())
 }
 
 fn not_found<K: Object>(name: &str) -> ClientError {
@@ -187,8 +205,14 @@ impl Api for FakeApi {
     async fn create<K: Object>(&self, ns: Option<&str>, obj: &K) -> Result<K> {
         self.check()?;
         let mut v = serde_json::to_value(obj)?;
-        let name = meta_name(&v);
         let mut st = self.state.lock().unwrap();
+        if meta_name(&v).is_empty() {
+            if let Some(prefix) = v.pointer("/metadata/generateName").and_then(Value::as_str) {
+                // Deterministic suffixes: the next resourceVersion is unique.
+                v["metadata"]["name"] = format!("{prefix}{:05}", st.rv + 1).into();
+            }
+        }
+        let name = meta_name(&v);
         if st.objects.contains_key(&(K::KIND, ns_of(ns), name.clone())) {
             return Err(ClientError::api(
                 409,
@@ -200,6 +224,8 @@ impl Api for FakeApi {
             v["metadata"]["namespace"] = Value::String(ns.into());
         }
         v["metadata"]["uid"] = Value::String(uuid::Uuid::new_v4().to_string());
+        v["metadata"]["generation"] = 1.into();
+        v["metadata"]["creationTimestamp"] = format!("2023-11-14T22:{:02}:00Z", st.rv % 60).into();
         decode(&self.write(&mut st, K::KIND, &ns_of(ns), "ADDED", v))
     }
 
@@ -222,6 +248,19 @@ impl Api for FakeApi {
         }) {
             return Err(conflict::<K>(&name));
         }
+        // Server-owned metadata survives the replace; spec changes bump the generation.
+        let mut v = v;
+        for field in ["uid", "creationTimestamp", "deletionTimestamp"] {
+            if let Some(x) = current.pointer(&format!("/metadata/{field}")) {
+                v["metadata"][field] = x.clone();
+            }
+        }
+        let generation = current
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let bump = i64::from(current.get("spec") != v.get("spec"));
+        v["metadata"]["generation"] = (generation + bump).into();
         decode(&self.write(&mut st, K::KIND, &ns_of(ns), "MODIFIED", v))
     }
 
@@ -242,6 +281,18 @@ impl Api for FakeApi {
     }
 
     async fn delete<K: Object>(&self, ns: Option<&str>, name: &str) -> Result<()> {
+        self.delete_with::<K>(ns, name, &DeleteParams::default())
+            .await
+    }
+
+    /// Foreground and Orphan add their finalizer and mark the object, as the API server
+    /// does; an object with finalizers is only marked. Grace periods are not modelled.
+    async fn delete_with<K: Object>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        params: &DeleteParams,
+    ) -> Result<()> {
         self.check()?;
         let mut st = self.state.lock().unwrap();
         let Some(current) = st
@@ -251,8 +302,64 @@ impl Api for FakeApi {
         else {
             return Err(not_found::<K>(name));
         };
-        self.write(&mut st, K::KIND, &ns_of(ns), "DELETED", current);
+        if let Some(uid) = &params.precondition_uid {
+            if current.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
+                return Err(conflict::<K>(name));
+            }
+        }
+        let mut marked = current.clone();
+        let finalizer = match params.propagation {
+            Some(Propagation::Foreground) => Some("foregroundDeletion"),
+            Some(Propagation::Orphan) => Some("orphan"),
+            _ => None,
+        };
+        if let Some(f) = finalizer {
+            let list = marked["metadata"]["finalizers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if !list.iter().any(|x| x == f) {
+                let mut list = list;
+                list.push(f.into());
+                marked["metadata"]["finalizers"] = Value::Array(list);
+            }
+        }
+        let has_finalizers = marked["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        if has_finalizers {
+            if marked.pointer("/metadata/deletionTimestamp").is_none() {
+                marked["metadata"]["deletionTimestamp"] = "2023-11-14T22:13:20Z".into();
+            }
+            self.write(&mut st, K::KIND, &ns_of(ns), "MODIFIED", marked);
+        } else {
+            self.write(&mut st, K::KIND, &ns_of(ns), "DELETED", current);
+        }
         Ok(())
+    }
+
+    async fn update_status<K: Object>(&self, ns: Option<&str>, obj: &K) -> Result<K> {
+        self.check()?;
+        let v = serde_json::to_value(obj)?;
+        let name = meta_name(&v);
+        let mut st = self.state.lock().unwrap();
+        let Some(current) = st.objects.get(&(K::KIND, ns_of(ns), name.clone())).cloned() else {
+            return Err(not_found::<K>(&name));
+        };
+        let want = v
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str);
+        if want.is_some_and(|w| {
+            Some(w)
+                != current
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+        }) {
+            return Err(conflict::<K>(&name));
+        }
+        let mut next = current;
+        next["status"] = v.get("status").cloned().unwrap_or(Value::Null);
+        decode(&self.write(&mut st, K::KIND, &ns_of(ns), "MODIFIED", next))
     }
 
     async fn bind(&self, ns: &str, binding: &Binding) -> Result<()> {

@@ -109,6 +109,53 @@ pub struct ListParams {
     pub timeout_seconds: Option<u32>,
 }
 
+/// How `delete_with` treats the object's dependents (metav1.DeletionPropagation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Propagation {
+    /// Delete the object now; the garbage collector deletes dependents afterwards.
+    Background,
+    /// Keep the object (finalizer `foregroundDeletion`) until its blocking dependents are gone.
+    Foreground,
+    /// Keep the object (finalizer `orphan`) until the dependents' owner references are removed.
+    Orphan,
+}
+
+impl Propagation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Propagation::Background => "Background",
+            Propagation::Foreground => "Foreground",
+            Propagation::Orphan => "Orphan",
+        }
+    }
+}
+
+/// `DeleteOptions` of `delete_with`.
+#[derive(Clone, Debug, Default)]
+pub struct DeleteParams {
+    pub propagation: Option<Propagation>,
+    /// Delete only if the object still has this uid (it was not deleted and recreated).
+    pub precondition_uid: Option<String>,
+    pub grace_period_seconds: Option<i64>,
+}
+
+impl DeleteParams {
+    /// The DeleteOptions body the API server reads.
+    pub fn to_body(&self) -> serde_json::Value {
+        let mut body = serde_json::json!({"kind": "DeleteOptions", "apiVersion": "v1"});
+        if let Some(p) = self.propagation {
+            body["propagationPolicy"] = p.as_str().into();
+        }
+        if let Some(uid) = &self.precondition_uid {
+            body["preconditions"] = serde_json::json!({ "uid": uid });
+        }
+        if let Some(g) = self.grace_period_seconds {
+            body["gracePeriodSeconds"] = g.into();
+        }
+        body
+    }
+}
+
 /// One page of a list: the items and the collection's resourceVersion to watch from.
 #[derive(Clone, Debug)]
 pub struct ObjectList<K> {
@@ -155,6 +202,19 @@ pub trait Api: Clone + Send + Sync + 'static {
         ns: Option<&str>,
         name: &str,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// A delete with options: propagation policy, uid precondition, grace period.
+    fn delete_with<K: Object>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        params: &DeleteParams,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// `PUT <object>/status`: replaces the status only (spec changes are ignored).
+    fn update_status<K: Object>(
+        &self,
+        ns: Option<&str>,
+        obj: &K,
+    ) -> impl Future<Output = Result<K>> + Send;
     /// `POST pods/<name>/binding`; 409 if the pod is already bound.
     fn bind(&self, ns: &str, binding: &Binding) -> impl Future<Output = Result<()>> + Send;
     /// Events after `resource_version`; a 410 (as an error or an ERROR event) means relist.

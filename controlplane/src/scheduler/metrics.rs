@@ -5,9 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -65,20 +63,12 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        // Encoding gathered families into a Vec cannot fail.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        crate::metrics::render(&self.registry)
     }
 
     /// Serves `/metrics` (and `/healthz`) on `addr` until the process ends.
     pub async fn serve(self: Arc<Self>, addr: SocketAddr) -> std::io::Result<()> {
-        use axum::routing::get;
-        let app = axum::Router::new()
-            .route("/metrics", get(move || async move { self.render() }))
-            .route("/healthz", get(|| async { "ok" }));
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        axum::serve(listener, app).await
+        crate::metrics::serve(self.registry.clone(), addr).await
     }
 }
 

@@ -11,8 +11,6 @@ pub mod taints;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-
 use super::framework::Framework;
 
 /// Score plugin weights by plugin name (kube-scheduler's names).
@@ -93,30 +91,11 @@ pub fn default_framework(weights: &Weights) -> Framework {
     }
 }
 
-/// Whether `labels` satisfy a metav1 LabelSelector (an empty selector matches all).
-pub fn selector_matches(sel: &LabelSelector, labels: Option<&BTreeMap<String, String>>) -> bool {
-    let get = |k: &str| labels.and_then(|l| l.get(k));
-    if let Some(ml) = &sel.match_labels {
-        if ml.iter().any(|(k, v)| get(k) != Some(v)) {
-            return false;
-        }
-    }
-    sel.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => get(&e.key).is_some_and(|v| values.contains(v)),
-            "NotIn" => get(&e.key).is_none_or(|v| !values.contains(v)),
-            "Exists" => get(&e.key).is_some(),
-            "DoesNotExist" => get(&e.key).is_none(),
-            _ => false,
-        }
-    })
-}
+pub use crate::labels::selector_matches;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     #[test]
     fn weights_parse() {
@@ -134,46 +113,5 @@ mod tests {
             "x".parse::<Weights>(),
             Err(WeightsError::Syntax("x".into()))
         );
-    }
-
-    #[test]
-    fn label_selectors() {
-        let labels: BTreeMap<String, String> = [("app", "web"), ("tier", "fe")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let req = |op: &str, vals: &[&str]| LabelSelector {
-            match_expressions: Some(vec![LabelSelectorRequirement {
-                key: "app".into(),
-                operator: op.into(),
-                values: Some(vals.iter().map(|s| s.to_string()).collect()),
-            }]),
-            ..Default::default()
-        };
-        let cases = [
-            (LabelSelector::default(), true),
-            (
-                LabelSelector {
-                    match_labels: Some([("app".to_string(), "web".to_string())].into()),
-                    ..Default::default()
-                },
-                true,
-            ),
-            (
-                LabelSelector {
-                    match_labels: Some([("app".to_string(), "db".to_string())].into()),
-                    ..Default::default()
-                },
-                false,
-            ),
-            (req("In", &["web", "api"]), true),
-            (req("NotIn", &["web"]), false),
-            (req("Exists", &[]), true),
-            (req("DoesNotExist", &[]), false),
-            (req("Bogus", &[]), false),
-        ];
-        for (i, (sel, want)) in cases.into_iter().enumerate() {
-            assert_eq!(selector_matches(&sel, Some(&labels)), want, "case {i}");
-        }
     }
 }
