@@ -94,7 +94,7 @@ struct ControllerManagerArgs {
     #[command(flatten)]
     election: ElectionArgs,
     /// Controllers to run: `*` or a comma-separated list of
-    /// replicaset, deployment, nodelifecycle, endpoint, garbagecollector.
+    /// replicaset, deployment, nodelifecycle, endpoint, garbagecollector, namespace.
     #[arg(long, value_delimiter = ',', default_value = "*")]
     controllers: Vec<String>,
     /// Workers per controller.

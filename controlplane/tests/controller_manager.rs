@@ -8,7 +8,8 @@
 //!   revision 3; `kubectl rollout status` and `history` work throughout;
 //! - a node that stops heartbeating is marked unreachable and its pods are recreated on
 //!   the other nodes;
-//! - `kubectl delete deployment` removes its ReplicaSets and pods (garbage collector).
+//! - `kubectl delete deployment` removes its ReplicaSets and pods (garbage collector);
+//! - `kubectl delete namespace` removes everything in it, waiting for finalizers.
 
 mod common;
 
@@ -278,6 +279,34 @@ fn deployments_roll_out_through_failover_node_loss_and_deletion() {
             // Pods of the dead node stay Terminating: no kubelet confirms them.
             let pods = web_pods(&api).await;
             (sets.items.is_empty() && pods.iter().all(|p| !live(p))).then_some(())
+        })
+        .await;
+
+        // Deleting a namespace deletes its content; a finalizer on one object holds the
+        // namespace (Terminating, closed to new content) until it is removed.
+        k.ok(&["create", "namespace", "team"]);
+        k.ok(&["create", "configmap", "plain", "-n", "team"]);
+        k.ok(&["create", "deployment", "app", "--image=app:1", "-n", "team"]);
+        k.ok_with_input(&["apply", "-f", "-"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  namespace: team\n  finalizers: [example.com/hold]\n"));
+        wait_for("the team deployment's pod", 20, || async {
+            let pods = api.list::<Pod>(Some("team"), &ListParams::default()).await.ok()?;
+            pods.items.iter().any(podutil::is_ready).then_some(())
+        })
+        .await;
+        k.ok(&["delete", "namespace", "team", "--wait=false"]);
+        wait_for("all but the held object deleted", 20, || async {
+            let pods = api.list::<Pod>(Some("team"), &ListParams::default()).await.ok()?;
+            let sets = api.list::<ReplicaSet>(Some("team"), &ListParams::default()).await.ok()?;
+            let plain = api.get::<k8s_openapi::api::core::v1::ConfigMap>(Some("team"), "plain").await;
+            (pods.items.is_empty() && sets.items.is_empty() && plain.is_err()).then_some(())
+        })
+        .await;
+        let phase = k.ok(&["get", "namespace", "team", "-o", "jsonpath={.status.phase}"]);
+        assert_eq!(phase, "Terminating");
+        k.ok(&["patch", "configmap", "held", "-n", "team", "--type=merge", "-p", r#"{"metadata":{"finalizers":null}}"#]);
+        wait_for("the namespace gone", 20, || async {
+            let ns = api.get::<k8s_openapi::api::core::v1::Namespace>(None, "team").await;
+            ns.is_err_and(|e| e.is_not_found()).then_some(())
         })
         .await;
     });

@@ -318,14 +318,19 @@ fn conflicts_and_errors(flavor: Flavor) {
         .fails(&["get", "pod", "bound"])
         .contains(r#"pods "bound" not found"#));
 
-    // Deleting a namespace deletes what is in it.
+    // Deleting a namespace only marks it Terminating: emptying it is the namespace
+    // controller's (tests/controller_manager.rs).
     c.ka.ok(&["create", "namespace", "team"]);
-    c.ka.ok(&["create", "configmap", "inside", "-n", "team"]);
-    c.kb.ok(&["delete", "namespace", "team"]);
-    assert!(c
-        .ka
-        .fails(&["get", "configmap", "inside", "-n", "team"])
-        .contains("not found"));
+    c.kb.ok(&["delete", "namespace", "team", "--wait=false"]);
+    assert_eq!(
+        jsonpath(&c.ka, &["get", "namespace", "team"], "{.status.phase}"),
+        "Terminating"
+    );
+    let err = c.ka.fails(&["create", "configmap", "late", "-n", "team"]);
+    assert!(
+        err.contains(r#"Error from server (Forbidden): configmaps "late" is forbidden: unable to create new content in namespace team because it is being terminated"#),
+        "{err}"
+    );
 
     // Patches that break the object's shape are refused, never applied.
     for (ty, body) in [

@@ -137,7 +137,7 @@ pub async fn handle(
         ("watch", None) => super::watch::watch(server, &req).await,
         ("create", None) => create(server, &req).await,
         ("create", Some("binding")) => bind(server, &req).await,
-        ("update" | "patch", None | Some("status")) => write(server, &req).await,
+        ("update" | "patch", None | Some("status" | "finalize")) => write(server, &req).await,
         ("update" | "patch", Some("scale")) => write_scale(server, &req).await,
         ("delete", None) => delete(server, &req).await,
         ("deletecollection", None) => delete_collection(server, &req).await,
@@ -351,8 +351,17 @@ async fn create(server: &ApiServer, req: &ResourceRequest) -> Result<Response, A
     let name = meta_str(&obj, "name").unwrap_or("").to_string();
     if let Some(ns) = req.ns() {
         let namespaces = registry::lookup("", "v1", "namespaces").expect("namespaces are served");
-        if server.store.get(&namespaces.key(None, ns)).await.is_err() {
-            return Err(ApiError::not_found(namespaces, ns));
+        match server.store.get(&namespaces.key(None, ns)).await {
+            Err(_) => return Err(ApiError::not_found(namespaces, ns)),
+            Ok(n) if n.object.pointer("/metadata/deletionTimestamp").is_some() => {
+                return Err(ApiError::NamespaceTerminating {
+                    resource: r.plural.into(),
+                    group: r.group.into(),
+                    name,
+                    namespace: ns.into(),
+                })
+            }
+            Ok(_) => {}
         }
     }
     if req.dry_run() {
@@ -374,6 +383,16 @@ fn merge_update(r: &Resource, sub: Option<&str>, existing: &Value, incoming: Val
         Some("status") => {
             let mut n = existing.clone();
             n["status"] = incoming.get("status").cloned().unwrap_or(json!({}));
+            n
+        }
+        // A namespace's `spec.finalizers`, which the namespace controller empties once
+        // the namespace's content is deleted.
+        Some("finalize") => {
+            let mut n = existing.clone();
+            n["spec"]["finalizers"] = incoming
+                .pointer("/spec/finalizers")
+                .cloned()
+                .unwrap_or(json!([]));
             n
         }
         _ => {
@@ -501,14 +520,23 @@ async fn write(server: &ApiServer, req: &ResourceRequest) -> Result<Response, Ap
     Err(ApiError::conflict(r, name))
 }
 
+/// Whether anything still holds the object back from deletion: `metadata.finalizers`, or a
+/// namespace's `spec.finalizers`.
+fn has_finalizers(obj: &Value) -> bool {
+    ["/metadata/finalizers", "/spec/finalizers"]
+        .iter()
+        .any(|p| {
+            obj.pointer(p)
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty())
+        })
+}
+
 /// An object marked for deletion whose last finalizer is gone (and, for a pod, whose grace
 /// period is over) leaves the store.
 fn finalized(obj: &Value) -> bool {
     let marked = obj.pointer("/metadata/deletionTimestamp").is_some();
-    let finalizers = obj
-        .pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .is_some_and(|f| !f.is_empty());
+    let finalizers = has_finalizers(obj);
     let grace = obj
         .pointer("/metadata/deletionGracePeriodSeconds")
         .and_then(Value::as_i64)
@@ -760,10 +788,7 @@ async fn delete_one(
                 }
             }
         }
-        let has_finalizers = object
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
+        let has_finalizers = has_finalizers(&object);
         let grace = if r.kind == "Pod" {
             let phase = object
                 .pointer("/status/phase")
@@ -807,6 +832,9 @@ async fn delete_one(
             marked["metadata"]["deletionTimestamp"] =
                 json!(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
             marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            if r.kind == "Namespace" {
+                marked["status"]["phase"] = json!("Terminating");
+            }
             if finalized(&marked) || (grace == 0 && !has_finalizers) {
                 server
                     .store
@@ -841,9 +869,6 @@ async fn delete_one(
 
 async fn delete(server: &ApiServer, req: &ResourceRequest) -> Result<Response, ApiError> {
     let opts = delete_options(req)?;
-    if req.r().kind == "Namespace" && !req.dry_run() {
-        empty_namespace(server, req.name()).await?;
-    }
     let obj = delete_one(
         server,
         req.r(),
@@ -854,36 +879,6 @@ async fn delete(server: &ApiServer, req: &ResourceRequest) -> Result<Response, A
     )
     .await?;
     Ok(json_response(StatusCode::OK, &obj))
-}
-
-/// Deletes every object in namespace `ns` (pods bound to a node are only marked for
-/// graceful deletion). Kubernetes leaves this to the namespace controller and keeps the
-/// namespace Terminating meanwhile; until the controller manager exists the API server
-/// does it inline, so no objects outlive their namespace.
-async fn empty_namespace(server: &ApiServer, ns: &str) -> Result<(), ApiError> {
-    let opts = DeleteOptions {
-        grace: None,
-        uid: None,
-        rv: None,
-        finalizer: None,
-    };
-    for r in registry::RESOURCES.iter().filter(|r| r.namespaced) {
-        let filter = Filter {
-            namespace: Some(ns.to_string()),
-            labels: LabelSelector::default(),
-            fields: FieldSelector::default(),
-            kind: r.kind,
-        };
-        let (items, _, _) = list_objects(server, r, &filter, 0, None).await?;
-        for obj in items {
-            let name = meta_str(&obj, "name").unwrap_or("").to_string();
-            match delete_one(server, r, &r.key(Some(ns), &name), &name, &opts, false).await {
-                Ok(_) | Err(ApiError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(())
 }
 
 async fn delete_collection(

@@ -417,6 +417,7 @@ pub fn init_metadata(r: &Resource, obj: &mut Value, now: &str) {
     match r.kind {
         "Pod" => {
             obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+            default_tolerations(obj);
         }
         "Namespace" => {
             obj["spec"] = json!({"finalizers": ["kubernetes"]});
@@ -426,6 +427,33 @@ pub fn init_metadata(r: &Resource, obj: &mut Value, now: &str) {
             obj["status"] = json!({});
         }
         _ => {}
+    }
+}
+
+/// kube-apiserver's DefaultTolerationSeconds admission: a new pod that does not tolerate
+/// the node-lifecycle NoExecute taints tolerates them for 300 s, so a short network blip
+/// does not evict it.
+fn default_tolerations(pod: &mut Value) {
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let list = spec.entry("tolerations").or_insert_with(|| json!([]));
+    let Some(list) = list.as_array_mut() else {
+        return;
+    };
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let tolerated = list.iter().any(|t| {
+            let effect = t["effect"].as_str().unwrap_or("");
+            let k = t["key"].as_str().unwrap_or("");
+            let exists_all = k.is_empty() && t["operator"] == "Exists";
+            (k == key || exists_all) && (effect.is_empty() || effect == "NoExecute")
+        });
+        if !tolerated {
+            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+        }
     }
 }
 
@@ -532,6 +560,31 @@ mod tests {
             dep["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
             "IfNotPresent"
         );
+    }
+
+    #[test]
+    fn new_pods_tolerate_node_problems_for_300s_unless_they_say_otherwise() {
+        let r = lookup("", "v1", "pods").unwrap();
+        let cases = [
+            (json!([]), 2),
+            (
+                json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}]),
+                2,
+            ),
+            (json!([{"operator": "Exists"}]), 1),
+        ];
+        for (tolerations, want) in cases {
+            let mut p = json!({"metadata": {"name": "p"}, "spec": {"containers": [], "tolerations": tolerations}});
+            init_metadata(r, &mut p, "t");
+            let list = p["spec"]["tolerations"].as_array().unwrap();
+            assert_eq!(list.len(), want, "{list:?}");
+            let secs: Vec<_> = list
+                .iter()
+                .filter(|t| t["key"] == "node.kubernetes.io/unreachable")
+                .map(|t| t["tolerationSeconds"].clone())
+                .collect();
+            assert!(secs.len() <= 1);
+        }
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub static RESOURCES: &[Resource] = &[
         "namespace",
         false,
         &["ns"],
-        &["status"],
+        &["status", "finalize"],
         "namespaces",
         false
     ),

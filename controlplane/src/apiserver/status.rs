@@ -112,6 +112,14 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     Forbidden(Box<ForbiddenDetail>),
+    /// A create in a namespace being deleted (kube's NamespaceLifecycle admission).
+    #[error("{} \"{name}\" is forbidden: unable to create new content in namespace {namespace} because it is being terminated", qualified(.resource, .group))]
+    NamespaceTerminating {
+        resource: String,
+        group: String,
+        name: String,
+        namespace: String,
+    },
     #[error("{0}")]
     Gone(String),
     #[error("Request entity too large: limit is {0}")]
@@ -242,7 +250,7 @@ impl ApiError {
             }
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::NamespaceTerminating { .. } => StatusCode::FORBIDDEN,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -260,7 +268,7 @@ impl ApiError {
             ApiError::Invalid { .. } | ApiError::Unprocessable(_) => "Invalid",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::Unauthorized => "Unauthorized",
-            ApiError::Forbidden(_) => "Forbidden",
+            ApiError::Forbidden(_) | ApiError::NamespaceTerminating { .. } => "Forbidden",
             ApiError::Gone(_) => "Expired",
             ApiError::TooLarge(_) => "RequestEntityTooLarge",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
@@ -321,6 +329,20 @@ impl ApiError {
                 if !f.group.is_empty() {
                     d["group"] = json!(f.group);
                 }
+                Some(d)
+            }
+            ApiError::NamespaceTerminating {
+                resource,
+                group,
+                name,
+                namespace,
+            } => {
+                let mut d = named(resource, group, name);
+                d["causes"] = json!([{
+                    "reason": "NamespaceTerminating",
+                    "message": format!("namespace {namespace} is being terminated"),
+                    "field": "metadata.namespace",
+                }]);
                 Some(d)
             }
             ApiError::MethodNotAllowed | ApiError::PathNotFound => Some(json!({})),

@@ -149,12 +149,19 @@ impl FakeApi {
     }
 }
 
+/// `metadata.finalizers`, or a namespace's `spec.finalizers`, not empty.
+fn has_finalizers(obj: &Value) -> bool {
+    ["/metadata/finalizers", "/spec/finalizers"]
+        .iter()
+        .any(|p| {
+            obj.pointer(p)
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty())
+        })
+}
+
 fn marked_and_finalized(obj: &Value) -> bool {
-    obj.pointer("/metadata/deletionTimestamp").is_some()
-        && obj
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_none_or(|f| f.is_empty())
+    obj.pointer("/metadata/deletionTimestamp").is_some() && !has_finalizers(obj)
 }
 
 fn not_found<K: Object>(name: &str) -> ClientError {
@@ -324,10 +331,7 @@ impl Api for FakeApi {
                 marked["metadata"]["finalizers"] = Value::Array(list);
             }
         }
-        let has_finalizers = marked["metadata"]["finalizers"]
-            .as_array()
-            .is_some_and(|f| !f.is_empty());
-        if has_finalizers {
+        if has_finalizers(&marked) {
             if marked.pointer("/metadata/deletionTimestamp").is_none() {
                 marked["metadata"]["deletionTimestamp"] = "2023-11-14T22:13:20Z".into();
             }
@@ -338,7 +342,12 @@ impl Api for FakeApi {
         Ok(())
     }
 
-    async fn update_status<K: Object>(&self, ns: Option<&str>, obj: &K) -> Result<K> {
+    async fn update_subresource<K: Object>(
+        &self,
+        ns: Option<&str>,
+        obj: &K,
+        subresource: &'static str,
+    ) -> Result<K> {
         self.check()?;
         let v = serde_json::to_value(obj)?;
         let name = meta_name(&v);
@@ -358,7 +367,22 @@ impl Api for FakeApi {
             return Err(conflict::<K>(&name));
         }
         let mut next = current;
-        next["status"] = v.get("status").cloned().unwrap_or(Value::Null);
+        match subresource {
+            "status" => next["status"] = v.get("status").cloned().unwrap_or(Value::Null),
+            "finalize" => {
+                next["spec"]["finalizers"] = v
+                    .pointer("/spec/finalizers")
+                    .cloned()
+                    .unwrap_or(Value::Array(Vec::new()))
+            }
+            other => {
+                return Err(ClientError::api(
+                    404,
+                    "NotFound",
+                    format!("the server could not find the requested resource ({other})"),
+                ))
+            }
+        }
         decode(&self.write(&mut st, K::KIND, &ns_of(ns), "MODIFIED", next))
     }
 

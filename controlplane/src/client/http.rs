@@ -193,16 +193,15 @@ impl Api for HttpClient {
         .map(drop)
     }
 
-    async fn update_status<K: Object>(&self, ns: Option<&str>, obj: &K) -> Result<K> {
+    async fn update_subresource<K: Object>(
+        &self,
+        ns: Option<&str>,
+        obj: &K,
+        subresource: &'static str,
+    ) -> Result<K> {
         let name = obj.metadata().name.as_deref().unwrap_or("");
-        self.json(
-            self.request(
-                Method::PUT,
-                &format!("{}/status", object_path::<K>(ns, name)),
-            )
-            .json(obj),
-        )
-        .await
+        let path = format!("{}/{subresource}", object_path::<K>(ns, name));
+        self.json(self.request(Method::PUT, &path).json(obj)).await
     }
 
     async fn bind(&self, ns: &str, binding: &Binding) -> Result<()> {

@@ -209,12 +209,22 @@ pub trait Api: Clone + Send + Sync + 'static {
         name: &str,
         params: &DeleteParams,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// `PUT <object>/status`: replaces the status only (spec changes are ignored).
+    /// `PUT <object>/<subresource>`: `status` replaces the status only; a namespace's
+    /// `finalize` replaces its `spec.finalizers` only.
+    fn update_subresource<K: Object>(
+        &self,
+        ns: Option<&str>,
+        obj: &K,
+        subresource: &'static str,
+    ) -> impl Future<Output = Result<K>> + Send;
+    /// `PUT <object>/status`.
     fn update_status<K: Object>(
         &self,
         ns: Option<&str>,
         obj: &K,
-    ) -> impl Future<Output = Result<K>> + Send;
+    ) -> impl Future<Output = Result<K>> + Send {
+        self.update_subresource(ns, obj, "status")
+    }
     /// `POST pods/<name>/binding`; 409 if the pod is already bound.
     fn bind(&self, ns: &str, binding: &Binding) -> impl Future<Output = Result<()>> + Send;
     /// Events after `resource_version`; a 410 (as an error or an ERROR event) means relist.

@@ -9,14 +9,13 @@
 //! | `nodelifecycle` | [`nodelifecycle`] |
 //! | `endpoint` | [`endpoints`] |
 //! | `garbagecollector` | [`gc`] |
-//!
-//! Namespace deletion is still done by the API server itself (it empties a namespace when
-//! it is deleted), not by a namespace controller.
+//! | `namespace` | [`namespace`] |
 
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod metrics;
+pub mod namespace;
 pub mod nodelifecycle;
 pub mod podutil;
 pub mod replicaset;
@@ -31,7 +30,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Node, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Pod, Secret, Service};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Api, ListParams, Object};
@@ -39,12 +38,13 @@ use crate::clock::Clock;
 use runtime::{run_workers, Informer, Reconciler, WorkQueue};
 
 /// Every controller, by the name `--controllers` uses.
-pub const ALL: [&str; 5] = [
+pub const ALL: [&str; 6] = [
     "replicaset",
     "deployment",
     "nodelifecycle",
     "endpoint",
     "garbagecollector",
+    "namespace",
 ];
 
 #[derive(Clone, Debug)]
@@ -82,6 +82,7 @@ struct Informers {
     endpoints: Arc<Informer<Endpoints>>,
     configmaps: Arc<Informer<ConfigMap>>,
     secrets: Arc<Informer<Secret>>,
+    namespaces: Arc<Informer<Namespace>>,
 }
 
 /// Starts one periodic resync.
@@ -134,6 +135,7 @@ pub async fn run<C: Api>(
         endpoints: Informer::new(),
         configmaps: Informer::new(),
         secrets: Informer::new(),
+        namespaces: Informer::new(),
     };
     let enabled = |name: &str| opts.controllers.iter().any(|c| c == name || c == "*");
     let mut controllers: Vec<Running> = Vec::new();
@@ -216,7 +218,14 @@ pub async fn run<C: Api>(
         );
         controllers.push(running(c, q, &opts));
     }
+    if enabled("namespace") {
+        let q = queue("namespace");
+        let c = namespace::NamespaceController::new(api.clone(), &inf.namespaces, &q);
+        resync_of!(inf.namespaces.store, q, opts.resync_period);
+        controllers.push(running(c, q, &opts));
+    }
     start_informer(&inf.pods, &api, None, &shutdown);
+    start_informer(&inf.namespaces, &api, None, &shutdown);
     start_informer(&inf.replicasets, &api, None, &shutdown);
     start_informer(&inf.deployments, &api, None, &shutdown);
     start_informer(&inf.nodes, &api, None, &shutdown);
@@ -243,6 +252,7 @@ pub async fn run<C: Api>(
             inf.leases.wait_synced().await;
             inf.services.wait_synced().await;
             inf.endpoints.wait_synced().await;
+            inf.namespaces.wait_synced().await;
             if enabled("garbagecollector") {
                 inf.configmaps.wait_synced().await;
                 inf.secrets.wait_synced().await;

@@ -536,3 +536,50 @@ async fn pods_of_a_node_that_stops_heartbeating_are_replaced_elsewhere() {
     .await;
     assert_eq!(on(victim)(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_namespace_is_emptied_then_finalized() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace, NamespaceSpec};
+    let c = cluster(&["n1"]).await;
+    let api = &c.api;
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some("team".into()),
+            ..Default::default()
+        },
+        spec: Some(NamespaceSpec {
+            finalizers: Some(vec![super::namespace::FINALIZER.into()]),
+        }),
+        status: None,
+    };
+    api.create(None, &ns).await.unwrap();
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("cm".into()),
+            namespace: Some("team".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    api.create(Some("team"), &cm).await.unwrap();
+    let mut d = deployment("app", 1, "app:1", "RollingUpdate");
+    d.metadata.namespace = Some("team".into());
+    api.create(Some("team"), &d).await.unwrap();
+    eventually(20, "the team pod", || async {
+        api.all::<Pod>()
+            .iter()
+            .any(|p| p.metadata.namespace.as_deref() == Some("team"))
+            .then_some(())
+    })
+    .await;
+    api.delete::<Namespace>(None, "team").await.unwrap();
+    eventually(20, "the namespace and its content gone", || async {
+        let gone = api.get::<Namespace>(None, "team").await.is_err();
+        let empty = api.all::<ConfigMap>().is_empty()
+            && api.all::<Pod>().is_empty()
+            && api.all::<ReplicaSet>().is_empty()
+            && api.all::<Deployment>().is_empty();
+        (gone && empty).then_some(())
+    })
+    .await;
+}
