@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
-use bench::cli::{Cli, Command, CompareArgs};
+use bench::cli::{Cli, Command, CompareArgs, SchedulerArgs};
 use bench::plot::throughput_ratio_svg;
 use bench::report::render_table;
 
@@ -18,8 +18,48 @@ const INTERRUPTED: u8 = 130;
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Compare(args) => compare(args),
+        Command::Compare(args) => compare(*args),
+        Command::Scheduler(args) => scheduler(args),
     }
+}
+
+fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
+    use controlplane::client::fake::FakeApi;
+    use controlplane::client::http::HttpClient;
+    use controlplane::scheduler::throughput::{measure, populate};
+    use std::time::{Duration, Instant};
+
+    let runtime = tokio::runtime::Runtime::new().context("starting the Tokio runtime")?;
+    let limit = Duration::from_secs(args.timeout_secs);
+    let (nodes, pods) = (args.nodes, args.pods);
+    runtime.block_on(async {
+        let (rate, target) = match &args.kubeconfig {
+            None => {
+                let api = FakeApi::new();
+                populate(&api, nodes, pods).await?;
+                (
+                    measure(api, pods, limit).await?,
+                    "in-memory API".to_string(),
+                )
+            }
+            Some(path) => {
+                let api = HttpClient::from_kubeconfig(path)?;
+                let t = Instant::now();
+                populate(&api, nodes, pods).await?;
+                eprintln!(
+                    "created {nodes} nodes and {pods} pods in {:.1?}",
+                    t.elapsed()
+                );
+                (
+                    measure(api, pods, limit).await?,
+                    format!("API server of {}", path.display()),
+                )
+            }
+        };
+        println!("scheduler: {pods} pods over {nodes} nodes at {rate:.0} pods/s ({target})");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {

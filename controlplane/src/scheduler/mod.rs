@@ -17,6 +17,7 @@ pub mod queue;
 pub mod resources;
 /// Object builders for tests (the unit tests here and the scheduler integration tests).
 pub mod testing;
+pub mod throughput;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
