@@ -1,5 +1,6 @@
 //! `controlplane`: the control plane's processes, one subcommand each: `apiserver`,
-//! `scheduler` and `controller-manager`.
+//! `scheduler` and `controller-manager`; and `up` / `down` / `status`, which run a whole
+//! local HA cluster (raftkv, API servers, schedulers, controller managers, node agents).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -27,6 +28,57 @@ enum Command {
     /// The controllers (ReplicaSet, Deployment, node lifecycle, endpoints, garbage
     /// collector), optionally one active replica of many.
     ControllerManager(ControllerManagerArgs),
+    /// Start a local HA cluster as child processes; Ctrl-C stops it.
+    Up(UpArgs),
+    /// Stop the cluster of a folder (also after the launcher crashed) and clean up.
+    Down(DirArgs),
+    /// Print the state of a running cluster.
+    Status(DirArgs),
+}
+
+#[derive(clap::Args)]
+struct DirArgs {
+    /// The cluster folder (data, logs, kubeconfig).
+    #[arg(long, default_value = "hakube")]
+    dir: PathBuf,
+    /// `down` only: also delete the folder (data and logs).
+    #[arg(long)]
+    purge: bool,
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// The cluster folder (data, logs, kubeconfig); reused by the next `up`.
+    #[arg(long, default_value = "hakube")]
+    dir: PathBuf,
+    /// raftkv members.
+    #[arg(long, default_value_t = 3)]
+    members: usize,
+    /// API server replicas.
+    #[arg(long, default_value_t = 3)]
+    apiservers: usize,
+    #[arg(long, default_value_t = 2)]
+    schedulers: usize,
+    #[arg(long, default_value_t = 2)]
+    controller_managers: usize,
+    /// Node agents (nodes).
+    #[arg(long, default_value_t = 2)]
+    nodes: usize,
+    /// First of the ports the processes listen on (see `controlplane up --help`).
+    #[arg(long, default_value_t = 32000)]
+    port_base: u16,
+    /// The load-balanced HTTPS endpoint of the API servers.
+    #[arg(long, default_value_t = 6443)]
+    api_port: u16,
+    /// Lease duration of the schedulers' and controller managers' leader election.
+    #[arg(long, value_parser = humantime_secs, default_value = "6s")]
+    lease_duration: std::time::Duration,
+    /// How long a node may miss heartbeats before it is marked unreachable.
+    #[arg(long, value_parser = humantime_secs, default_value = "20s")]
+    node_grace_period: std::time::Duration,
+    /// Run node agents in the host network namespace even as root.
+    #[arg(long)]
+    no_netns: bool,
 }
 
 /// Leader election flags (kube-scheduler's and kube-controller-manager's names).
@@ -243,6 +295,60 @@ async fn controller_manager(a: ControllerManagerArgs) -> anyhow::Result<()> {
     .await
 }
 
+async fn up(a: UpArgs) -> anyhow::Result<()> {
+    use controlplane::launcher::{process::OsSpawner, Cluster, Topology, UpOptions};
+
+    let exe = std::env::current_exe().context("locating the controlplane binary")?;
+    let bin_dir = exe.parent().context("binary folder")?.to_path_buf();
+    let mut opts = UpOptions::new(a.dir.clone(), bin_dir);
+    opts.topology = Topology {
+        members: a.members,
+        apiservers: a.apiservers,
+        schedulers: a.schedulers,
+        controller_managers: a.controller_managers,
+        nodes: a.nodes,
+    };
+    opts.port_base = a.port_base;
+    opts.api_port = a.api_port;
+    opts.lease_duration = a.lease_duration;
+    opts.node_grace_period = a.node_grace_period;
+    if a.no_netns {
+        opts.node_netns = false;
+    }
+    let progress = |m: &str| eprintln!("{m}");
+    let started = std::time::Instant::now();
+    let mut cluster = Cluster::up(&opts, &OsSpawner, &progress).await?;
+    let dir = std::fs::canonicalize(&a.dir).unwrap_or(a.dir.clone());
+    eprintln!(
+        "\ncluster up in {:.1}s. Logs: {}/logs\n  export KUBECONFIG={}/kubeconfig\n  source {}/etcdctl.env\n  controlplane status --dir {}\n",
+        started.elapsed().as_secs_f64(),
+        dir.display(),
+        dir.display(),
+        dir.display(),
+        dir.display()
+    );
+    eprintln!("Ctrl-C stops the cluster.");
+    let shutdown = shutdown_token();
+    let mut reported = std::collections::BTreeSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        for name in cluster.exited() {
+            if reported.insert(name.clone()) {
+                eprintln!(
+                    "{name} exited (see {}/logs/{name}.log); the cluster carries on",
+                    dir.display()
+                );
+            }
+        }
+    }
+    eprintln!("stopping the cluster...");
+    cluster.stop(&progress);
+    Ok(())
+}
+
 #[derive(clap::Args)]
 struct ApiserverArgs {
     /// etcd v3 endpoints (raftkv or etcd), comma-separated.
@@ -313,5 +419,25 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Scheduler(a) => scheduler(a).await,
         Command::ControllerManager(a) => controller_manager(a).await,
+        Command::Up(a) => up(a).await,
+        Command::Down(a) => {
+            let progress = |m: &str| eprintln!("{m}");
+            controlplane::launcher::down(&a.dir, &progress)?;
+            if a.purge {
+                std::fs::remove_dir_all(&a.dir)
+                    .with_context(|| format!("removing {}", a.dir.display()))?;
+            }
+            eprintln!("down: nothing of {} is running", a.dir.display());
+            Ok(())
+        }
+        Command::Status(a) => {
+            let state = controlplane::launcher::state::ClusterState::load(&a.dir)
+                .context("no running cluster there (start one with `controlplane up`)")?;
+            print!(
+                "{}",
+                controlplane::launcher::status::render(&a.dir, &state).await
+            );
+            Ok(())
+        }
     }
 }

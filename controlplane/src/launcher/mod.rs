@@ -1,0 +1,663 @@
+//! `controlplane up | down | status`: a whole HA cluster on one machine, as child
+//! processes of one launcher, for a newcomer and for the end-to-end tests.
+//!
+//! `up` starts, in order, and waits for each layer to be healthy before the next:
+//! raftkv members → API server replicas (one shared serving certificate and token file)
+//! behind the launcher's TCP [`balancer`] → schedulers and controller managers (leader
+//! elected) → node agents. It writes `kubeconfig` and `etcdctl.env` into the cluster
+//! folder, records every process in the [`state`] file, and on Ctrl-C / SIGTERM stops
+//! them in reverse order and removes what node agents leave behind ([`cleanup`]). `down`
+//! does the same for a launcher that died; `status` prints the [`status`] tables.
+//!
+//! Ports are fixed offsets from `--port-base` (so a restarted cluster finds its members
+//! where its Raft membership says they are): raftkv member i (0-based) serves clients on
+//! base+2i and peers on base+2i+1; API server i listens on base+50+i; node agent i on
+//! base+70+i; the load-balanced API endpoint is `--api-port`.
+
+pub mod balancer;
+pub mod cleanup;
+pub mod pki;
+pub mod process;
+pub mod state;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Node;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::http::HttpClient;
+use crate::client::{Api, ListParams};
+use process::{Spawner, Spec};
+use state::{is_ours, ClusterState, ProcessRecord, Role};
+
+/// How many of each process.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    pub members: usize,
+    pub apiservers: usize,
+    pub schedulers: usize,
+    pub controller_managers: usize,
+    pub nodes: usize,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Topology {
+            members: 3,
+            apiservers: 3,
+            schedulers: 2,
+            controller_managers: 2,
+            nodes: 2,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    pub dir: PathBuf,
+    pub topology: Topology,
+    /// Where `raftkv`, `nodeagent` and `controlplane` are (the launcher's own folder).
+    pub bin_dir: PathBuf,
+    pub port_base: u16,
+    pub api_port: u16,
+    /// Leader election of schedulers and controller managers: lease duration; the renew
+    /// deadline is 2/3 of it and the retry period 1/6.
+    pub lease_duration: Duration,
+    /// Node heartbeat grace period of the controller managers.
+    pub node_grace_period: Duration,
+    /// Give node agents their own network namespaces (needs root).
+    pub node_netns: bool,
+    /// How long each layer may take to become healthy.
+    pub timeout: Duration,
+}
+
+impl UpOptions {
+    pub fn new(dir: PathBuf, bin_dir: PathBuf) -> UpOptions {
+        UpOptions {
+            dir,
+            topology: Topology::default(),
+            bin_dir,
+            port_base: 32000,
+            api_port: 6443,
+            lease_duration: Duration::from_secs(6),
+            node_grace_period: Duration::from_secs(20),
+            // SAFETY: geteuid has no preconditions.
+            node_netns: unsafe { libc::geteuid() } == 0,
+            timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("{0} is missing: build it first (cargo build --release -p raftkv -p nodeagent -p controlplane)")]
+    MissingBinary(PathBuf),
+    #[error("a cluster is already running from {dir} (launcher pid {pid}); `controlplane down --dir {dir}` stops it")]
+    AlreadyRunning { dir: String, pid: u32 },
+    #[error("starting {name}: {source}")]
+    Spawn {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("{what} not healthy within {timeout:?}; see the logs in {logs}")]
+    Timeout {
+        what: String,
+        timeout: Duration,
+        logs: String,
+    },
+    #[error("{0} exited; see its log")]
+    Exited(String),
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the API client: {0}")]
+    Client(#[from] crate::client::ClientError),
+}
+
+/// A running cluster: the children and the load balancer.
+pub struct Cluster {
+    dir: PathBuf,
+    state: ClusterState,
+    children: Vec<Child>,
+    balancer: CancellationToken,
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> LaunchError + '_ {
+    move |source| LaunchError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+/// Polls `check` until it is true, printing progress; fails after `timeout`.
+async fn wait_until<F, Fut>(
+    what: &str,
+    timeout: Duration,
+    logs: &Path,
+    progress: &dyn Fn(&str),
+    mut check: F,
+) -> Result<(), LaunchError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (usize, usize)>,
+{
+    let start = Instant::now();
+    let mut last = None;
+    loop {
+        let (ok, of) = check().await;
+        if last != Some(ok) {
+            progress(&format!(
+                "  {what}: {ok}/{of} ready ({:.1}s)",
+                start.elapsed().as_secs_f64()
+            ));
+            last = Some(ok);
+        }
+        if ok >= of {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            return Err(LaunchError::Timeout {
+                what: what.into(),
+                timeout,
+                logs: logs.display().to_string(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+impl Cluster {
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn start(
+        &mut self,
+        spawner: &dyn Spawner,
+        spec: Spec,
+        endpoint: Option<String>,
+        state_dir: Option<PathBuf>,
+    ) -> Result<(), LaunchError> {
+        let child = spawner.spawn(&spec).map_err(|source| LaunchError::Spawn {
+            name: spec.name.clone(),
+            source,
+        })?;
+        self.state.processes.push(ProcessRecord {
+            name: spec.name.clone(),
+            role: spec.role,
+            pid: child.id(),
+            program: spec.program.clone(),
+            endpoint,
+            state_dir,
+        });
+        self.children.push(child);
+        self.state.save(&self.dir)?;
+        Ok(())
+    }
+
+    /// Starts the whole cluster and waits until it is healthy. On failure everything
+    /// started so far is stopped again.
+    pub async fn up(
+        opts: &UpOptions,
+        spawner: &dyn Spawner,
+        progress: &dyn Fn(&str),
+    ) -> Result<Cluster, LaunchError> {
+        let dir = &opts.dir;
+        if let Ok(old) = ClusterState::load(dir) {
+            let me = std::env::current_exe().unwrap_or_default();
+            if old.launcher_pid != std::process::id() && is_ours(old.launcher_pid, &me) {
+                return Err(LaunchError::AlreadyRunning {
+                    dir: dir.display().to_string(),
+                    pid: old.launcher_pid,
+                });
+            }
+            // A crashed run: clear what it left before reusing its data.
+            down(dir, progress)?;
+        }
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs).map_err(io_err(&logs))?;
+        let bin = |name: &str| -> Result<PathBuf, LaunchError> {
+            let p = opts.bin_dir.join(name);
+            if p.exists() {
+                Ok(p)
+            } else {
+                Err(LaunchError::MissingBinary(p))
+            }
+        };
+        let (raftkv, controlplane) = (bin("raftkv")?, bin("controlplane")?);
+        let nodeagent = if opts.topology.nodes > 0 {
+            Some(bin("nodeagent")?)
+        } else {
+            None
+        };
+        pki::ensure(dir)?;
+        let mut cluster = Cluster {
+            dir: dir.clone(),
+            state: ClusterState {
+                launcher_pid: std::process::id(),
+                api_endpoint: format!("https://127.0.0.1:{}", opts.api_port),
+                processes: Vec::new(),
+            },
+            children: Vec::new(),
+            balancer: CancellationToken::new(),
+        };
+        match cluster
+            .start_all(opts, spawner, progress, raftkv, controlplane, nodeagent)
+            .await
+        {
+            Ok(()) => Ok(cluster),
+            Err(e) => {
+                progress(&format!("start failed: {e}; stopping what was started"));
+                cluster.stop(progress);
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_all(
+        &mut self,
+        opts: &UpOptions,
+        spawner: &dyn Spawner,
+        progress: &dyn Fn(&str),
+        raftkv: PathBuf,
+        controlplane: PathBuf,
+        nodeagent: Option<PathBuf>,
+    ) -> Result<(), LaunchError> {
+        let dir = opts.dir.clone();
+        let logs = dir.join("logs");
+        let log = |name: &str| logs.join(format!("{name}.log"));
+        let t = &opts.topology;
+        let base = opts.port_base;
+
+        // raftkv members.
+        let member_ports: Vec<(u16, u16)> = (0..t.members as u16)
+            .map(|i| (base + 2 * i, base + 2 * i + 1))
+            .collect();
+        let initial_cluster = member_ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{}={}", i + 1, url(*peer)))
+            .collect::<Vec<_>>()
+            .join(",");
+        progress(&format!("starting {} raftkv members", t.members));
+        for (i, (client, peer)) in member_ports.iter().enumerate() {
+            let name = format!("m{}", i + 1);
+            let spec = Spec::new(&name, Role::Raftkv, raftkv.clone(), log(&name))
+                .args(["--name", &name, "--data-dir"])
+                .arg(dir.join(&name))
+                .args([
+                    "--listen-client-urls",
+                    &url(*client),
+                    "--advertise-client-urls",
+                    &url(*client),
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &url(*peer),
+                    "--initial-advertise-peer-urls",
+                    &url(*peer),
+                ])
+                .args([
+                    "--initial-cluster",
+                    &initial_cluster,
+                    "--initial-cluster-state",
+                    "new",
+                ]);
+            self.start(spawner, spec, Some(url(*client)), None)?;
+        }
+        let endpoints: Vec<String> = member_ports.iter().map(|(c, _)| url(*c)).collect();
+        wait_until(
+            "raftkv members with a leader",
+            opts.timeout,
+            &logs,
+            progress,
+            || {
+                let endpoints = endpoints.clone();
+                async move {
+                    let mut ok = 0;
+                    for ep in &endpoints {
+                        if status::member_status(ep)
+                            .await
+                            .is_some_and(|s| s.leader != 0)
+                        {
+                            ok += 1;
+                        }
+                    }
+                    (ok, endpoints.len())
+                }
+            },
+        )
+        .await?;
+        let env = dir.join("etcdctl.env");
+        let hosts: Vec<String> = member_ports
+            .iter()
+            .map(|(c, _)| format!("127.0.0.1:{c}"))
+            .collect();
+        std::fs::write(
+            &env,
+            format!(
+                "export ETCDCTL_API=3 ETCDCTL_ENDPOINTS={}\n",
+                hosts.join(",")
+            ),
+        )
+        .map_err(io_err(&env))?;
+
+        // API servers behind the load balancer.
+        progress(&format!("starting {} API servers", t.apiservers));
+        let mut backends = Vec::new();
+        for i in 0..t.apiservers as u16 {
+            let name = format!("apiserver-{}", i + 1);
+            let port = base + 50 + i;
+            let spec = Spec::new(&name, Role::Apiserver, controlplane.clone(), log(&name))
+                .args([
+                    "apiserver",
+                    "--etcd-servers",
+                    &endpoints.join(","),
+                    "--secure-port",
+                    &port.to_string(),
+                ])
+                .arg("--tls-cert-file")
+                .arg(pki::cert_path(&dir))
+                .arg("--tls-private-key-file")
+                .arg(pki::key_path(&dir))
+                .arg("--token-auth-file")
+                .arg(pki::tokens_path(&dir))
+                .arg("--cert-dir")
+                .arg(dir.join(&name));
+            self.start(
+                spawner,
+                spec,
+                Some(format!("https://127.0.0.1:{port}")),
+                None,
+            )?;
+            backends.push(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        let lb_addr = SocketAddr::from(([127, 0, 0, 1], opts.api_port));
+        let listener = tokio::net::TcpListener::bind(lb_addr)
+            .await
+            .map_err(|source| LaunchError::Spawn {
+                name: format!("the load balancer on {lb_addr}"),
+                source,
+            })?;
+        tokio::spawn(balancer::serve(listener, backends, self.balancer.clone()));
+        let kubeconfig = dir.join("kubeconfig");
+        crate::apiserver::write_kubeconfig(
+            &kubeconfig,
+            &self.state.api_endpoint,
+            Some(&pki::cert_path(&dir)),
+            Some(&pki::tokens_path(&dir)),
+        )
+        .map_err(|e| LaunchError::Io {
+            path: kubeconfig.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let http = status::https_client(&dir);
+        let api_endpoints: Vec<String> = self
+            .state
+            .of_role(Role::Apiserver)
+            .filter_map(|p| p.endpoint.clone())
+            .collect();
+        wait_until("API servers", opts.timeout, &logs, progress, || {
+            let (http, eps) = (http.clone(), api_endpoints.clone());
+            async move {
+                let mut ok = 0;
+                for ep in &eps {
+                    if http
+                        .get(format!("{ep}/readyz"))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                    {
+                        ok += 1;
+                    }
+                }
+                (ok, eps.len())
+            }
+        })
+        .await?;
+        let api = HttpClient::from_kubeconfig(&kubeconfig)?;
+
+        // Schedulers and controller managers.
+        let lease = opts.lease_duration;
+        let election = |spec: Spec, id: &str| {
+            spec.args(["--kubeconfig"])
+                .arg(&kubeconfig)
+                .args(["--leader-elect", "--identity", id])
+                .arg("--leader-elect-lease-duration")
+                .arg(format!("{}ms", lease.as_millis()))
+                .arg("--leader-elect-renew-deadline")
+                .arg(format!("{}ms", (lease * 2 / 3).as_millis()))
+                .arg("--leader-elect-retry-period")
+                .arg(format!("{}ms", (lease / 6).as_millis()))
+        };
+        progress(&format!(
+            "starting {} schedulers and {} controller managers",
+            t.schedulers, t.controller_managers
+        ));
+        for i in 0..t.schedulers {
+            let name = format!("scheduler-{}", i + 1);
+            let spec = election(
+                Spec::new(&name, Role::Scheduler, controlplane.clone(), log(&name))
+                    .arg("scheduler"),
+                &name,
+            );
+            self.start(spawner, spec, None, None)?;
+        }
+        for i in 0..t.controller_managers {
+            let name = format!("controller-manager-{}", i + 1);
+            let spec = election(
+                Spec::new(
+                    &name,
+                    Role::ControllerManager,
+                    controlplane.clone(),
+                    log(&name),
+                )
+                .arg("controller-manager"),
+                &name,
+            )
+            .arg("--node-monitor-grace-period")
+            .arg(format!("{}ms", opts.node_grace_period.as_millis()));
+            self.start(spawner, spec, None, None)?;
+        }
+        wait_until(
+            "leaders (scheduler, controller manager)",
+            opts.timeout,
+            &logs,
+            progress,
+            || {
+                let api = api.clone();
+                let want = usize::from(t.schedulers > 0) + usize::from(t.controller_managers > 0);
+                async move {
+                    let mut ok = 0;
+                    for lease in ["kube-scheduler", "kube-controller-manager"] {
+                        ok += usize::from(status::lease_holder(&api, lease).await.is_some());
+                    }
+                    (ok.min(want), want)
+                }
+            },
+        )
+        .await?;
+
+        // Node agents.
+        if let Some(nodeagent) = nodeagent {
+            progress(&format!("starting {} node agents", t.nodes));
+            for i in 0..t.nodes as u16 {
+                let name = format!("node-{}", i + 1);
+                let state_dir = dir.join(&name);
+                let spec = node_agent_spec(
+                    &name,
+                    nodeagent.clone(),
+                    log(&name),
+                    &kubeconfig,
+                    &state_dir,
+                    base + 70 + i,
+                    opts.node_netns,
+                );
+                self.start(spawner, spec, None, Some(state_dir))?;
+            }
+            wait_until("nodes Ready", opts.timeout, &logs, progress, || {
+                let api = api.clone();
+                async move {
+                    let ready = api
+                        .list::<Node>(None, &ListParams::default())
+                        .await
+                        .map(|l| {
+                            l.items
+                                .iter()
+                                .filter(|n| {
+                                    n.status
+                                        .as_ref()
+                                        .and_then(|s| s.conditions.as_ref())
+                                        .is_some_and(|c| {
+                                            c.iter()
+                                                .any(|c| c.type_ == "Ready" && c.status == "True")
+                                        })
+                                })
+                                .count()
+                        })
+                        .unwrap_or(0);
+                    (ready, t.nodes)
+                }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a process the launcher started has exited (its name), e.g. to report a
+    /// crash while the cluster runs.
+    pub fn exited(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (rec, child) in self.state.processes.iter().zip(self.children.iter_mut()) {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                out.push(rec.name.clone());
+            }
+        }
+        out
+    }
+
+    /// Stops every process, node agents first and raftkv last, then removes containers,
+    /// mounts and network namespaces the node agents left.
+    pub fn stop(&mut self, progress: &dyn Fn(&str)) {
+        self.balancer.cancel();
+        for role in [
+            Role::Nodeagent,
+            Role::ControllerManager,
+            Role::Scheduler,
+            Role::Apiserver,
+            Role::Raftkv,
+        ] {
+            for (rec, child) in self.state.processes.iter().zip(self.children.iter_mut()) {
+                if rec.role == role {
+                    process::terminate(child, Duration::from_secs(10));
+                }
+            }
+            if role == Role::Nodeagent {
+                clean_node_leftovers(&self.dir, progress);
+            }
+        }
+        self.state.processes.clear();
+        self.children.clear();
+        let _ = std::fs::remove_file(state::state_path(&self.dir));
+        progress("stopped");
+    }
+}
+
+/// The node agent's command line.
+fn node_agent_spec(
+    name: &str,
+    program: PathBuf,
+    log: PathBuf,
+    kubeconfig: &Path,
+    state_dir: &Path,
+    port: u16,
+    netns: bool,
+) -> Spec {
+    let spec = Spec::new(name, Role::Nodeagent, program, log)
+        .args(["--kubeconfig"])
+        .arg(kubeconfig)
+        .args(["--node-name", name, "--root-dir"])
+        .arg(state_dir)
+        .args(["--port", &port.to_string()]);
+    if netns {
+        spec
+    } else {
+        spec.arg("--host-network")
+    }
+}
+
+fn clean_node_leftovers(dir: &Path, progress: &dyn Fn(&str)) {
+    let containers = cleanup::remove_containers(dir);
+    let mounts = cleanup::unmount_below(dir);
+    let netns = cleanup::remove_netns(&netns_prefix(dir));
+    if containers + mounts + netns > 0 {
+        progress(&format!(
+            "removed {containers} containers, {mounts} mounts, {netns} network namespaces"
+        ));
+    }
+}
+
+/// Network namespaces of this cluster's nodes are named `<prefix><node>-...`.
+pub fn netns_prefix(_dir: &Path) -> String {
+    "nodeagent-".into()
+}
+
+/// Stops what a cluster folder's state file lists (a crashed or still running launcher
+/// included) and removes the node agents' leftovers.
+pub fn down(dir: &Path, progress: &dyn Fn(&str)) -> Result<(), LaunchError> {
+    let state = match ClusterState::load(dir) {
+        Ok(s) => s,
+        Err(state::StateError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            clean_node_leftovers(dir, progress);
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let me = std::env::current_exe().unwrap_or_default();
+    if state.launcher_pid != std::process::id() && is_ours(state.launcher_pid, &me) {
+        progress(&format!(
+            "stopping the launcher (pid {})",
+            state.launcher_pid
+        ));
+        process::terminate_pid(state.launcher_pid, Duration::from_secs(30));
+    }
+    for role in [
+        Role::Nodeagent,
+        Role::ControllerManager,
+        Role::Scheduler,
+        Role::Apiserver,
+        Role::Raftkv,
+    ] {
+        for p in state.of_role(role) {
+            if is_ours(p.pid, &p.program) {
+                progress(&format!("stopping {} (pid {})", p.name, p.pid));
+                process::terminate_pid(p.pid, Duration::from_secs(10));
+            }
+        }
+        if role == Role::Nodeagent {
+            clean_node_leftovers(dir, progress);
+        }
+    }
+    let _ = std::fs::remove_file(state::state_path(dir));
+    Ok(())
+}
