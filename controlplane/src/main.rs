@@ -76,9 +76,6 @@ struct UpArgs {
     /// How long a node may miss heartbeats before it is marked unreachable.
     #[arg(long, value_parser = humantime_secs, default_value = "20s")]
     node_grace_period: std::time::Duration,
-    /// Run node agents in the host network namespace even as root.
-    #[arg(long)]
-    no_netns: bool,
 }
 
 /// Leader election flags (kube-scheduler's and kube-controller-manager's names).
@@ -312,9 +309,6 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     opts.api_port = a.api_port;
     opts.lease_duration = a.lease_duration;
     opts.node_grace_period = a.node_grace_period;
-    if a.no_netns {
-        opts.node_netns = false;
-    }
     let progress = |m: &str| eprintln!("{m}");
     let started = std::time::Instant::now();
     let mut cluster = Cluster::up(&opts, &OsSpawner, &progress).await?;

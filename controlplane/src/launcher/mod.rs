@@ -69,8 +69,6 @@ pub struct UpOptions {
     pub lease_duration: Duration,
     /// Node heartbeat grace period of the controller managers.
     pub node_grace_period: Duration,
-    /// Give node agents their own network namespaces (needs root).
-    pub node_netns: bool,
     /// How long each layer may take to become healthy.
     pub timeout: Duration,
 }
@@ -85,8 +83,6 @@ impl UpOptions {
             api_port: 6443,
             lease_duration: Duration::from_secs(6),
             node_grace_period: Duration::from_secs(20),
-            // SAFETY: geteuid has no preconditions.
-            node_netns: unsafe { libc::geteuid() } == 0,
             timeout: Duration::from_secs(90),
         }
     }
@@ -581,7 +577,8 @@ impl Cluster {
     }
 }
 
-/// The node agent's command line.
+/// The node agent's command line. Its pods share the host's network (pod networking is
+/// not built yet), so every node agent has its own log-server port.
 fn node_agent_spec(
     name: &str,
     program: PathBuf,
@@ -589,19 +586,13 @@ fn node_agent_spec(
     kubeconfig: &Path,
     state_dir: &Path,
     port: u16,
-    netns: bool,
 ) -> Spec {
-    let spec = Spec::new(name, Role::Nodeagent, program, log)
+    Spec::new(name, Role::Nodeagent, program, log)
         .args(["--kubeconfig"])
         .arg(kubeconfig)
         .args(["--node-name", name, "--root-dir"])
         .arg(state_dir)
-        .args(["--port", &port.to_string()]);
-    if netns {
-        spec
-    } else {
-        spec.arg("--host-network")
-    }
+        .args(["--port", &port.to_string()])
 }
 
 fn clean_node_leftovers(dir: &Path, progress: &dyn Fn(&str)) {

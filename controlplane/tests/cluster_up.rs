@@ -1,0 +1,351 @@
+//! End to end, as a user meets it: `controlplane up` (3 raftkv members, 2 API servers,
+//! 2 schedulers, 2 controller managers, 2 node agents running busybox pods with runc),
+//! a Deployment and a Service applied with kubectl, then — while the Deployment scales
+//! from 2 to 6 — the raftkv leader, the active scheduler and one API server are killed.
+//! All 6 pods must end Running, each bound exactly once; every object written before the
+//! kills must still be there; `controlplane down` must leave no process, container or
+//! mount behind.
+//!
+//! Needs root (runc, cgroups): skipped with a message otherwise.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{kubectl_program, Kubectl};
+use controlplane::client::http::HttpClient;
+use controlplane::client::{Api, ListParams};
+use controlplane::launcher::state::{is_ours, ClusterState};
+use controlplane::launcher::{cleanup, status};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::WatchEvent;
+
+const WORKLOAD: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: main
+        image: busybox
+        command: ["sh", "-c", "echo started; sleep 3600"]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+    targetPort: 8080
+"#;
+
+fn free_base() -> u16 {
+    // A base whose whole range (base .. base+110) is free now.
+    for _ in 0..50 {
+        let base = 34000 + (rand::random::<u16>() % 200) * 120;
+        let free = (0..110).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no free port range");
+}
+
+struct Up {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        controlplane::launcher::down(&self.dir, &|_| {}).ok();
+    }
+}
+
+fn up(dir: &Path, base: u16) -> Up {
+    let log = std::fs::File::create(dir.join("up.log")).expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_controlplane"))
+        .arg("up")
+        .arg("--dir")
+        .arg(dir.join("cluster"))
+        .args(["--members", "3", "--apiservers", "2", "--schedulers", "2"])
+        .args(["--controller-managers", "2", "--nodes", "2"])
+        .args([
+            "--port-base",
+            &base.to_string(),
+            "--api-port",
+            &(base + 100).to_string(),
+        ])
+        .args(["--lease-duration", "3s", "--node-grace-period", "20s"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .spawn()
+        .expect("controlplane up");
+    let up = Up {
+        child,
+        dir: dir.join("cluster"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let text = std::fs::read_to_string(dir.join("up.log")).unwrap_or_default();
+        if text.contains("cluster up in") {
+            return up;
+        }
+        assert!(
+            Instant::now() < deadline && !text.contains("start failed"),
+            "controlplane up did not come up:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn kill(state: &ClusterState, name: &str) {
+    let p = state
+        .processes
+        .iter()
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| panic!("{name} is not in the state file"));
+    assert!(is_ours(p.pid, &p.program), "{name} is not running");
+    controlplane::launcher::process::signal(p.pid, libc::SIGKILL);
+    eprintln!("killed {name} (pid {})", p.pid);
+}
+
+#[test]
+fn up_survives_killing_leaders_while_scaling_and_down_leaves_nothing() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: the node agents need root (runc, cgroups); CI runs as root");
+        return;
+    }
+    let _ = kubectl_program();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = free_base();
+    let cluster = up(tmp.path(), base);
+    let dir = cluster.dir.clone();
+    let k = Kubectl::with_kubeconfig(dir.join("kubeconfig"), tmp.path(), "k");
+    let state = ClusterState::load(&dir).expect("state file");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let api = HttpClient::from_kubeconfig(&dir.join("kubeconfig")).expect("client");
+        // Objects written before the faults, to be found after them.
+        for i in 0..30 {
+            k.ok(&[
+                "create",
+                "configmap",
+                &format!("before-{i}"),
+                &format!("--from-literal=i={i}"),
+            ]);
+        }
+        k.ok_with_input(&["apply", "-f", "-"], Some(WORKLOAD));
+        wait_for("2 web pods Running", 120, || async {
+            let pods = web_pods(&api).await;
+            (pods.iter().filter(|p| phase(p) == "Running").count() == 2).then_some(())
+        })
+        .await;
+
+        // Every nodeName each pod is bound to, in order.
+        let seen: Arc<Mutex<BTreeMap<String, Vec<String>>>> = Arc::default();
+        let list = api
+            .list::<Pod>(Some("default"), &ListParams::default())
+            .await
+            .expect("list");
+        for p in &list.items {
+            if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
+                seen.lock()
+                    .unwrap()
+                    .insert(p.metadata.name.clone().unwrap_or_default(), vec![n]);
+            }
+        }
+        let recorder = {
+            let (api, seen) = (api.clone(), seen.clone());
+            let rv = list.resource_version.clone();
+            tokio::spawn(async move {
+                let mut rv = rv;
+                loop {
+                    let Ok(mut stream) = api
+                        .watch::<Pod>(Some("default"), &ListParams::default(), &rv)
+                        .await
+                    else {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    };
+                    while let Some(Ok(ev)) = stream.next().await {
+                        if let WatchEvent::Added(p) | WatchEvent::Modified(p) = ev {
+                            rv = p.metadata.resource_version.clone().unwrap_or(rv);
+                            if let Some(n) =
+                                p.spec.and_then(|s| s.node_name).filter(|n| !n.is_empty())
+                            {
+                                let mut seen = seen.lock().unwrap();
+                                let v =
+                                    seen.entry(p.metadata.name.unwrap_or_default()).or_default();
+                                if v.last() != Some(&n) {
+                                    v.push(n);
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+        };
+
+        let leader = status::raft_leader(&state).await.expect("a raftkv leader");
+        let scheduler = status::lease_holder(&api, "kube-scheduler")
+            .await
+            .expect("a scheduler leader");
+        k.ok(&["scale", "deployment/web", "--replicas=6"]);
+        kill(&state, &leader);
+        kill(&state, &scheduler);
+        kill(&state, "apiserver-1");
+        wait_for("6 web pods Running", 180, || async {
+            let pods = web_pods(&api).await;
+            (pods
+                .iter()
+                .filter(|p| phase(p) == "Running" && p.metadata.deletion_timestamp.is_none())
+                .count()
+                == 6)
+                .then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        recorder.abort();
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        let web: Vec<_> = seen
+            .iter()
+            .filter(|(name, _)| name.starts_with("web-"))
+            .collect();
+        assert_eq!(web.len(), 6, "6 web pods were bound: {seen:?}");
+        for (pod, nodes) in web {
+            assert_eq!(nodes.len(), 1, "{pod} was bound to {nodes:?}");
+        }
+        let cms = api
+            .list::<ConfigMap>(Some("default"), &ListParams::default())
+            .await
+            .expect("list");
+        for i in 0..30 {
+            let name = format!("before-{i}");
+            let cm = cms
+                .items
+                .iter()
+                .find(|c| c.metadata.name.as_deref() == Some(&name))
+                .unwrap_or_else(|| panic!("{name} was lost"));
+            assert_eq!(
+                cm.data.as_ref().and_then(|d| d.get("i")),
+                Some(&i.to_string())
+            );
+        }
+        let out = k.ok(&[
+            "get",
+            "service",
+            "web",
+            "-o",
+            "jsonpath={.spec.ports[0].port}",
+        ]);
+        assert_eq!(out, "80");
+    });
+
+    // `down` from another process, as after a crash of the launcher.
+    let out = Command::new(env!("CARGO_BIN_EXE_controlplane"))
+        .args(["down", "--dir"])
+        .arg(&dir)
+        .output()
+        .expect("controlplane down");
+    assert!(
+        out.status.success(),
+        "down failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for p in &state.processes {
+        assert!(
+            !is_ours(p.pid, &p.program),
+            "{} (pid {}) still runs",
+            p.name,
+            p.pid
+        );
+    }
+    assert!(
+        cleanup::mounts_below(&dir).is_empty(),
+        "mounts left: {:?}",
+        cleanup::mounts_below(&dir)
+    );
+    assert_eq!(
+        cleanup::remove_containers(&dir),
+        0,
+        "runc containers were left running"
+    );
+    drop(cluster);
+}
+
+async fn web_pods(api: &HttpClient) -> Vec<Pod> {
+    let params = ListParams {
+        label_selector: Some("app=web".into()),
+        ..Default::default()
+    };
+    api.list::<Pod>(Some("default"), &params)
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+fn phase(p: &Pod) -> &str {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+#[test]
+fn down_of_a_folder_without_a_cluster_is_harmless() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_controlplane"))
+        .args(["down", "--dir"])
+        .arg(tmp.path())
+        .output()
+        .expect("controlplane down");
+    assert!(out.status.success());
+    let status = Command::new(env!("CARGO_BIN_EXE_controlplane"))
+        .args(["status", "--dir"])
+        .arg(tmp.path())
+        .output()
+        .expect("controlplane status");
+    assert!(!status.status.success());
+    assert!(String::from_utf8_lossy(&status.stderr).contains("no running cluster there"));
+}
