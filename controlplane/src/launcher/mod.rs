@@ -505,7 +505,6 @@ impl Cluster {
                     &kubeconfig,
                     &state_dir,
                     base + 70 + i,
-                    opts.node_netns,
                 );
                 self.start(spawner, spec, None, Some(state_dir))?;
             }
