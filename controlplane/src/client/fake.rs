@@ -14,7 +14,7 @@ use k8s_openapi::Resource;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use super::{Api, ClientError, ListParams, Object, ObjectList, Result, WatchStream};
+use super::{Api, ClientError, DeleteParams, ListParams, Object, ObjectList, Result, WatchStream};
 
 type Key = (&'static str, String, String);
 
@@ -253,6 +253,43 @@ impl Api for FakeApi {
         };
         self.write(&mut st, K::KIND, &ns_of(ns), "DELETED", current);
         Ok(())
+    }
+
+    async fn delete_with<K: Object>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        params: &DeleteParams,
+    ) -> Result<()> {
+        self.check()?;
+        if let Some(uid) = &params.uid {
+            let st = self.state.lock().unwrap();
+            let current = st
+                .objects
+                .get(&(K::KIND, ns_of(ns), name.to_string()))
+                .ok_or_else(|| not_found::<K>(name))?;
+            if current.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
+                return Err(conflict::<K>(name));
+            }
+        }
+        self.delete::<K>(ns, name).await
+    }
+
+    async fn update_status<K: Object>(&self, ns: Option<&str>, obj: &K) -> Result<K> {
+        self.check()?;
+        let v = serde_json::to_value(obj)?;
+        let name = meta_name(&v);
+        let mut st = self.state.lock().unwrap();
+        let Some(current) = st.objects.get(&(K::KIND, ns_of(ns), name.clone())).cloned() else {
+            return Err(not_found::<K>(&name));
+        };
+        let want = v.pointer("/metadata/resourceVersion").and_then(Value::as_str);
+        if want.is_some_and(|w| Some(w) != current.pointer("/metadata/resourceVersion").and_then(Value::as_str)) {
+            return Err(conflict::<K>(&name));
+        }
+        let mut next = current;
+        next["status"] = v.get("status").cloned().unwrap_or(Value::Null);
+        decode(&self.write(&mut st, K::KIND, &ns_of(ns), "MODIFIED", next))
     }
 
     async fn bind(&self, ns: &str, binding: &Binding) -> Result<()> {

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::kubeconfig::Kubeconfig;
 use super::{
-    collection_path, Api, ClientError, ListParams, Object, ObjectList, Result, WatchStream,
+    collection_path, Api, ClientError, DeleteParams, ListParams, Object, ObjectList, Result, WatchStream,
 };
 
 /// The HTTP client; cheap to clone (one connection pool).
@@ -176,6 +176,36 @@ impl Api for HttpClient {
         self.send(self.request(Method::DELETE, &object_path::<K>(ns, name)))
             .await
             .map(drop)
+    }
+
+    async fn delete_with<K: Object>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        params: &DeleteParams,
+    ) -> Result<()> {
+        let mut body = serde_json::json!({"kind": "DeleteOptions", "apiVersion": "v1"});
+        if let Some(g) = params.grace_period_seconds {
+            body["gracePeriodSeconds"] = g.into();
+        }
+        if let Some(uid) = &params.uid {
+            body["preconditions"] = serde_json::json!({ "uid": uid });
+        }
+        self.send(
+            self.request(Method::DELETE, &object_path::<K>(ns, name))
+                .json(&body),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn update_status<K: Object>(&self, ns: Option<&str>, obj: &K) -> Result<K> {
+        let name = obj.metadata().name.as_deref().unwrap_or("");
+        self.json(
+            self.request(Method::PUT, &format!("{}/status", object_path::<K>(ns, name)))
+                .json(obj),
+        )
+        .await
     }
 
     async fn bind(&self, ns: &str, binding: &Binding) -> Result<()> {

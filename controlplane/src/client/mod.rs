@@ -1,6 +1,6 @@
 //! A small typed Kubernetes API client for the control plane's own components (scheduler,
 //! controllers, node agent): the [`Api`] trait with get/list/create/update/merge-patch/
-//! delete/bind/watch over the k8s-openapi 1.20 types, its HTTP(S)+JSON implementation
+//! delete/bind/watch (and update-status, delete-with-options for the node agent) over the k8s-openapi 1.20 types, its HTTP(S)+JSON implementation
 //! ([`http::HttpClient`], configured from the kubeconfig the API server writes), an
 //! in-memory fake for unit tests ([`fake::FakeApi`]) and a list-then-watch loop that
 //! resumes from the last resourceVersion and relists on 410 ([`watcher`]).
@@ -109,6 +109,15 @@ pub struct ListParams {
     pub timeout_seconds: Option<u32>,
 }
 
+/// Options of a delete (a subset of `DeleteOptions`).
+#[derive(Clone, Debug, Default)]
+pub struct DeleteParams {
+    /// 0 removes a pod at once (what the node agent sends once its containers are gone).
+    pub grace_period_seconds: Option<i64>,
+    /// Delete only the object with this uid (not a newer one of the same name).
+    pub uid: Option<String>,
+}
+
 /// One page of a list: the items and the collection's resourceVersion to watch from.
 #[derive(Clone, Debug)]
 pub struct ObjectList<K> {
@@ -155,6 +164,19 @@ pub trait Api: Clone + Send + Sync + 'static {
         ns: Option<&str>,
         name: &str,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// `DELETE` with options (grace period, uid precondition).
+    fn delete_with<K: Object>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        params: &DeleteParams,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// `PUT <object>/status`: replaces only the status; 409 when `obj` is stale.
+    fn update_status<K: Object>(
+        &self,
+        ns: Option<&str>,
+        obj: &K,
+    ) -> impl Future<Output = Result<K>> + Send;
     /// `POST pods/<name>/binding`; 409 if the pod is already bound.
     fn bind(&self, ns: &str, binding: &Binding) -> impl Future<Output = Result<()>> + Send;
     /// Events after `resource_version`; a 410 (as an error or an ERROR event) means relist.
