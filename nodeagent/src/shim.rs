@@ -94,6 +94,8 @@ pub fn run(args: &ShimArgs) -> i32 {
         .arg(&args.runc_root)
         .arg("--log")
         .arg(&runc_log)
+        .arg("--log-format")
+        .arg("json")
         .arg("create")
         .arg("--bundle")
         .arg(&args.bundle)
@@ -218,7 +220,10 @@ pub fn runc_error(log: &Path) -> Option<String> {
     text.lines().rev().find_map(|l| {
         let v: serde_json::Value = serde_json::from_str(l).ok()?;
         matches!(v["level"].as_str(), Some("error" | "fatal"))
-            .then(|| v["msg"].as_str().unwrap_or(l).to_string())
+            .then(|| {
+                let msg = v["msg"].as_str().unwrap_or(l);
+                msg.strip_prefix("runc create failed: ").unwrap_or(msg).to_string()
+            })
     })
 }
 
