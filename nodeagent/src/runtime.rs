@@ -53,6 +53,7 @@ pub trait Runtime: Send + Sync + 'static {
     fn create(&self, req: &CreateRequest)
         -> impl Future<Output = Result<(), RuntimeError>> + Send;
     fn start(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// `Exited` whenever the bundle holds an exit record, even after `delete`.
     fn state(
         &self,
         id: &str,

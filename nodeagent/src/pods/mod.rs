@@ -870,3 +870,6 @@ pub fn qos_class(pod: &Pod) -> &'static str {
         "Burstable"
     }
 }
+
+#[cfg(test)]
+mod tests;
