@@ -159,7 +159,12 @@ async fn remove_strays<C: Api, R: Runtime, N: PodNetwork>(shared: &Arc<Shared<C,
             return;
         }
     };
-    let uids: Vec<String> = shared.store.pod_records().into_iter().map(|r| r.uid).collect();
+    let uids: Vec<String> = shared
+        .store
+        .pod_records()
+        .into_iter()
+        .map(|r| r.uid)
+        .collect();
     for id in ids {
         if !uids.iter().any(|u| id.starts_with(&format!("{u}-"))) {
             tracing::info!(%id, "removing a container no pod owns");

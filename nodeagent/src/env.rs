@@ -25,16 +25,28 @@ pub struct NodeFields {
     pub host_ip: String,
 }
 
-async fn configmap<C: Api>(api: &C, ns: &str, name: &str, optional: bool) -> Result<BTreeMap<String, String>, EnvError> {
+async fn configmap<C: Api>(
+    api: &C,
+    ns: &str,
+    name: &str,
+    optional: bool,
+) -> Result<BTreeMap<String, String>, EnvError> {
     match api.get::<ConfigMap>(Some(ns), name).await {
         Ok(c) => Ok(c.data.unwrap_or_default()),
         Err(e) if e.is_not_found() && optional => Ok(BTreeMap::new()),
-        Err(e) if e.is_not_found() => Err(EnvError::Config(format!("configmap \"{name}\" not found"))),
+        Err(e) if e.is_not_found() => {
+            Err(EnvError::Config(format!("configmap \"{name}\" not found")))
+        }
         Err(e) => Err(e.into()),
     }
 }
 
-async fn secret<C: Api>(api: &C, ns: &str, name: &str, optional: bool) -> Result<BTreeMap<String, String>, EnvError> {
+async fn secret<C: Api>(
+    api: &C,
+    ns: &str,
+    name: &str,
+    optional: bool,
+) -> Result<BTreeMap<String, String>, EnvError> {
     match api.get::<Secret>(Some(ns), name).await {
         Ok(s) => {
             let mut m: BTreeMap<String, String> = s
@@ -110,12 +122,20 @@ fn field(pod: &Pod, path: &str, node: &NodeFields) -> Result<String, EnvError> {
                 .strip_prefix("metadata.labels['")
                 .and_then(|r| r.strip_suffix("']"))
             {
-                m.labels.as_ref().and_then(|l| l.get(k)).cloned().unwrap_or_default()
+                m.labels
+                    .as_ref()
+                    .and_then(|l| l.get(k))
+                    .cloned()
+                    .unwrap_or_default()
             } else if let Some(k) = p
                 .strip_prefix("metadata.annotations['")
                 .and_then(|r| r.strip_suffix("']"))
             {
-                m.annotations.as_ref().and_then(|l| l.get(k)).cloned().unwrap_or_default()
+                m.annotations
+                    .as_ref()
+                    .and_then(|l| l.get(k))
+                    .cloned()
+                    .unwrap_or_default()
             } else {
                 return Err(EnvError::Config(format!("unsupported fieldRef {p:?}")));
             }
@@ -132,18 +152,31 @@ pub async fn resolve<C: Api>(
 ) -> Result<Vec<(String, String)>, EnvError> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let mut vars: Vec<(String, String)> = Vec::new();
-    let set = |vars: &mut Vec<(String, String)>, k: String, v: String| {
-        match vars.iter_mut().find(|(ek, _)| *ek == k) {
-            Some(e) => e.1 = v,
-            None => vars.push((k, v)),
-        }
+    let set = |vars: &mut Vec<(String, String)>, k: String, v: String| match vars
+        .iter_mut()
+        .find(|(ek, _)| *ek == k)
+    {
+        Some(e) => e.1 = v,
+        None => vars.push((k, v)),
     };
     for from in container.env_from.clone().unwrap_or_default() {
         let prefix = from.prefix.clone().unwrap_or_default();
         let data = if let Some(r) = &from.config_map_ref {
-            configmap(api, &ns, r.name.as_deref().unwrap_or(""), r.optional == Some(true)).await?
+            configmap(
+                api,
+                &ns,
+                r.name.as_deref().unwrap_or(""),
+                r.optional == Some(true),
+            )
+            .await?
         } else if let Some(r) = &from.secret_ref {
-            secret(api, &ns, r.name.as_deref().unwrap_or(""), r.optional == Some(true)).await?
+            secret(
+                api,
+                &ns,
+                r.name.as_deref().unwrap_or(""),
+                r.optional == Some(true),
+            )
+            .await?
         } else {
             BTreeMap::new()
         };
@@ -286,7 +319,12 @@ mod tests {
         let got: Vec<(&str, &str)> = got.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(
             got,
-            [("GREETING", "hi"), ("MSG", "hi there"), ("POD", "p"), ("LEVEL", "debug")]
+            [
+                ("GREETING", "hi"),
+                ("MSG", "hi there"),
+                ("POD", "p"),
+                ("LEVEL", "debug")
+            ]
         );
     }
 }

@@ -84,8 +84,8 @@ pub fn normalize(reference: &str) -> Result<String, ImageError> {
         },
     };
     let first = name.split('/').next().unwrap_or("");
-    let has_registry = name.contains('/')
-        && (first.contains('.') || first.contains(':') || first == "localhost");
+    let has_registry =
+        name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
     let full = if has_registry {
         name
     } else if name.contains('/') {
@@ -169,8 +169,11 @@ impl ImageStore {
                 ..config
             };
             let cfg_path = work.join("image.json");
-            std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap_or_default())
-                .map_err(io_err(&cfg_path))?;
+            std::fs::write(
+                &cfg_path,
+                serde_json::to_vec_pretty(&cfg).unwrap_or_default(),
+            )
+            .map_err(io_err(&cfg_path))?;
             let _ = std::fs::remove_dir_all(&target);
             std::fs::rename(&work, &target).map_err(io_err(&target))?;
             tracing::info!(image = %n, layers = layers.len(), "imported image");
@@ -221,14 +224,17 @@ type Found = (String, ImageConfig, Vec<PathBuf>);
 
 fn read_json(path: &Path) -> Result<Value, ImageError> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
-    serde_json::from_slice(&bytes).map_err(|e| ImageError::Format(format!("{}: {e}", path.display())))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ImageError::Format(format!("{}: {e}", path.display())))
 }
 
 fn blob_path(digest: &str) -> Result<PathBuf, ImageError> {
     let (alg, hex) = digest
         .split_once(':')
         .ok_or_else(|| ImageError::Format(format!("bad digest {digest:?}")))?;
-    if !hex.chars().all(|c| c.is_ascii_hexdigit()) || !alg.chars().all(|c| c.is_ascii_alphanumeric()) {
+    if !hex.chars().all(|c| c.is_ascii_hexdigit())
+        || !alg.chars().all(|c| c.is_ascii_alphanumeric())
+    {
         return Err(ImageError::Format(format!("bad digest {digest:?}")));
     }
     Ok(PathBuf::from("blobs").join(alg).join(hex))
@@ -238,7 +244,11 @@ fn config_of(v: &Value) -> ImageConfig {
     let c = &v["config"];
     let strings = |k: &str| -> Vec<String> {
         c[k].as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     ImageConfig {
@@ -271,13 +281,18 @@ fn oci_layout_images(dir: &Path) -> Result<Vec<Found>, ImageError> {
         let digest = desc["digest"].as_str().unwrap_or("");
         let blob = read_json(&dir.join(blob_path(digest)?))?;
         let media = desc["mediaType"].as_str().unwrap_or("");
-        if media.contains("index") || media.contains("manifest.list") || blob.get("manifests").is_some() {
+        if media.contains("index")
+            || media.contains("manifest.list")
+            || blob.get("manifests").is_some()
+        {
             // A multi-platform index: take linux/amd64 (or the only) manifest.
             let ms = blob["manifests"].as_array().cloned().unwrap_or_default();
             let pick = ms
                 .iter()
                 .find(|m| {
-                    m["platform"]["os"] == "linux" && m["platform"]["architecture"] == std::env::consts::ARCH.replace("x86_64", "amd64")
+                    m["platform"]["os"] == "linux"
+                        && m["platform"]["architecture"]
+                            == std::env::consts::ARCH.replace("x86_64", "amd64")
                 })
                 .or(ms.first())
                 .cloned();
@@ -288,7 +303,8 @@ fn oci_layout_images(dir: &Path) -> Result<Vec<Found>, ImageError> {
         }
         // A bare tag ("1.0") names no repository; such layouts need a full reference.
         let Some(name) = name else { continue };
-        let config = read_json(&dir.join(blob_path(blob["config"]["digest"].as_str().unwrap_or(""))?))?;
+        let config =
+            read_json(&dir.join(blob_path(blob["config"]["digest"].as_str().unwrap_or(""))?))?;
         let layers = blob["layers"]
             .as_array()
             .cloned()
@@ -299,7 +315,9 @@ fn oci_layout_images(dir: &Path) -> Result<Vec<Found>, ImageError> {
         out.push((name, config_of(&config), layers));
     }
     if out.is_empty() {
-        return Err(ImageError::Format("index.json names no tagged image".into()));
+        return Err(ImageError::Format(
+            "index.json names no tagged image".into(),
+        ));
     }
     Ok(out)
 }
@@ -324,15 +342,22 @@ fn docker_save_images(dir: &Path) -> Result<Vec<Found>, ImageError> {
         }
     }
     if out.is_empty() {
-        return Err(ImageError::Format("manifest.json names no tagged image".into()));
+        return Err(ImageError::Format(
+            "manifest.json names no tagged image".into(),
+        ));
     }
     Ok(out)
 }
 
 fn safe_join(base: &Path, rel: &str) -> Result<PathBuf, ImageError> {
     let p = Path::new(rel);
-    if rel.is_empty() || p.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
-        return Err(ImageError::Format(format!("bad path {rel:?} in manifest.json")));
+    if rel.is_empty()
+        || p.components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(ImageError::Format(format!(
+            "bad path {rel:?} in manifest.json"
+        )));
     }
     Ok(base.join(p))
 }
@@ -393,11 +418,11 @@ pub fn apply_layer(layer: &Path, rootfs: &Path) -> Result<(), ImageError> {
         }
         let dest = inside(rootfs, &path)?;
         let is_dir = e.header().entry_type().is_dir();
+        // A lower layer's entry of another type (or a symlink) is replaced, not merged.
         if let Ok(md) = std::fs::symlink_metadata(&dest) {
-            if md.is_dir() != is_dir || md.file_type().is_symlink() && !is_dir {
-                if !(md.is_dir() && is_dir) {
-                    remove_any(&dest);
-                }
+            let both_dirs = md.is_dir() && is_dir;
+            if !both_dirs && (md.is_dir() || is_dir || md.file_type().is_symlink()) {
+                remove_any(&dest);
             }
         }
         e.unpack_in(rootfs).map_err(io_err(&dest))?;
@@ -412,7 +437,12 @@ fn inside(rootfs: &Path, rel: &Path) -> Result<PathBuf, ImageError> {
         match c {
             Component::Normal(p) => out.push(p),
             Component::CurDir | Component::RootDir => {}
-            _ => return Err(ImageError::Format(format!("layer path {} leaves the rootfs", rel.display()))),
+            _ => {
+                return Err(ImageError::Format(format!(
+                    "layer path {} leaves the rootfs",
+                    rel.display()
+                )))
+            }
         }
     }
     Ok(out)
@@ -437,7 +467,12 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-fn append_file<W: Write>(t: &mut tar::Builder<W>, path: &str, mode: u32, data: &[u8]) -> std::io::Result<()> {
+fn append_file<W: Write>(
+    t: &mut tar::Builder<W>,
+    path: &str,
+    mode: u32,
+    data: &[u8],
+) -> std::io::Result<()> {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Regular);
     h.set_size(data.len() as u64);
@@ -459,7 +494,11 @@ fn append_dir<W: Write>(t: &mut tar::Builder<W>, path: &str, mode: u32) -> std::
     t.append_data(&mut h, path, std::io::empty())
 }
 
-fn append_symlink<W: Write>(t: &mut tar::Builder<W>, path: &str, target: &str) -> std::io::Result<()> {
+fn append_symlink<W: Write>(
+    t: &mut tar::Builder<W>,
+    path: &str,
+    target: &str,
+) -> std::io::Result<()> {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Symlink);
     h.set_size(0);
@@ -495,10 +534,19 @@ pub fn build_busybox(busybox: &Path, out: &Path) -> Result<(), ImageError> {
             append_dir(&mut t, d, mode)?;
         }
         append_file(&mut t, "bin/busybox", 0o755, &binary)?;
-        for a in applets.lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox") {
+        for a in applets
+            .lines()
+            .map(str::trim)
+            .filter(|a| !a.is_empty() && *a != "busybox")
+        {
             append_symlink(&mut t, &format!("bin/{a}"), "busybox")?;
         }
-        append_file(&mut t, "etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n")?;
+        append_file(
+            &mut t,
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n",
+        )?;
         append_file(&mut t, "etc/group", 0o644, b"root:x:0:\nnobody:x:65534:\n")?;
         t.into_inner()
     })()
@@ -507,7 +555,9 @@ pub fn build_busybox(busybox: &Path, out: &Path) -> Result<(), ImageError> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&layer_tar).map_err(io_err(out))?;
     let layer_gz = gz.finish().map_err(io_err(out))?;
-    let arch = std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64");
+    let arch = std::env::consts::ARCH
+        .replace("x86_64", "amd64")
+        .replace("aarch64", "arm64");
     let config = serde_json::to_vec(&json!({
         "architecture": arch, "os": "linux",
         "config": {"Cmd": ["sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
@@ -533,12 +583,22 @@ pub fn build_busybox(busybox: &Path, out: &Path) -> Result<(), ImageError> {
     let write = || -> std::io::Result<()> {
         let f = std::fs::File::create(out)?;
         let mut t = tar::Builder::new(f);
-        append_file(&mut t, "oci-layout", 0o644, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        append_file(
+            &mut t,
+            "oci-layout",
+            0o644,
+            br#"{"imageLayoutVersion":"1.0.0"}"#,
+        )?;
         append_file(&mut t, "index.json", 0o644, &index)?;
         append_dir(&mut t, "blobs", 0o755)?;
         append_dir(&mut t, "blobs/sha256", 0o755)?;
         for blob in [&config, &manifest, &layer_gz] {
-            append_file(&mut t, &format!("blobs/sha256/{}", sha256_hex(blob)), 0o644, blob)?;
+            append_file(
+                &mut t,
+                &format!("blobs/sha256/{}", sha256_hex(blob)),
+                0o644,
+                blob,
+            )?;
         }
         t.into_inner()?.sync_all()
     };
@@ -555,7 +615,10 @@ mod tests {
             ("busybox", Some("docker.io/library/busybox:latest")),
             ("busybox:1.36", Some("docker.io/library/busybox:1.36")),
             ("library/busybox", Some("docker.io/library/busybox:latest")),
-            ("docker.io/library/busybox:latest", Some("docker.io/library/busybox:latest")),
+            (
+                "docker.io/library/busybox:latest",
+                Some("docker.io/library/busybox:latest"),
+            ),
             ("me/app:v1", Some("docker.io/me/app:v1")),
             ("localhost:5000/app", Some("localhost:5000/app:latest")),
             ("quay.io/x/y@sha256:abcd", Some("quay.io/x/y@sha256:abcd")),
@@ -633,7 +696,10 @@ mod tests {
         assert_eq!(img.config.entrypoint, vec!["/bin/x"]);
         assert_eq!(img.config.cmd, vec!["sh"]);
         assert_eq!(img.config.working_dir, "/w");
-        assert!(matches!(store.resolve("other"), Err(ImageError::NotFound(_))));
+        assert!(matches!(
+            store.resolve("other"),
+            Err(ImageError::NotFound(_))
+        ));
     }
 
     #[test]
@@ -647,17 +713,26 @@ mod tests {
         let out = dir.path().join("busybox.tar");
         build_busybox(busybox, &out).unwrap();
         let store = ImageStore::new(dir.path().join("images"));
-        assert_eq!(store.import(&out).unwrap(), vec!["docker.io/library/busybox:latest"]);
+        assert_eq!(
+            store.import(&out).unwrap(),
+            vec!["docker.io/library/busybox:latest"]
+        );
         let img = store.resolve("busybox").unwrap();
         assert!(img.rootfs.join("bin/busybox").is_file());
-        assert_eq!(std::fs::read_link(img.rootfs.join("bin/sh")).unwrap(), Path::new("busybox"));
+        assert_eq!(
+            std::fs::read_link(img.rootfs.join("bin/sh")).unwrap(),
+            Path::new("busybox")
+        );
         assert_eq!(img.config.cmd, vec!["sh"]);
     }
 
     #[test]
     fn layer_paths_cannot_escape() {
         assert!(inside(Path::new("/r"), Path::new("../x")).is_err());
-        assert_eq!(inside(Path::new("/r"), Path::new("./a/b")).unwrap(), Path::new("/r/a/b"));
+        assert_eq!(
+            inside(Path::new("/r"), Path::new("./a/b")).unwrap(),
+            Path::new("/r/a/b")
+        );
         assert!(safe_join(Path::new("/d"), "../etc/passwd").is_err());
     }
 }

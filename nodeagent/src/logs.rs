@@ -31,10 +31,7 @@ pub struct Record {
 /// Formats one record (the content without its newline).
 pub fn format_record(time: DateTime<Utc>, stream: &str, partial: bool, content: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(content.len() + 48);
-    out.extend_from_slice(
-        time.to_rfc3339_opts(SecondsFormat::Nanos, true)
-            .as_bytes(),
-    );
+    out.extend_from_slice(time.to_rfc3339_opts(SecondsFormat::Nanos, true).as_bytes());
     out.push(b' ');
     out.extend_from_slice(stream.as_bytes());
     out.extend_from_slice(if partial { b" P " } else { b" F " });
@@ -75,7 +72,11 @@ pub fn copy_stream<R: std::io::Read, W: Write>(
             return Ok(());
         }
         let full = line.last() == Some(&b'\n');
-        let content = if full { &line[..line.len() - 1] } else { &line[..] };
+        let content = if full {
+            &line[..line.len() - 1]
+        } else {
+            &line[..]
+        };
         let rec = format_record(Utc::now(), stream, !full, content);
         let mut w = out.lock().unwrap_or_else(|e| e.into_inner());
         w.write_all(&rec)?;
@@ -157,10 +158,18 @@ mod tests {
             ("stdout", false, b""),
         ];
         for (stream, partial, content) in cases {
-            let line = format_record(t("2024-01-02T03:04:05.000000006Z"), stream, partial, content);
+            let line = format_record(
+                t("2024-01-02T03:04:05.000000006Z"),
+                stream,
+                partial,
+                content,
+            );
             assert!(line.starts_with(b"2024-01-02T03:04:05.000000006Z "));
             let rec = parse_record(&line).unwrap();
-            assert_eq!((rec.stream.as_str(), rec.partial, &rec.content[..]), (stream, partial, content));
+            assert_eq!(
+                (rec.stream.as_str(), rec.partial, &rec.content[..]),
+                (stream, partial, content)
+            );
         }
     }
 
@@ -171,7 +180,10 @@ mod tests {
         let text = String::from_utf8(out.into_inner().unwrap()).unwrap();
         let tags: Vec<&str> = text.lines().map(|l| l.split(' ').nth(2).unwrap()).collect();
         assert_eq!(tags, ["F", "F", "P"]);
-        assert_eq!(render(text.as_bytes(), &ReadOptions::default()), b"one\ntwo\nthree\n");
+        assert_eq!(
+            render(text.as_bytes(), &ReadOptions::default()),
+            b"one\ntwo\nthree\n"
+        );
     }
 
     #[test]
@@ -209,7 +221,11 @@ mod tests {
             ),
         ];
         for (opts, want) in cases {
-            assert_eq!(String::from_utf8(render(&log, &opts)).unwrap(), want, "{opts:?}");
+            assert_eq!(
+                String::from_utf8(render(&log, &opts)).unwrap(),
+                want,
+                "{opts:?}"
+            );
         }
     }
 

@@ -26,7 +26,10 @@ use nodeagent::store::Store;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "nodeagent", about = "The node agent (kubelet): runs the pods bound to this node with runc")]
+#[command(
+    name = "nodeagent",
+    about = "The node agent (kubelet): runs the pods bound to this node with runc"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -242,21 +245,28 @@ fn runc_version(runc: &Path) -> String {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let node_name = match args.node_name.clone() {
         Some(n) => n,
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")?.trim().to_lowercase(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")?
+            .trim()
+            .to_lowercase(),
     };
     let store = Store::new(&args.root_dir);
-    std::fs::create_dir_all(store.pods()).with_context(|| format!("creating {}", args.root_dir.display()))?;
+    std::fs::create_dir_all(store.pods())
+        .with_context(|| format!("creating {}", args.root_dir.display()))?;
     std::fs::create_dir_all(store.runc_root())?;
     let images = ImageStore::new(store.images());
     ensure_busybox(&images, &args.busybox).context("building the busybox image")?;
 
     let (host_cpu, host_mem) = host_capacity();
     let cpu_millis = match &args.cpu {
-        Some(c) => parse_quantity(c, true).filter(|v| *v > 0).with_context(|| format!("invalid --cpu {c:?}"))?,
+        Some(c) => parse_quantity(c, true)
+            .filter(|v| *v > 0)
+            .with_context(|| format!("invalid --cpu {c:?}"))?,
         None => host_cpu,
     };
     let memory_bytes = match &args.memory {
-        Some(m) => parse_quantity(m, false).filter(|v| *v > 0).with_context(|| format!("invalid --memory {m:?}"))?,
+        Some(m) => parse_quantity(m, false)
+            .filter(|v| *v > 0)
+            .with_context(|| format!("invalid --memory {m:?}"))?,
         None => host_mem,
     };
     let mut labels = BTreeMap::new();

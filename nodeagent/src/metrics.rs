@@ -13,9 +13,13 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let registry = Registry::new();
-        let pods = IntGauge::new("nodeagent_pods", "Pods with a worker on this node").expect("valid metric");
-        let log_requests =
-            IntCounter::new("nodeagent_log_requests_total", "Container log requests served").expect("valid metric");
+        let pods = IntGauge::new("nodeagent_pods", "Pods with a worker on this node")
+            .expect("valid metric");
+        let log_requests = IntCounter::new(
+            "nodeagent_log_requests_total",
+            "Container log requests served",
+        )
+        .expect("valid metric");
         for m in [
             Box::new(pods.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(log_requests.clone()),

@@ -15,8 +15,8 @@ use controlplane::client::Api;
 use controlplane::clock::Clock;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec,
-    NodeStatus, NodeSystemInfo, Taint,
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
+    NodeSystemInfo, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
@@ -67,7 +67,9 @@ pub fn parse_taint(s: &str) -> Result<Taint, String> {
 
 /// The host's CPU count (millicores) and memory (bytes).
 pub fn host_capacity() -> (i64, i64) {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as i64;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as i64;
     (cpus * 1000, meminfo("MemTotal").unwrap_or(0))
 }
 
@@ -95,11 +97,19 @@ pub fn sample_pressure(root: &std::path::Path) -> Pressure {
     let memory = meminfo("MemAvailable").is_some_and(|a| a < 100 << 20);
     let disk = disk_free_fraction(root).is_some_and(|f| f < 0.10);
     let pids = (|| {
-        let max: f64 = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok()?.trim().parse().ok()?;
+        let max: f64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         let used = std::fs::read_dir("/proc")
             .ok()?
             .flatten()
-            .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            })
             .count() as f64;
         Some(used / max > 0.9)
     })()
@@ -128,27 +138,56 @@ pub fn conditions(
     p: Pressure,
     now: DateTime<Utc>,
 ) -> Vec<NodeCondition> {
-    let mk = |ty: &str, on: bool, reason_on: &str, reason_off: &str, msg_on: &str, msg_off: &str| {
-        let status = if on { "True" } else { "False" }.to_string();
-        let prev = previous.and_then(|cs| cs.iter().find(|c| c.type_ == ty));
-        let since = match prev {
-            Some(c) if c.status == status => c.last_transition_time.clone(),
-            _ => Some(t(now)),
+    let mk =
+        |ty: &str, on: bool, reason_on: &str, reason_off: &str, msg_on: &str, msg_off: &str| {
+            let status = if on { "True" } else { "False" }.to_string();
+            let prev = previous.and_then(|cs| cs.iter().find(|c| c.type_ == ty));
+            let since = match prev {
+                Some(c) if c.status == status => c.last_transition_time.clone(),
+                _ => Some(t(now)),
+            };
+            NodeCondition {
+                type_: ty.into(),
+                status,
+                reason: Some(if on { reason_on } else { reason_off }.into()),
+                message: Some(if on { msg_on } else { msg_off }.into()),
+                last_heartbeat_time: Some(t(now)),
+                last_transition_time: since,
+            }
         };
-        NodeCondition {
-            type_: ty.into(),
-            status,
-            reason: Some(if on { reason_on } else { reason_off }.into()),
-            message: Some(if on { msg_on } else { msg_off }.into()),
-            last_heartbeat_time: Some(t(now)),
-            last_transition_time: since,
-        }
-    };
     vec![
-        mk("MemoryPressure", p.memory, "KubeletHasInsufficientMemory", "KubeletHasSufficientMemory", "kubelet has insufficient memory available", "kubelet has sufficient memory available"),
-        mk("DiskPressure", p.disk, "KubeletHasDiskPressure", "KubeletHasNoDiskPressure", "kubelet has disk pressure", "kubelet has no disk pressure"),
-        mk("PIDPressure", p.pids, "KubeletHasInsufficientPID", "KubeletHasSufficientPID", "kubelet has insufficient PID available", "kubelet has sufficient PID available"),
-        mk("Ready", true, "KubeletReady", "KubeletNotReady", "kubelet is posting ready status", "kubelet is not ready"),
+        mk(
+            "MemoryPressure",
+            p.memory,
+            "KubeletHasInsufficientMemory",
+            "KubeletHasSufficientMemory",
+            "kubelet has insufficient memory available",
+            "kubelet has sufficient memory available",
+        ),
+        mk(
+            "DiskPressure",
+            p.disk,
+            "KubeletHasDiskPressure",
+            "KubeletHasNoDiskPressure",
+            "kubelet has disk pressure",
+            "kubelet has no disk pressure",
+        ),
+        mk(
+            "PIDPressure",
+            p.pids,
+            "KubeletHasInsufficientPID",
+            "KubeletHasSufficientPID",
+            "kubelet has insufficient PID available",
+            "kubelet has sufficient PID available",
+        ),
+        mk(
+            "Ready",
+            true,
+            "KubeletReady",
+            "KubeletNotReady",
+            "kubelet is posting ready status",
+            "kubelet is not ready",
+        ),
     ]
 }
 
@@ -161,10 +200,18 @@ fn quantity_cpu(millis: i64) -> Quantity {
 }
 
 impl NodeConfig {
-    fn status(&self, previous: Option<&[NodeCondition]>, p: Pressure, now: DateTime<Utc>) -> NodeStatus {
+    fn status(
+        &self,
+        previous: Option<&[NodeCondition]>,
+        p: Pressure,
+        now: DateTime<Utc>,
+    ) -> NodeStatus {
         let resources: BTreeMap<String, Quantity> = [
             ("cpu".to_string(), quantity_cpu(self.cpu_millis)),
-            ("memory".to_string(), Quantity(format!("{}Ki", self.memory_bytes / 1024))),
+            (
+                "memory".to_string(),
+                Quantity(format!("{}Ki", self.memory_bytes / 1024)),
+            ),
             ("pods".to_string(), Quantity(self.max_pods.to_string())),
         ]
         .into();
@@ -188,7 +235,9 @@ impl NodeConfig {
                 }),
             }),
             node_info: Some(NodeSystemInfo {
-                architecture: std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+                architecture: std::env::consts::ARCH
+                    .replace("x86_64", "amd64")
+                    .replace("aarch64", "arm64"),
                 operating_system: "linux".into(),
                 container_runtime_version: self.runtime_version.clone(),
                 kubelet_version: "v1.20.0-nodeagent".into(),
@@ -198,7 +247,10 @@ impl NodeConfig {
                     .trim()
                     .into(),
                 os_image: os_image(),
-                machine_id: std::fs::read_to_string("/etc/machine-id").unwrap_or_default().trim().into(),
+                machine_id: std::fs::read_to_string("/etc/machine-id")
+                    .unwrap_or_default()
+                    .trim()
+                    .into(),
                 boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
                     .unwrap_or_default()
                     .trim()
@@ -215,7 +267,9 @@ impl NodeConfig {
             ("kubernetes.io/os".to_string(), "linux".to_string()),
             (
                 "kubernetes.io/arch".to_string(),
-                std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+                std::env::consts::ARCH
+                    .replace("x86_64", "amd64")
+                    .replace("aarch64", "arm64"),
             ),
         ]);
         labels.extend(self.labels.clone());
@@ -238,14 +292,20 @@ fn os_image() -> String {
     std::fs::read_to_string("/etc/os-release")
         .ok()
         .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+            t.lines().find_map(|l| {
+                l.strip_prefix("PRETTY_NAME=")
+                    .map(|v| v.trim_matches('"').to_string())
+            })
         })
         .unwrap_or_else(|| "Linux".into())
 }
 
 /// Creates the Node, or adopts an existing one (merging our labels and writing status).
-pub async fn register<C: Api>(api: &C, cfg: &NodeConfig, now: DateTime<Utc>) -> Result<Node, controlplane::client::ClientError> {
+pub async fn register<C: Api>(
+    api: &C,
+    cfg: &NodeConfig,
+    now: DateTime<Utc>,
+) -> Result<Node, controlplane::client::ClientError> {
     let p = sample_pressure(&cfg.root_dir);
     let node = cfg.object(now, p);
     match api.create(None, &node).await {
@@ -261,7 +321,8 @@ pub async fn register<C: Api>(api: &C, cfg: &NodeConfig, now: DateTime<Utc>) -> 
             let labels = existing.metadata.labels.get_or_insert_with(BTreeMap::new);
             labels.extend(node.metadata.labels.clone().unwrap_or_default());
             if !cfg.taints.is_empty() {
-                existing.spec.get_or_insert_with(Default::default).taints = Some(cfg.taints.clone());
+                existing.spec.get_or_insert_with(Default::default).taints =
+                    Some(cfg.taints.clone());
             }
             let mut updated = api.update(None, &existing).await?;
             let prev = updated.status.as_ref().and_then(|s| s.conditions.clone());
@@ -274,7 +335,13 @@ pub async fn register<C: Api>(api: &C, cfg: &NodeConfig, now: DateTime<Utc>) -> 
 }
 
 /// Writes the node status every `every` until cancelled.
-pub async fn status_loop<C: Api>(api: C, cfg: NodeConfig, clock: Arc<dyn Clock>, every: Duration, stop: CancellationToken) {
+pub async fn status_loop<C: Api>(
+    api: C,
+    cfg: NodeConfig,
+    clock: Arc<dyn Clock>,
+    every: Duration,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -302,7 +369,12 @@ pub async fn status_loop<C: Api>(api: C, cfg: NodeConfig, clock: Arc<dyn Clock>,
 }
 
 /// Renews (creating if needed) the node's Lease once.
-pub async fn renew_lease<C: Api>(api: &C, node: &str, node_uid: Option<&str>, now: DateTime<Utc>) -> Result<Lease, controlplane::client::ClientError> {
+pub async fn renew_lease<C: Api>(
+    api: &C,
+    node: &str,
+    node_uid: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Lease, controlplane::client::ClientError> {
     let renew = MicroTime(now);
     match api.get::<Lease>(Some(LEASE_NAMESPACE), node).await {
         Ok(mut lease) => {
@@ -342,7 +414,14 @@ pub async fn renew_lease<C: Api>(api: &C, node: &str, node_uid: Option<&str>, no
 }
 
 /// Renews the Lease every `every` until cancelled.
-pub async fn lease_loop<C: Api>(api: C, node: String, node_uid: Option<String>, clock: Arc<dyn Clock>, every: Duration, stop: CancellationToken) {
+pub async fn lease_loop<C: Api>(
+    api: C,
+    node: String,
+    node_uid: Option<String>,
+    clock: Arc<dyn Clock>,
+    every: Duration,
+    stop: CancellationToken,
+) {
     loop {
         if let Err(e) = renew_lease(&api, &node, node_uid.as_deref(), clock.now()).await {
             tracing::warn!(error = %e, "renewing the node lease");
@@ -363,7 +442,10 @@ mod tests {
     #[test]
     fn taints() {
         let cases = [
-            ("dedicated=gpu:NoSchedule", Some(("dedicated", Some("gpu"), "NoSchedule"))),
+            (
+                "dedicated=gpu:NoSchedule",
+                Some(("dedicated", Some("gpu"), "NoSchedule")),
+            ),
             ("maint:NoExecute", Some(("maint", None, "NoExecute"))),
             ("a=b:Sometimes", None),
             ("novalue", None),
@@ -372,7 +454,8 @@ mod tests {
         for (s, want) in cases {
             let got = parse_taint(s).ok();
             assert_eq!(
-                got.as_ref().map(|t| (t.key.as_str(), t.value.as_deref(), t.effect.as_str())),
+                got.as_ref()
+                    .map(|t| (t.key.as_str(), t.value.as_deref(), t.effect.as_str())),
                 want,
                 "{s}"
             );
@@ -383,17 +466,36 @@ mod tests {
     fn transition_time_kept_while_status_holds() {
         let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         let t1 = t0 + chrono::Duration::seconds(10);
-        let calm = Pressure { memory: false, disk: false, pids: false };
+        let calm = Pressure {
+            memory: false,
+            disk: false,
+            pids: false,
+        };
         let first = conditions(None, calm, t0);
         let second = conditions(Some(&first), calm, t1);
-        let mem = |cs: &[NodeCondition]| cs.iter().find(|c| c.type_ == "MemoryPressure").cloned().unwrap();
+        let mem = |cs: &[NodeCondition]| {
+            cs.iter()
+                .find(|c| c.type_ == "MemoryPressure")
+                .cloned()
+                .unwrap()
+        };
         assert_eq!(mem(&second).last_transition_time, Some(t(t0)));
         assert_eq!(mem(&second).last_heartbeat_time, Some(t(t1)));
-        let third = conditions(Some(&second), Pressure { memory: true, ..calm }, t1);
+        let third = conditions(
+            Some(&second),
+            Pressure {
+                memory: true,
+                ..calm
+            },
+            t1,
+        );
         assert_eq!(mem(&third).status, "True");
         assert_eq!(mem(&third).last_transition_time, Some(t(t1)));
         let ready = third.iter().find(|c| c.type_ == "Ready").unwrap();
-        assert_eq!((ready.status.as_str(), ready.reason.as_deref()), ("True", Some("KubeletReady")));
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_deref()),
+            ("True", Some("KubeletReady"))
+        );
     }
 
     #[tokio::test]
@@ -414,18 +516,36 @@ mod tests {
         };
         let node = register(&api, &cfg, clock.now()).await.unwrap();
         let status = node.status.unwrap();
-        assert_eq!(status.capacity.as_ref().unwrap()["cpu"], Quantity("2500m".into()));
-        assert_eq!(status.allocatable.as_ref().unwrap()["memory"], Quantity("4194304Ki".into()));
-        assert_eq!(status.daemon_endpoints.unwrap().kubelet_endpoint.unwrap().port, 10250);
+        assert_eq!(
+            status.capacity.as_ref().unwrap()["cpu"],
+            Quantity("2500m".into())
+        );
+        assert_eq!(
+            status.allocatable.as_ref().unwrap()["memory"],
+            Quantity("4194304Ki".into())
+        );
+        assert_eq!(
+            status
+                .daemon_endpoints
+                .unwrap()
+                .kubelet_endpoint
+                .unwrap()
+                .port,
+            10250
+        );
         assert_eq!(node.metadata.labels.as_ref().unwrap()["zone"], "a");
         assert_eq!(node.spec.unwrap().taints.unwrap()[0].key, "k");
         // Registering again adopts the node.
         register(&api, &cfg, clock.now()).await.unwrap();
         assert_eq!(api.all::<Node>().len(), 1);
 
-        let l1 = renew_lease(&api, "n1", Some("uid"), clock.now()).await.unwrap();
+        let l1 = renew_lease(&api, "n1", Some("uid"), clock.now())
+            .await
+            .unwrap();
         clock.advance(Duration::from_secs(10));
-        let l2 = renew_lease(&api, "n1", Some("uid"), clock.now()).await.unwrap();
+        let l2 = renew_lease(&api, "n1", Some("uid"), clock.now())
+            .await
+            .unwrap();
         let spec = l2.spec.unwrap();
         assert_eq!(spec.holder_identity.as_deref(), Some("n1"));
         assert_eq!(spec.lease_duration_seconds, Some(40));

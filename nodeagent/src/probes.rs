@@ -97,7 +97,11 @@ pub async fn run<R: Runtime>(
         let Some(port) = port_of(&h.port, container) else {
             return false;
         };
-        let host = h.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| pod_ip.to_string());
+        let host = h
+            .host
+            .clone()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| pod_ip.to_string());
         let scheme = h.scheme.as_deref().unwrap_or("HTTP").to_ascii_lowercase();
         let path = h.path.clone().unwrap_or_else(|| "/".into());
         let url = format!("{scheme}://{host}:{port}{path}");
@@ -122,7 +126,11 @@ pub async fn run<R: Runtime>(
         let Some(port) = port_of(&tcp.port, container) else {
             return false;
         };
-        let host = tcp.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| pod_ip.to_string());
+        let host = tcp
+            .host
+            .clone()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| pod_ip.to_string());
         return matches!(
             tokio::time::timeout(t, tokio::net::TcpStream::connect((host.as_str(), port))).await,
             Ok(Ok(_))
@@ -175,13 +183,24 @@ mod tests {
         tokio::spawn(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             loop {
-                let Ok((mut s, _)) = listener.accept().await else { return };
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
                 let mut buf = [0u8; 1024];
                 let n = s.read(&mut buf).await.unwrap_or(0);
                 let req = String::from_utf8_lossy(&buf[..n]);
-                let status = if req.starts_with("GET /healthz") { "200 OK" } else { "500 Oops" };
+                let status = if req.starts_with("GET /healthz") {
+                    "200 OK"
+                } else {
+                    "500 Oops"
+                };
                 let _ = s
-                    .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes())
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    )
                     .await;
             }
         });

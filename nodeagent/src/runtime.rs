@@ -50,8 +50,7 @@ pub enum State {
 
 pub trait Runtime: Send + Sync + 'static {
     /// Creates the container (not yet started) and starts capturing its output.
-    fn create(&self, req: &CreateRequest)
-        -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn create(&self, req: &CreateRequest) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     fn start(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// `Exited` whenever the bundle holds an exit record, even after `delete`.
     fn state(
@@ -60,8 +59,7 @@ pub trait Runtime: Send + Sync + 'static {
         bundle: &Path,
     ) -> impl Future<Output = Result<State, RuntimeError>> + Send;
     /// Signals the container's init (and, with SIGKILL, every process in it).
-    fn kill(&self, id: &str, signal: i32)
-        -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn kill(&self, id: &str, signal: i32) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Removes the container (forcibly; a no-op if it is missing).
     fn delete(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Ids of every container of this agent.
@@ -92,7 +90,12 @@ impl Runc {
         c
     }
 
-    async fn run(&self, op: &'static str, id: &str, args: &[&str]) -> Result<Vec<u8>, RuntimeError> {
+    async fn run(
+        &self,
+        op: &'static str,
+        id: &str,
+        args: &[&str],
+    ) -> Result<Vec<u8>, RuntimeError> {
         let out = self.command().args(args).output().await?;
         if out.status.success() {
             return Ok(out.stdout);
@@ -145,7 +148,9 @@ impl Runtime for Runc {
                     .to_string(),
             )),
             Ok(Err(e)) => Err(RuntimeError::Io(e)),
-            Err(_) => Err(RuntimeError::Create("runc create timed out after 60s".into())),
+            Err(_) => Err(RuntimeError::Create(
+                "runc create timed out after 60s".into(),
+            )),
         }
     }
 
@@ -205,9 +210,7 @@ impl Runtime for Runc {
     async fn delete(&self, id: &str) -> Result<(), RuntimeError> {
         match self.run("delete", id, &["delete", "--force", id]).await {
             Ok(_) => Ok(()),
-            Err(RuntimeError::Runc { message, .. }) if message.contains("does not exist") => {
-                Ok(())
-            }
+            Err(RuntimeError::Runc { message, .. }) if message.contains("does not exist") => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -224,7 +227,12 @@ impl Runtime for Runc {
             .unwrap_or_default())
     }
 
-    async fn exec(&self, id: &str, argv: &[String], timeout: Duration) -> Result<i32, RuntimeError> {
+    async fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<i32, RuntimeError> {
         let mut cmd = self.command();
         cmd.args(["exec", id]).args(argv);
         cmd.stdout(Stdio::null()).stderr(Stdio::null());

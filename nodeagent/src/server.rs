@@ -63,7 +63,12 @@ fn flag(v: &Option<String>) -> bool {
 }
 
 fn text(code: StatusCode, msg: String) -> Response {
-    (code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], msg).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        msg,
+    )
+        .into_response()
 }
 
 async fn container_logs(
@@ -84,7 +89,10 @@ async fn container_logs(
                 .ok()
         })
     else {
-        return text(StatusCode::NOT_FOUND, format!("pod \"{pod}\" in namespace \"{ns}\" is not on this node"));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod \"{pod}\" in namespace \"{ns}\" is not on this node"),
+        );
     };
     let attempts = s.store.attempts(&rec.uid, &container);
     let previous = flag(&q.previous);
@@ -97,7 +105,9 @@ async fn container_logs(
         let msg = if previous {
             format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
         } else {
-            format!("container \"{container}\" in pod \"{pod}\" is waiting to start: ContainerCreating")
+            format!(
+                "container \"{container}\" in pod \"{pod}\" is waiting to start: ContainerCreating"
+            )
         };
         return text(StatusCode::BAD_REQUEST, msg);
     };
@@ -118,7 +128,12 @@ async fn container_logs(
         first.truncate(limit);
     }
     if !flag(&q.follow) || previous {
-        return (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], first).into_response();
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain")],
+            first,
+        )
+            .into_response();
     }
     // Follow: stream what is appended until the container has exited and all is sent.
     let later = ReadOptions {
@@ -179,7 +194,9 @@ mod tests {
             .await
             .unwrap();
         let code = resp.status();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
         (code, String::from_utf8_lossy(&body).into_owned())
     }
 
@@ -217,11 +234,27 @@ mod tests {
         let cases = [
             ("/containerLogs/ns/p/c", StatusCode::OK, "a\nb\nc\n"),
             ("/containerLogs/ns/p/c?tailLines=1", StatusCode::OK, "c\n"),
-            ("/containerLogs/ns/p/c?previous=true", StatusCode::OK, "old\n"),
-            ("/containerLogs/ns/p/c?follow=true", StatusCode::OK, "a\nb\nc\n"),
+            (
+                "/containerLogs/ns/p/c?previous=true",
+                StatusCode::OK,
+                "old\n",
+            ),
+            (
+                "/containerLogs/ns/p/c?follow=true",
+                StatusCode::OK,
+                "a\nb\nc\n",
+            ),
             ("/containerLogs/ns/p/c?limitBytes=3", StatusCode::OK, "a\nb"),
-            ("/containerLogs/ns/p/other", StatusCode::BAD_REQUEST, "container \"other\" in pod \"p\" is waiting to start: ContainerCreating"),
-            ("/containerLogs/ns/q/c", StatusCode::NOT_FOUND, "pod \"q\" in namespace \"ns\" is not on this node"),
+            (
+                "/containerLogs/ns/p/other",
+                StatusCode::BAD_REQUEST,
+                "container \"other\" in pod \"p\" is waiting to start: ContainerCreating",
+            ),
+            (
+                "/containerLogs/ns/q/c",
+                StatusCode::NOT_FOUND,
+                "pod \"q\" in namespace \"ns\" is not on this node",
+            ),
         ];
         for (uri, code, body) in cases {
             assert_eq!(get(&r, uri).await, (code, body.to_string()), "{uri}");

@@ -112,7 +112,12 @@ pub fn run(args: &ShimArgs) -> i32 {
         .open(&args.log)
     {
         Ok(f) => Arc::new(Mutex::new(f)),
-        Err(e) => return report(&mut ready, Err(format!("opening {}: {e}", args.log.display()))),
+        Err(e) => {
+            return report(
+                &mut ready,
+                Err(format!("opening {}: {e}", args.log.display())),
+            )
+        }
     };
     // The pipes' write ends now live only in the container (the Command is gone).
     let copiers: Vec<_> = [(out_r, "stdout"), (err_r, "stderr")]
@@ -219,11 +224,12 @@ pub fn runc_error(log: &Path) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
     text.lines().rev().find_map(|l| {
         let v: serde_json::Value = serde_json::from_str(l).ok()?;
-        matches!(v["level"].as_str(), Some("error" | "fatal"))
-            .then(|| {
-                let msg = v["msg"].as_str().unwrap_or(l);
-                msg.strip_prefix("runc create failed: ").unwrap_or(msg).to_string()
-            })
+        matches!(v["level"].as_str(), Some("error" | "fatal")).then(|| {
+            let msg = v["msg"].as_str().unwrap_or(l);
+            msg.strip_prefix("runc create failed: ")
+                .unwrap_or(msg)
+                .to_string()
+        })
     })
 }
 

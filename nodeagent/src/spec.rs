@@ -13,10 +13,9 @@ use std::path::PathBuf;
 use controlplane::scheduler::resources::parse_quantity;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
-    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespace,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::images::ImageConfig;
@@ -66,9 +65,22 @@ pub fn argv(container: &Container, image: &ImageConfig) -> Vec<String> {
     }
 }
 
-/// The resource limits of a container: (memory bytes, cpu millis, cpu request millis).
-pub fn limits(container: &Container) -> Result<(Option<i64>, Option<i64>, Option<i64>), SpecError> {
-    let get = |m: Option<&std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+/// A container's resources as cgroup settings need them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_bytes: Option<i64>,
+    pub cpu_millis: Option<i64>,
+    pub cpu_request_millis: Option<i64>,
+}
+
+/// The resource limits (and CPU request) of a container.
+pub fn limits(container: &Container) -> Result<Limits, SpecError> {
+    let get = |m: Option<
+        &std::collections::BTreeMap<
+            String,
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+        >,
+    >,
                k: &str,
                milli: bool|
      -> Result<Option<i64>, SpecError> {
@@ -90,7 +102,11 @@ pub fn limits(container: &Container) -> Result<(Option<i64>, Option<i64>, Option
             memory.unwrap_or(0)
         )));
     }
-    Ok((memory, get(lim, "cpu", true)?, get(req, "cpu", true)?))
+    Ok(Limits {
+        memory_bytes: memory,
+        cpu_millis: get(lim, "cpu", true)?,
+        cpu_request_millis: get(req, "cpu", true)?,
+    })
 }
 
 /// Builds the spec.
@@ -99,14 +115,18 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     let args = argv(c, input.image);
     if args.is_empty() {
         return Err(SpecError::Config(
-            "no command specified: the image has no Entrypoint or Cmd and the container no command".into(),
+            "no command specified: the image has no Entrypoint or Cmd and the container no command"
+                .into(),
         ));
     }
     let mut env: Vec<(String, String)> = input
         .image
         .env
         .iter()
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
         .collect();
     let pod_name = input.pod.metadata.name.clone().unwrap_or_default();
     let mut set = |k: &str, v: &str| match env.iter_mut().find(|(ek, _)| ek == k) {
@@ -115,7 +135,10 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     };
     set("HOSTNAME", &pod_name);
     if !input.image.env.iter().any(|e| e.starts_with("PATH=")) {
-        set("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        set(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
     }
     for (k, v) in &input.env {
         set(k, v);
@@ -127,7 +150,9 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         .or_else(|| Some(input.image.working_dir.clone()).filter(|w| !w.is_empty()))
         .unwrap_or_else(|| "/".into());
     if !cwd.starts_with('/') {
-        return Err(SpecError::Config(format!("workingDir {cwd:?} is not absolute")));
+        return Err(SpecError::Config(format!(
+            "workingDir {cwd:?} is not absolute"
+        )));
     }
     let sc = c.security_context.as_ref();
     let uid = sc.and_then(|s| s.run_as_user).or_else(|| {
@@ -142,7 +167,11 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     let process = ProcessBuilder::default()
         .terminal(false)
         .args(args)
-        .env(env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>())
+        .env(
+            env.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>(),
+        )
         .cwd(cwd)
         .user(
             UserBuilder::default()
@@ -176,13 +205,16 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         );
     }
 
-    let (memory, cpu, cpu_request) = limits(c)?;
-    let mut resources = LinuxResourcesBuilder::default().devices(vec![
-        LinuxDeviceCgroupBuilder::default()
+    let Limits {
+        memory_bytes: memory,
+        cpu_millis: cpu,
+        cpu_request_millis: cpu_request,
+    } = limits(c)?;
+    let mut resources =
+        LinuxResourcesBuilder::default().devices(vec![LinuxDeviceCgroupBuilder::default()
             .allow(false)
             .access("rwm")
-            .build()?,
-    ]);
+            .build()?]);
     if let Some(m) = memory {
         resources = resources.memory(LinuxMemoryBuilder::default().limit(m).build()?);
     }
@@ -294,15 +326,28 @@ mod tests {
 
     #[test]
     fn limits_table() {
-        let cases: [(&[(&str, &str)], &[(&str, &str)], Result<(Option<i64>, Option<i64>, Option<i64>), ()>); 5] = [
-            (&[], &[], Ok((None, None, None))),
-            (&[("memory", "64Mi"), ("cpu", "500m")], &[("cpu", "250m")], Ok((Some(64 << 20), Some(500), Some(250)))),
+        type Pairs<'a> = &'a [(&'a str, &'a str)];
+        let cases: [(Pairs, Pairs, Result<Limits, ()>); 5] = [
+            (&[], &[], Ok(Limits::default())),
+            (
+                &[("memory", "64Mi"), ("cpu", "500m")],
+                &[("cpu", "250m")],
+                Ok(Limits {
+                    memory_bytes: Some(64 << 20),
+                    cpu_millis: Some(500),
+                    cpu_request_millis: Some(250),
+                }),
+            ),
             (&[("memory", "1")], &[], Err(())),
             (&[("memory", "lots")], &[], Err(())),
             (&[("cpu", "-1")], &[], Err(())),
         ];
         for (l, r, want) in cases {
-            assert_eq!(limits(&with_limits(l, r)).map_err(drop), want, "{l:?} {r:?}");
+            assert_eq!(
+                limits(&with_limits(l, r)).map_err(drop),
+                want,
+                "{l:?} {r:?}"
+            );
         }
     }
 
@@ -343,14 +388,31 @@ mod tests {
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 100_000);
         assert_eq!(v["linux"]["resources"]["pids"]["limit"], 100);
         assert_eq!(v["linux"]["cgroupsPath"], "/na/x");
-        let env: Vec<&str> = v["process"]["env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+        let env: Vec<&str> = v["process"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap())
+            .collect();
         assert_eq!(env, ["PATH=/bin", "A=pod", "HOSTNAME=web", "B=2"]);
-        let data = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/data").unwrap();
+        let data = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/data")
+            .unwrap();
         assert_eq!(data["options"], serde_json::json!(["rbind", "ro"]));
-        assert!(!v["linux"]["namespaces"].as_array().unwrap().iter().any(|n| n["type"] == "network"));
+        assert!(!v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "network"));
         let no_cmd = Container::default();
         assert!(matches!(
-            build(&SpecInput { container: &no_cmd, ..input.clone() }),
+            build(&SpecInput {
+                container: &no_cmd,
+                ..input.clone()
+            }),
             Err(SpecError::Config(_))
         ));
     }

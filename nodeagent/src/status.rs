@@ -171,7 +171,8 @@ fn crate_since(a: DateTime<Utc>, b: DateTime<Utc>) -> Duration {
 /// The pod phase from its containers, as the kubelet's getPhase computes it.
 pub fn phase(restart_policy: &str, init: &[ContainerView], app: &[ContainerView]) -> &'static str {
     let init_failed_for_good = init.iter().any(|c| {
-        matches!(&c.current, Current::Terminated(t) if t.exit_code != 0) && restart_policy == "Never"
+        matches!(&c.current, Current::Terminated(t) if t.exit_code != 0)
+            && restart_policy == "Never"
     });
     if init_failed_for_good {
         return "Failed";
@@ -264,7 +265,10 @@ mod tests {
         }
         // A run longer than 10 minutes resets the backoff.
         let long = exited(1, 0, 700);
-        assert_eq!(decide("Always", false, &long, 8, at(700)), Decision::Restart);
+        assert_eq!(
+            decide("Always", false, &long, 8, at(700)),
+            Decision::Restart
+        );
     }
 
     fn view(current: Current, last: bool) -> ContainerView {
@@ -319,20 +323,27 @@ mod tests {
             ("Always", vec![failed()], vec![waiting()], "Pending"),
         ];
         for (policy, init, app, want) in cases {
-            assert_eq!(phase(policy, &init, &app), want, "{policy} {init:?} {app:?}");
+            assert_eq!(
+                phase(policy, &init, &app),
+                want,
+                "{policy} {init:?} {app:?}"
+            );
         }
     }
 
     #[test]
     fn status_rendering() {
-        let mut v = view(Current::Terminated(Terminated {
-            exit_code: 137,
-            signal: Some(9),
-            reason: Terminated::reason_for(137, true).into(),
-            message: None,
-            started_at: Some(at(0)),
-            finished_at: at(5),
-        }), true);
+        let mut v = view(
+            Current::Terminated(Terminated {
+                exit_code: 137,
+                signal: Some(9),
+                reason: Terminated::reason_for(137, true).into(),
+                message: None,
+                started_at: Some(at(0)),
+                finished_at: at(5),
+            }),
+            true,
+        );
         v.container_id = Some("runc://x".into());
         let s = v.to_status();
         let t = s.state.unwrap().terminated.unwrap();

@@ -104,12 +104,19 @@ pub async fn prepare<C: Api>(
                         .into_iter()
                         .map(|(k, v)| (k, v.into_bytes()))
                         .collect();
-                    d.extend(c.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
+                    d.extend(
+                        c.binary_data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.0)),
+                    );
                     Some(d)
                 }
                 Err(e) if e.is_not_found() && cm.optional == Some(true) => None,
                 Err(e) if e.is_not_found() => {
-                    return Err(VolumeError::Config(format!("configmap \"{name}\" not found")))
+                    return Err(VolumeError::Config(format!(
+                        "configmap \"{name}\" not found"
+                    )))
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -322,7 +329,9 @@ mod tests {
         };
         let m = mounts(&c, &vols).unwrap();
         assert_eq!(
-            m.iter().map(|m| (m.destination.as_str(), m.read_only)).collect::<Vec<_>>(),
+            m.iter()
+                .map(|m| (m.destination.as_str(), m.read_only))
+                .collect::<Vec<_>>(),
             [("/etc/app", true), ("/tmp/s", false)]
         );
         let bad = Container {

@@ -9,11 +9,15 @@ use common::{wait_for, Cluster};
 use serde_json::Value;
 
 fn container_status(pod: &Value) -> Value {
-    pod.pointer("/status/containerStatuses/0").cloned().unwrap_or(Value::Null)
+    pod.pointer("/status/containerStatuses/0")
+        .cloned()
+        .unwrap_or(Value::Null)
 }
 
 fn phase(pod: &Value) -> &str {
-    pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("")
+    pod.pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 
 const PODS: &str = r#"
@@ -114,9 +118,19 @@ fn pods_run_log_restart_oom_and_terminate() {
     let node = c.get(&["node", &c.node]).unwrap();
     assert!(node.pointer("/status/capacity/cpu").is_some());
     assert!(node.pointer("/status/capacity/memory").is_some());
-    let lease = wait_for(10, "node lease", || c.get(&["lease", "-n", "kube-node-lease", &c.node]));
-    assert_eq!(lease.pointer("/spec/holderIdentity").and_then(Value::as_str), Some(c.node.as_str()));
-    assert_eq!(lease.pointer("/spec/leaseDurationSeconds"), Some(&Value::from(40)));
+    let lease = wait_for(10, "node lease", || {
+        c.get(&["lease", "-n", "kube-node-lease", &c.node])
+    });
+    assert_eq!(
+        lease
+            .pointer("/spec/holderIdentity")
+            .and_then(Value::as_str),
+        Some(c.node.as_str())
+    );
+    assert_eq!(
+        lease.pointer("/spec/leaseDurationSeconds"),
+        Some(&Value::from(40))
+    );
     let renewed = lease.pointer("/spec/renewTime").cloned();
     wait_for(10, "lease renewal", || {
         let l = c.get(&["lease", "-n", "kube-node-lease", &c.node])?;
@@ -126,7 +140,9 @@ fn pods_run_log_restart_oom_and_terminate() {
     c.apply(PODS);
 
     // image: busybox runs `sh -c "echo hello; sleep 3600"`; kubectl logs shows it.
-    wait_for(60, "hello Running", || (phase(&c.pod("hello")?) == "Running").then_some(()));
+    wait_for(60, "hello Running", || {
+        (phase(&c.pod("hello")?) == "Running").then_some(())
+    });
     let logs = wait_for(20, "hello's log", || {
         let out = c.ok(&["logs", "hello"]);
         (!out.is_empty()).then_some(out)
@@ -136,14 +152,23 @@ fn pods_run_log_restart_oom_and_terminate() {
     assert!(ts.ends_with("Z hello\n"), "{ts}");
 
     // kubectl logs -f follows until the container exits.
-    wait_for(30, "counter Running", || (phase(&c.pod("counter")?) == "Running").then_some(()));
+    wait_for(30, "counter Running", || {
+        (phase(&c.pod("counter")?) == "Running").then_some(())
+    });
     let followed = c.ok(&["logs", "-f", "counter"]);
     assert_eq!(followed, "line 1\nline 2\nline 3\n");
-    wait_for(20, "counter Succeeded", || (phase(&c.pod("counter")?) == "Succeeded").then_some(()));
+    wait_for(20, "counter Succeeded", || {
+        (phase(&c.pod("counter")?) == "Succeeded").then_some(())
+    });
 
     // Init container, emptyDir, configMap env and volume, fieldRef, workingDir.
-    wait_for(60, "config Succeeded", || (phase(&c.pod("config")?) == "Succeeded").then_some(()));
-    assert_eq!(c.ok(&["logs", "config"]), "hi config from-init hi /scratch\n");
+    wait_for(60, "config Succeeded", || {
+        (phase(&c.pod("config")?) == "Succeeded").then_some(())
+    });
+    assert_eq!(
+        c.ok(&["logs", "config"]),
+        "hi config from-init hi /scratch\n"
+    );
     assert_eq!(c.ok(&["logs", "config", "-c", "init"]), "");
 
     // exit 1 with restartPolicy Always: restarts, then backs off.
@@ -151,7 +176,10 @@ fn pods_run_log_restart_oom_and_terminate() {
         let s = container_status(&c.pod("crash")?);
         (s["restartCount"].as_i64()? >= 2).then_some(s)
     });
-    assert_eq!(st.pointer("/lastState/terminated/exitCode"), Some(&Value::from(1)));
+    assert_eq!(
+        st.pointer("/lastState/terminated/exitCode"),
+        Some(&Value::from(1))
+    );
     wait_for(30, "CrashLoopBackOff", || {
         let s = container_status(&c.pod("crash")?);
         (s.pointer("/state/waiting/reason")? == "CrashLoopBackOff").then_some(())
@@ -169,13 +197,18 @@ fn pods_run_log_restart_oom_and_terminate() {
 
     // A missing image is a waiting reason, never an agent crash.
     let w = wait_for(30, "missing image reason", || {
-        container_status(&c.pod("missing")?).pointer("/state/waiting/reason").cloned()
+        container_status(&c.pod("missing")?)
+            .pointer("/state/waiting/reason")
+            .cloned()
     });
     assert!(w == "ErrImagePull" || w == "ImagePullBackOff", "{w}");
 
     // Deleting the pod stops its runc container within the grace period (3 s: sh as
     // PID 1 ignores SIGTERM, so SIGKILL ends it), then the object goes away.
-    let hello_uid = c.pod("hello").unwrap()["metadata"]["uid"].as_str().unwrap().to_string();
+    let hello_uid = c.pod("hello").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(c.running_ids().iter().any(|id| id.starts_with(&hello_uid)));
     let start = Instant::now();
     c.ok(&["delete", "pod", "hello", "--wait=false"]);
@@ -183,12 +216,24 @@ fn pods_run_log_restart_oom_and_terminate() {
         (!c.runc_ids().iter().any(|id| id.starts_with(&hello_uid))).then_some(())
     });
     let took = start.elapsed();
-    assert!(took >= Duration::from_secs(2), "killed before the grace period: {took:?}");
-    assert!(took < Duration::from_secs(3 + 4), "not stopped within the grace period: {took:?}");
-    wait_for(10, "hello deleted", || c.pod("hello").is_none().then_some(()));
+    assert!(
+        took >= Duration::from_secs(2),
+        "killed before the grace period: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(3 + 4),
+        "not stopped within the grace period: {took:?}"
+    );
+    wait_for(10, "hello deleted", || {
+        c.pod("hello").is_none().then_some(())
+    });
     eprintln!("hello stopped {took:?} after its deletion (grace period 3s)");
     assert!(!c.agent_root.join("pods").join(&hello_uid).exists());
-    assert!(c.agent_log().contains("sending SIGTERM"), "{}", c.agent_log());
+    assert!(
+        c.agent_log().contains("sending SIGTERM"),
+        "{}",
+        c.agent_log()
+    );
 }
 
 #[test]
@@ -207,7 +252,9 @@ spec:
     command: ["sh", "-c", "echo up; sleep 3600"]
 "#,
     );
-    wait_for(60, "sleeper Running", || (phase(&c.pod("sleeper")?) == "Running").then_some(()));
+    wait_for(60, "sleeper Running", || {
+        (phase(&c.pod("sleeper")?) == "Running").then_some(())
+    });
     let before = c.running_ids();
     assert_eq!(before.len(), 1);
 
@@ -218,7 +265,9 @@ spec:
 
     c.start_agent();
     // Let the restarted agent sync a few times: no duplicate, no restart.
-    wait_for(20, "the new agent's sync", || c.agent_log().contains("node agent running").then_some(()));
+    wait_for(20, "the new agent's sync", || {
+        c.agent_log().contains("node agent running").then_some(())
+    });
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(c.running_ids(), before, "{}", c.agent_log());
     let pod = c.pod("sleeper").unwrap();
@@ -228,6 +277,10 @@ spec:
 
     // The re-adopted pod still terminates cleanly.
     c.ok(&["delete", "pod", "sleeper", "--wait=false"]);
-    wait_for(15, "sleeper's container gone", || c.runc_ids().is_empty().then_some(()));
-    wait_for(10, "sleeper deleted", || c.pod("sleeper").is_none().then_some(()));
+    wait_for(15, "sleeper's container gone", || {
+        c.runc_ids().is_empty().then_some(())
+    });
+    wait_for(10, "sleeper deleted", || {
+        c.pod("sleeper").is_none().then_some(())
+    });
 }

@@ -150,7 +150,10 @@ async fn pod_log(server: &ApiServer, req: &ResourceRequest) -> Result<Response, 
         .await
         .map_err(|e| store_err(req.r(), req.name(), e))?
         .object;
-    let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
+    let node_name = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let nodes = registry::lookup("", "v1", "nodes").expect("nodes are served");
     let node = match server.store.get(&nodes.key(None, node_name)).await {
         Ok(n) => n.object,

@@ -17,13 +17,28 @@ use super::status::ApiError;
 
 /// The agent URL for a log request on `pod` (bound to `node`), or the error
 /// kube-apiserver gives for these options.
-pub fn agent_url(pod: &Value, node: &Value, query: &HashMap<String, String>) -> Result<String, ApiError> {
+pub fn agent_url(
+    pod: &Value,
+    node: &Value,
+    query: &HashMap<String, String>,
+) -> Result<String, ApiError> {
     let q = |k: &str| query.get(k).map(String::as_str).filter(|v| !v.is_empty());
-    let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
-    let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
+    let name = pod
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let ns = pod
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let containers: Vec<String> = ["/spec/containers", "/spec/initContainers"]
         .iter()
-        .flat_map(|p| pod.pointer(p).and_then(Value::as_array).cloned().unwrap_or_default())
+        .flat_map(|p| {
+            pod.pointer(p)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
         .filter_map(|c| c["name"].as_str().map(String::from))
         .collect();
     let app: Vec<&str> = pod
@@ -80,10 +95,15 @@ pub fn agent_url(pod: &Value, node: &Value, query: &HashMap<String, String>) -> 
     if let Some(t) = q("sinceTime") {
         let at = chrono::DateTime::parse_from_rfc3339(t)
             .map_err(|_| ApiError::BadRequest(format!("invalid sinceTime {t:?}")))?;
-        let secs = (chrono::Utc::now() - at.with_timezone(&chrono::Utc)).num_seconds().max(1);
+        let secs = (chrono::Utc::now() - at.with_timezone(&chrono::Utc))
+            .num_seconds()
+            .max(1);
         params.push(("sinceSeconds".into(), secs.to_string()));
     }
-    let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
+    let node_name = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if node_name.is_empty() {
         return Err(ApiError::BadRequest(format!(
             "pod {name} does not have a host assigned"
@@ -105,7 +125,11 @@ pub fn agent_url(pod: &Value, node: &Value, query: &HashMap<String, String>) -> 
         .and_then(Value::as_i64)
         .filter(|p| *p > 0)
         .ok_or_else(|| ApiError::BadRequest(format!("node {node_name} has no kubelet port")))?;
-    let host = if ip.contains(':') { format!("[{ip}]") } else { ip.to_string() };
+    let host = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    };
     let mut url = format!("https://{host}:{port}/containerLogs/{ns}/{name}/{container}");
     if !params.is_empty() {
         let qs: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -159,8 +183,13 @@ mod tests {
     fn urls_and_option_errors() {
         let pod = json!({"metadata": {"name": "web", "namespace": "ns"}, "spec": {"nodeName": "n1", "containers": [{"name": "a"}, {"name": "b"}], "initContainers": [{"name": "init"}]}});
         let node = json!({"status": {"addresses": [{"type": "Hostname", "address": "n1"}, {"type": "InternalIP", "address": "10.0.0.5"}], "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}}}});
-        let q = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>();
-        let cases: Vec<(HashMap<String, String>, Result<&str, &str>)> = vec![
+        let q = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        type Query = HashMap<String, String>;
+        let cases: Vec<(Query, Result<&str, &str>)> = vec![
             (q(&[("container", "a")]), Ok("https://10.0.0.5:10250/containerLogs/ns/web/a")),
             (q(&[("container", "init"), ("follow", "true"), ("tailLines", "5")]), Ok("https://10.0.0.5:10250/containerLogs/ns/web/init?follow=true&tailLines=5")),
             (q(&[("container", "b"), ("previous", "true"), ("timestamps", "true")]), Ok("https://10.0.0.5:10250/containerLogs/ns/web/b?previous=true&timestamps=true")),
@@ -174,7 +203,9 @@ mod tests {
         }
         let unscheduled = json!({"metadata": {"name": "p", "namespace": "ns"}, "spec": {"containers": [{"name": "a"}]}});
         assert_eq!(
-            agent_url(&unscheduled, &node, &q(&[])).unwrap_err().to_string(),
+            agent_url(&unscheduled, &node, &q(&[]))
+                .unwrap_err()
+                .to_string(),
             "pod p does not have a host assigned"
         );
     }

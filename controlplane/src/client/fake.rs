@@ -283,8 +283,15 @@ impl Api for FakeApi {
         let Some(current) = st.objects.get(&(K::KIND, ns_of(ns), name.clone())).cloned() else {
             return Err(not_found::<K>(&name));
         };
-        let want = v.pointer("/metadata/resourceVersion").and_then(Value::as_str);
-        if want.is_some_and(|w| Some(w) != current.pointer("/metadata/resourceVersion").and_then(Value::as_str)) {
+        let want = v
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str);
+        if want.is_some_and(|w| {
+            Some(w)
+                != current
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+        }) {
             return Err(conflict::<K>(&name));
         }
         let mut next = current;

@@ -11,7 +11,8 @@ use serde::Deserialize;
 
 use super::kubeconfig::Kubeconfig;
 use super::{
-    collection_path, Api, ClientError, DeleteParams, ListParams, Object, ObjectList, Result, WatchStream,
+    collection_path, Api, ClientError, DeleteParams, ListParams, Object, ObjectList, Result,
+    WatchStream,
 };
 
 /// The HTTP client; cheap to clone (one connection pool).
@@ -202,8 +203,11 @@ impl Api for HttpClient {
     async fn update_status<K: Object>(&self, ns: Option<&str>, obj: &K) -> Result<K> {
         let name = obj.metadata().name.as_deref().unwrap_or("");
         self.json(
-            self.request(Method::PUT, &format!("{}/status", object_path::<K>(ns, name)))
-                .json(obj),
+            self.request(
+                Method::PUT,
+                &format!("{}/status", object_path::<K>(ns, name)),
+            )
+            .json(obj),
         )
         .await
     }

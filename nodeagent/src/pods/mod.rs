@@ -113,7 +113,9 @@ fn terminated_of(meta: Option<&AttemptMeta>, exit: &ExitRecord) -> Terminated {
         signal: exit.signal,
         reason: Terminated::reason_for(exit.exit_code, exit.oom_killed).into(),
         message: None,
-        started_at: meta.and_then(|m| m.started_at.as_deref()).and_then(parse_time),
+        started_at: meta
+            .and_then(|m| m.started_at.as_deref())
+            .and_then(parse_time),
         finished_at: parse_time(&exit.finished_at).unwrap_or_default(),
     }
 }
@@ -202,13 +204,14 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
     }
 
     fn container_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.shared.store.pod_dir(&self.uid).join("containers"))
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| e.file_name().to_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut names: Vec<String> =
+            std::fs::read_dir(self.shared.store.pod_dir(&self.uid).join("containers"))
+                .map(|rd| {
+                    rd.flatten()
+                        .filter_map(|e| e.file_name().to_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
         names.sort();
         names
     }
@@ -306,7 +309,12 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
             grace_period_seconds: Some(0),
             uid: pod.metadata.uid.clone(),
         };
-        match self.shared.api.delete_with::<Pod>(Some(&ns), &name, &params).await {
+        match self
+            .shared
+            .api
+            .delete_with::<Pod>(Some(&ns), &name, &params)
+            .await
+        {
             Ok(()) => Outcome::Finished,
             Err(e) if e.is_not_found() || e.is_conflict() => Outcome::Finished,
             Err(e) => {
@@ -318,7 +326,10 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
 
     async fn sync_live(&mut self, pod: &Pod, now: DateTime<Utc>) -> Result<(), String> {
         let spec = pod.spec.clone().unwrap_or_default();
-        let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
         let store = &self.shared.store;
         store
             .write_pod_record(&PodRecord {
@@ -336,7 +347,10 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         std::fs::write(
             &hosts,
-            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{pod_name}\n", net.ip),
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{pod_name}\n",
+                net.ip
+            ),
         )
         .map_err(|e| format!("writing {}: {e}", hosts.display()))?;
         let vols = volumes::prepare(&self.shared.api, store, pod).await;
@@ -351,7 +365,8 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         let mut initialized = true;
         for c in spec.init_containers.clone().unwrap_or_default() {
             let view = if initialized {
-                self.step(pod, &c, true, &policy, &vols, &net, !terminal, now).await
+                self.step(pod, &c, true, &policy, &vols, &net, !terminal, now)
+                    .await
             } else {
                 self.pending_view(&c, "PodInitializing").await
             };
@@ -361,7 +376,8 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         let mut app_views = Vec::new();
         for c in spec.containers.clone() {
             let view = if initialized {
-                self.step(pod, &c, false, &policy, &vols, &net, !terminal, now).await
+                self.step(pod, &c, false, &policy, &vols, &net, !terminal, now)
+                    .await
             } else {
                 self.pending_view(&c, "PodInitializing").await
             };
@@ -394,7 +410,10 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         let prev = attempt.checked_sub(1)?;
         let dir = self.shared.store.attempt_dir(&self.uid, name, prev);
         let exit = crate::shim::read_exit(&dir)?;
-        Some(terminated_of(self.shared.store.read_meta(&dir).as_ref(), &exit))
+        Some(terminated_of(
+            self.shared.store.read_meta(&dir).as_ref(),
+            &exit,
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -489,7 +508,8 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                     Decision::Restart if allow_start => {
                         view.last = Some(t);
                         view.restart_count = o.attempt + 1;
-                        self.start(pod, c, o.attempt + 1, vols, net, view, now).await
+                        self.start(pod, c, o.attempt + 1, vols, net, view, now)
+                            .await
                     }
                     Decision::BackOff(d) if allow_start => {
                         let pod_name = pod.metadata.name.clone().unwrap_or_default();
@@ -542,7 +562,10 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         let rt = &self.shared.runtime;
         let mut started = true;
         if let Some(p) = &c.startup_probe {
-            let t = self.probes.entry((c.name.clone(), o.attempt, "startup")).or_default();
+            let t = self
+                .probes
+                .entry((c.name.clone(), o.attempt, "startup"))
+                .or_default();
             if t.result != Some(true) {
                 if t.due(p, started_at, now) {
                     let ok = probes::run(rt, &o.id, c, p, &net.ip).await;
@@ -558,7 +581,10 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
             return (false, false);
         }
         if let Some(p) = &c.liveness_probe {
-            let t = self.probes.entry((c.name.clone(), o.attempt, "liveness")).or_default();
+            let t = self
+                .probes
+                .entry((c.name.clone(), o.attempt, "liveness"))
+                .or_default();
             if t.due(p, started_at, now) {
                 let ok = probes::run(rt, &o.id, c, p, &net.ip).await;
                 if t.record(p, ok, now) == Some(false) {
@@ -571,7 +597,10 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         let ready = match &c.readiness_probe {
             None => true,
             Some(p) => {
-                let t = self.probes.entry((c.name.clone(), o.attempt, "readiness")).or_default();
+                let t = self
+                    .probes
+                    .entry((c.name.clone(), o.attempt, "readiness"))
+                    .or_default();
                 if t.due(p, started_at, now) {
                     let ok = probes::run(rt, &o.id, c, p, &net.ip).await;
                     t.record(p, ok, now);
@@ -582,7 +611,13 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         (true, ready)
     }
 
-    fn wait_view(&mut self, mut view: ContainerView, reason: &str, message: String, now: DateTime<Utc>) -> ContainerView {
+    fn wait_view(
+        &mut self,
+        mut view: ContainerView,
+        reason: &str,
+        message: String,
+        now: DateTime<Utc>,
+    ) -> ContainerView {
         tracing::warn!(pod = %self.key(), container = %view.name, %reason, %message, "container cannot start");
         self.waiting.insert(
             view.name.clone(),
@@ -625,7 +660,9 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
             Ok(i) => i,
             Err(e) => {
                 let reason = match self.waiting.get(&c.name) {
-                    Some(w) if w.reason == "ErrImagePull" || w.reason == "ImagePullBackOff" => "ImagePullBackOff",
+                    Some(w) if w.reason == "ErrImagePull" || w.reason == "ImagePullBackOff" => {
+                        "ImagePullBackOff"
+                    }
                     _ => "ErrImagePull",
                 };
                 return self.wait_view(view, reason, e.to_string(), now);
@@ -633,7 +670,9 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         };
         let vols = match vols {
             Ok(v) => v,
-            Err(e) => return self.wait_view(view, "CreateContainerConfigError", e.to_string(), now),
+            Err(e) => {
+                return self.wait_view(view, "CreateContainerConfigError", e.to_string(), now)
+            }
         };
         let node = env::NodeFields {
             node_name: self.shared.config.node_name.clone(),
@@ -642,11 +681,15 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         };
         let env = match env::resolve(&self.shared.api, pod, c, &node).await {
             Ok(e) => e,
-            Err(e) => return self.wait_view(view, "CreateContainerConfigError", e.to_string(), now),
+            Err(e) => {
+                return self.wait_view(view, "CreateContainerConfigError", e.to_string(), now)
+            }
         };
         let mut mounts = match volumes::mounts(c, vols) {
             Ok(m) => m,
-            Err(e) => return self.wait_view(view, "CreateContainerConfigError", e.to_string(), now),
+            Err(e) => {
+                return self.wait_view(view, "CreateContainerConfigError", e.to_string(), now)
+            }
         };
         let store = &self.shared.store;
         let dir = store.attempt_dir(&self.uid, &c.name, attempt);
@@ -673,11 +716,18 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         };
         let oci = match spec::build(&input) {
             Ok(s) => s,
-            Err(e) => return self.wait_view(view, "CreateContainerConfigError", e.to_string(), now),
+            Err(e) => {
+                return self.wait_view(view, "CreateContainerConfigError", e.to_string(), now)
+            }
         };
         let _ = std::fs::remove_dir_all(&dir);
         if let Err(e) = std::fs::create_dir_all(&dir) {
-            return self.wait_view(view, "CreateContainerError", format!("{}: {e}", dir.display()), now);
+            return self.wait_view(
+                view,
+                "CreateContainerError",
+                format!("{}: {e}", dir.display()),
+                now,
+            );
         }
         let copied = tokio::process::Command::new("cp")
             .arg("-a")
@@ -689,12 +739,20 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
             Ok(o) if o.status.success() => {}
             Ok(o) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                let msg = format!("copying the image rootfs: {}", String::from_utf8_lossy(&o.stderr).trim());
+                let msg = format!(
+                    "copying the image rootfs: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
                 return self.wait_view(view, "CreateContainerError", msg, now);
             }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                return self.wait_view(view, "CreateContainerError", format!("running cp: {e}"), now);
+                return self.wait_view(
+                    view,
+                    "CreateContainerError",
+                    format!("running cp: {e}"),
+                    now,
+                );
             }
         }
         if let Err(e) = oci.save(dir.join("config.json")) {
@@ -720,7 +778,10 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         };
         let rt = &self.shared.runtime;
         let started = match rt.create(&req).await {
-            Ok(()) => rt.start(&id).await.map_err(|e| ("RunContainerError", e.to_string())),
+            Ok(()) => rt
+                .start(&id)
+                .await
+                .map_err(|e| ("RunContainerError", e.to_string())),
             Err(e) => Err(("CreateContainerError", e.to_string())),
         };
         if let Err((reason, msg)) = started {
@@ -765,7 +826,9 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
             .start_time
             .clone()
             .or(old.start_time.clone())
-            .unwrap_or(Time(DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now)));
+            .unwrap_or(Time(
+                DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now),
+            ));
         self.start_time = Some(start_time.clone());
         let ready = !app.is_empty() && app.iter().all(|c| c.ready) && phase == "Running";
         let bool_s = |b: bool| if b { "True" } else { "False" }.to_string();
@@ -776,7 +839,9 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                 .and_then(|cs| cs.iter().find(|c| c.type_ == ty));
             let since = match prev {
                 Some(p) if p.status == status => p.last_transition_time.clone(),
-                _ => Some(Time(DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now))),
+                _ => Some(Time(
+                    DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now),
+                )),
             };
             PodCondition {
                 type_: ty.into(),
@@ -788,7 +853,11 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         };
         let not_ready = (!ready).then_some("ContainersNotReady");
         let conditions = vec![
-            cond("Initialized", bool_s(initialized), (!initialized).then_some("ContainersNotInitialized")),
+            cond(
+                "Initialized",
+                bool_s(initialized),
+                (!initialized).then_some("ContainersNotInitialized"),
+            ),
             cond("Ready", bool_s(ready), not_ready),
             cond("ContainersReady", bool_s(ready), not_ready),
             cond("PodScheduled", "True".into(), None),
@@ -802,7 +871,10 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                 ip: Some(net.ip.clone()),
             }]),
             start_time: Some(start_time),
-            qos_class: old.qos_class.clone().or_else(|| Some(qos_class(pod).into())),
+            qos_class: old
+                .qos_class
+                .clone()
+                .or_else(|| Some(qos_class(pod).into())),
             container_statuses: Some(app.iter().map(ContainerView::to_status).collect()),
             init_container_statuses: (!init.is_empty())
                 .then(|| init.iter().map(ContainerView::to_status).collect()),

@@ -182,7 +182,12 @@ fn container(name: &str, command: &[&str]) -> Container {
 }
 
 impl Harness {
-    async fn pod(&self, policy: &str, init: Vec<Container>, app: Vec<Container>) -> (Pod, Worker<FakeApi, FakeRuntime, HostNetwork>) {
+    async fn pod(
+        &self,
+        policy: &str,
+        init: Vec<Container>,
+        app: Vec<Container>,
+    ) -> (Pod, Worker<FakeApi, FakeRuntime, HostNetwork>) {
         let pod = Pod {
             metadata: ObjectMeta {
                 name: Some("p".into()),
@@ -228,14 +233,16 @@ fn terminated(c: &ContainerStatus) -> Option<(i32, String)> {
 #[tokio::test]
 async fn crash_loop_restarts_with_backoff() {
     let h = harness();
-    let (_pod, mut w) = h.pod("Always", vec![], vec![container("main", &["false"])]).await;
+    let (_pod, mut w) = h
+        .pod("Always", vec![], vec![container("main", &["false"])])
+        .await;
     // (seconds to advance before the sync, exit the running container first?, want restartCount, want waiting reason)
     let steps: [(u64, bool, i32, Option<&str>); 7] = [
         (0, false, 0, None),
-        (1, true, 1, None),                       // first restart is immediate
-        (1, true, 1, Some("CrashLoopBackOff")),   // then 10 s
+        (1, true, 1, None),                     // first restart is immediate
+        (1, true, 1, Some("CrashLoopBackOff")), // then 10 s
         (9, false, 2, None),
-        (1, true, 2, Some("CrashLoopBackOff")),   // then 20 s
+        (1, true, 2, Some("CrashLoopBackOff")), // then 20 s
         (15, false, 2, Some("CrashLoopBackOff")),
         (5, false, 3, None),
     ];
@@ -251,7 +258,11 @@ async fn crash_loop_restarts_with_backoff() {
         assert_eq!(s.phase.as_deref(), Some("Running"), "step {i}");
         if restarts > 0 {
             let last = c.last_state.unwrap().terminated.unwrap();
-            assert_eq!((last.exit_code, last.reason.as_deref()), (1, Some("Error")), "step {i}");
+            assert_eq!(
+                (last.exit_code, last.reason.as_deref()),
+                (1, Some("Error")),
+                "step {i}"
+            );
         }
     }
     assert_eq!(h.rt.running().len(), 1);
@@ -271,8 +282,14 @@ async fn init_containers_run_in_order_then_the_app() {
     assert_eq!(s.phase.as_deref(), Some("Pending"));
     assert_eq!(h.rt.running().len(), 1);
     assert!(h.rt.running()[0].ends_with("-i1-0"));
-    assert_eq!(waiting_reason(&s.init_container_statuses.clone().unwrap()[1]).as_deref(), Some("PodInitializing"));
-    assert_eq!(waiting_reason(&app_status(&s, 0)).as_deref(), Some("PodInitializing"));
+    assert_eq!(
+        waiting_reason(&s.init_container_statuses.clone().unwrap()[1]).as_deref(),
+        Some("PodInitializing")
+    );
+    assert_eq!(
+        waiting_reason(&app_status(&s, 0)).as_deref(),
+        Some("PodInitializing")
+    );
     // A failing init container is retried (restartPolicy Always) before i2 runs.
     h.rt.exit("-i1-", 1, false);
     h.sync(&mut w).await;
@@ -282,7 +299,11 @@ async fn init_containers_run_in_order_then_the_app() {
     assert!(h.rt.running()[0].ends_with("-i2-0"), "{:?}", h.rt.running());
     h.rt.exit("-i2-", 0, false);
     let s = h.sync(&mut w).await;
-    assert!(h.rt.running()[0].ends_with("-app-0"), "{:?}", h.rt.running());
+    assert!(
+        h.rt.running()[0].ends_with("-app-0"),
+        "{:?}",
+        h.rt.running()
+    );
     assert_eq!(s.phase.as_deref(), Some("Running"));
     let conds: Vec<(String, String)> = s
         .conditions
@@ -310,11 +331,17 @@ async fn terminal_phases_and_oom() {
         h.rt.exit("-main-", code, oom);
         let s = h.sync(&mut w).await;
         assert_eq!(s.phase.as_deref(), Some(phase), "{policy} {code}");
-        assert_eq!(terminated(&app_status(&s, 0)), Some((code, reason.to_string())));
+        assert_eq!(
+            terminated(&app_status(&s, 0)),
+            Some((code, reason.to_string()))
+        );
         // Nothing restarts and the exited container is removed from the runtime.
         h.clock.advance(Duration::from_secs(60));
         h.sync(&mut w).await;
-        assert!(h.rt.containers.lock().unwrap().is_empty(), "{policy} {code}");
+        assert!(
+            h.rt.containers.lock().unwrap().is_empty(),
+            "{policy} {code}"
+        );
     }
 }
 
@@ -329,7 +356,11 @@ async fn bad_input_becomes_a_waiting_reason() {
     no_image.image = Some("nosuch:1".into());
     let cases = [
         (no_image, "ErrImagePull", "not in the local image store"),
-        (container("main", &["/missing/bin"]), "CreateContainerError", "no such file or directory"),
+        (
+            container("main", &["/missing/bin"]),
+            "CreateContainerError",
+            "no such file or directory",
+        ),
         (bad_limit, "CreateContainerConfigError", "memory limit"),
     ];
     for (c, reason, message) in cases {
@@ -350,7 +381,13 @@ async fn bad_input_becomes_a_waiting_reason() {
 #[tokio::test]
 async fn deletion_sends_sigterm_then_sigkill_then_removes_the_pod() {
     let h = harness();
-    let (_pod, mut w) = h.pod("Always", vec![], vec![container("main", &["sleep", "1000"])]).await;
+    let (_pod, mut w) = h
+        .pod(
+            "Always",
+            vec![],
+            vec![container("main", &["sleep", "1000"])],
+        )
+        .await;
     h.sync(&mut w).await;
     let mut pod: Pod = h.api.get(Some("ns"), "p").await.unwrap();
     let deadline = h.clock.now() + chrono::Duration::seconds(5);
@@ -359,21 +396,36 @@ async fn deletion_sends_sigterm_then_sigkill_then_removes_the_pod() {
     assert_eq!(w.sync(Some(&pod)).await, Outcome::Continue);
     assert_eq!(w.sync(Some(&pod)).await, Outcome::Continue);
     let signals: Vec<i32> = h.rt.signals.lock().unwrap().iter().map(|s| s.1).collect();
-    assert_eq!(signals, vec![libc::SIGTERM], "SIGTERM once, no SIGKILL before the deadline");
+    assert_eq!(
+        signals,
+        vec![libc::SIGTERM],
+        "SIGTERM once, no SIGKILL before the deadline"
+    );
     h.clock.advance(Duration::from_secs(5));
     assert_eq!(w.sync(Some(&pod)).await, Outcome::Continue);
     let signals: Vec<i32> = h.rt.signals.lock().unwrap().iter().map(|s| s.1).collect();
     assert_eq!(signals, vec![libc::SIGTERM, libc::SIGKILL]);
     assert_eq!(w.sync(Some(&pod)).await, Outcome::Finished);
     assert!(h.rt.containers.lock().unwrap().is_empty());
-    assert!(h.api.get::<Pod>(Some("ns"), "p").await.unwrap_err().is_not_found());
+    assert!(h
+        .api
+        .get::<Pod>(Some("ns"), "p")
+        .await
+        .unwrap_err()
+        .is_not_found());
     assert!(!h.shared.store.pod_dir(&w.uid).exists());
 }
 
 #[tokio::test]
 async fn a_new_worker_adopts_running_containers() {
     let h = harness();
-    let (pod, mut w) = h.pod("Always", vec![], vec![container("main", &["sleep", "1000"])]).await;
+    let (pod, mut w) = h
+        .pod(
+            "Always",
+            vec![],
+            vec![container("main", &["sleep", "1000"])],
+        )
+        .await;
     h.sync(&mut w).await;
     let before = h.rt.running();
     // The agent restarts: a fresh worker (no memory) for the same pod.

@@ -80,7 +80,10 @@ pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -119,19 +122,42 @@ impl Cluster {
             Command::new(store_bin)
                 .args(["--name", "m1", "--data-dir"])
                 .arg(d.join("store"))
-                .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+                .args([
+                    "--listen-client-urls",
+                    &client_url,
+                    "--advertise-client-urls",
+                    &client_url,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer_url,
+                    "--initial-advertise-peer-urls",
+                    &peer_url,
+                ])
                 .args(["--initial-cluster", &format!("m1={peer_url}")]),
             &d.join("store.log"),
         );
-        wait_for(30, "the store", || std::net::TcpStream::connect(("127.0.0.1", client)).ok());
-        std::fs::write(d.join("tokens.csv"), "admin-token,admin,1,\"system:masters\"\n").unwrap();
+        wait_for(30, "the store", || {
+            std::net::TcpStream::connect(("127.0.0.1", client)).ok()
+        });
+        std::fs::write(
+            d.join("tokens.csv"),
+            "admin-token,admin,1,\"system:masters\"\n",
+        )
+        .unwrap();
         let api_port = free_port();
         let kubeconfig = d.join("kubeconfig");
         let controlplane = sibling_binary("controlplane");
         let apiserver = Proc::spawn(
             Command::new(&controlplane)
-                .args(["apiserver", "--etcd-servers", &client_url, "--secure-port", &api_port.to_string(), "--cert-dir"])
+                .args([
+                    "apiserver",
+                    "--etcd-servers",
+                    &client_url,
+                    "--secure-port",
+                    &api_port.to_string(),
+                    "--cert-dir",
+                ])
                 .arg(d.join("certs"))
                 .arg("--kubeconfig-out")
                 .arg(&kubeconfig)
@@ -144,7 +170,10 @@ impl Cluster {
                 .then_some(())
         });
         let scheduler = Proc::spawn(
-            Command::new(&controlplane).arg("scheduler").arg("--kubeconfig").arg(&kubeconfig),
+            Command::new(&controlplane)
+                .arg("scheduler")
+                .arg("--kubeconfig")
+                .arg(&kubeconfig),
             &d.join("scheduler.log"),
         );
         let node = format!("{name}-{}", std::process::id());
@@ -166,15 +195,27 @@ impl Cluster {
     pub fn start_agent(&mut self) {
         let log = self.dir.path().join(format!(
             "agent-{}.log",
-            std::fs::read_dir(self.dir.path()).map(|r| r.count()).unwrap_or(0)
+            std::fs::read_dir(self.dir.path())
+                .map(|r| r.count())
+                .unwrap_or(0)
         ));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodeagent"));
         cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig)
-            .args(["--node-name", &self.node, "--port", &self.agent_port.to_string()])
+            .args([
+                "--node-name",
+                &self.node,
+                "--port",
+                &self.agent_port.to_string(),
+            ])
             .arg("--root-dir")
             .arg(&self.agent_root)
-            .args(["--lease-renew-interval", "1s", "--node-status-update-frequency", "2s"])
+            .args([
+                "--lease-renew-interval",
+                "1s",
+                "--node-status-update-frequency",
+                "2s",
+            ])
             .env("RUST_LOG", "nodeagent=debug");
         self.agent = Some(Proc::spawn(&mut cmd, &log));
     }
@@ -225,7 +266,11 @@ impl Cluster {
 
     pub fn apply(&self, yaml: &str) {
         let out = self.kubectl(&["apply", "-f", "-"], Some(yaml));
-        assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// `kubectl get -o json`, or `None` if it fails (e.g. not found).
@@ -292,8 +337,16 @@ impl Drop for Cluster {
         }
         let root = self.agent_root.join("runc");
         for id in self.runc_ids() {
-            let _ = Command::new("runc").arg("--root").arg(&root).args(["kill", "--all", &id, "KILL"]).output();
-            let _ = Command::new("runc").arg("--root").arg(&root).args(["delete", "--force", &id]).output();
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["kill", "--all", &id, "KILL"])
+                .output();
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "--force", &id])
+                .output();
         }
         // runc removes each container's cgroup; the agent's parent cgroup is left.
         let parent = format!("nodeagent-{}", self.node);
@@ -306,7 +359,10 @@ impl Drop for Cluster {
         if std::env::var_os("NODEAGENT_E2E_KEEP").is_some() {
             let kept = self.dir.path().to_path_buf();
             eprintln!("keeping {}", kept.display());
-            std::mem::forget(std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")));
+            std::mem::forget(std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("tempdir"),
+            ));
         }
     }
 }
