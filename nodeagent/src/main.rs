@@ -174,6 +174,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "nodeagent=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
         Some(Command::Image(cmd)) => image(cmd),
@@ -340,8 +341,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(node = %node_name, %addr, root = %args.root_dir.display(), "node agent running");
         let stop = CancellationToken::new();
         let s = stop.clone();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            // Containers keep running: a restarted agent re-adopts them.
+            tracing::info!("stopping; containers keep running");
             s.cancel();
         });
         let intervals = Intervals {

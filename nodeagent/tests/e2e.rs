@@ -102,6 +102,28 @@ spec:
     image: nosuchimage:1.0
 "#;
 
+const PROBED: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: probed}
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "sleep 6; touch /tmp/ready; sleep 3600"]
+    readinessProbe:
+      exec: {command: ["cat", "/tmp/ready"]}
+      periodSeconds: 1
+  - name: unhealthy
+    image: busybox
+    command: ["sh", "-c", "echo started; sleep 3600"]
+    livenessProbe:
+      tcpSocket: {port: 1}
+      initialDelaySeconds: 1
+      periodSeconds: 1
+      failureThreshold: 2
+"#;
+
 #[test]
 fn pods_run_log_restart_oom_and_terminate() {
     let c = Cluster::start("e2e");
@@ -194,6 +216,27 @@ fn pods_run_log_restart_oom_and_terminate() {
     assert_eq!(t["reason"], "OOMKilled", "{t}");
     assert_eq!(t["exitCode"], 137);
     assert_eq!(phase(&c.pod("hog").unwrap()), "Failed");
+
+    // Readiness gates the container's ready flag; a failing liveness probe restarts.
+    c.apply(PROBED);
+    let probed = wait_for(60, "probed Running", || {
+        let p = c.pod("probed")?;
+        (phase(&p) == "Running").then_some(p)
+    });
+    let main_ready = |p: &Value| p.pointer("/status/containerStatuses/0/ready").cloned();
+    if let Some(Value::Bool(true)) = main_ready(&probed) {
+        panic!("ready before its readiness probe passed: {probed}");
+    }
+    wait_for(30, "main ready", || {
+        (main_ready(&c.pod("probed")?)? == true).then_some(())
+    });
+    wait_for(60, "unhealthy restarted", || {
+        let p = c.pod("probed")?;
+        (p.pointer("/status/containerStatuses/1/restartCount")?
+            .as_i64()?
+            >= 1)
+            .then_some(())
+    });
 
     // A missing image is a waiting reason, never an agent crash.
     let w = wait_for(30, "missing image reason", || {

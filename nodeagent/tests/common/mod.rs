@@ -88,7 +88,18 @@ pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T
     }
 }
 
-const KUBECTL: &str = "/opt/kubectl-1.20/usr/bin/kubectl";
+/// kubectl 1.20: `$KUBECTL`, else where scripts/setup.sh unpacks Debian's package when
+/// another kubectl owns /usr/bin, else `kubectl` on PATH.
+fn kubectl_program() -> String {
+    const UNPACKED: &str = "/opt/kubectl-1.20/usr/bin/kubectl";
+    std::env::var("KUBECTL").unwrap_or_else(|_| {
+        if Path::new(UNPACKED).exists() {
+            UNPACKED.to_string()
+        } else {
+            "kubectl".to_string()
+        }
+    })
+}
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -221,7 +232,8 @@ impl Cluster {
     }
 
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-        let mut child = Command::new(KUBECTL)
+        let program = kubectl_program();
+        let mut child = Command::new(&program)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--cache-dir")
@@ -232,7 +244,7 @@ impl Cluster {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("running {KUBECTL} (scripts/setup.sh installs it): {e}"));
+            .unwrap_or_else(|e| panic!("running {program} (scripts/setup.sh installs it): {e}"));
         {
             use std::io::Write;
             let mut input = child.stdin.take().expect("stdin");
