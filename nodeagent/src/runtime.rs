@@ -162,6 +162,25 @@ impl Runtime for Runc {
         if let Some(exit) = read_exit(bundle) {
             return Ok(State::Exited(exit));
         }
+        // Cheap path for the common case, without spawning runc on every sync: the init
+        // is alive and has exec'd the container's program (a created container's init is
+        // still runc's, waiting to be started). Its death is seen through the shim's
+        // exit record, written as soon as the init is reaped.
+        if let Some(pid) = std::fs::read_to_string(bundle.join(crate::shim::PID_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        {
+            if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let zombie = stat
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|s| s.trim_start().starts_with('Z'));
+                if !comm.starts_with("runc:") && !zombie {
+                    return Ok(State::Running);
+                }
+            }
+        }
         let out = self.command().args(["state", id]).output().await?;
         if !out.status.success() {
             let msg = String::from_utf8_lossy(&out.stderr);
