@@ -173,3 +173,156 @@ async fn remove_strays<C: Api, R: Runtime, N: PodNetwork>(shared: &Arc<Shared<C,
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::ImageStore;
+    use crate::network::HostNetwork;
+    use crate::pods::Config;
+    use crate::runtime::fake::FakeRuntime;
+    use crate::runtime::{CreateRequest, State};
+    use crate::store::{PodRecord, Store};
+    use controlplane::client::fake::FakeApi;
+    use controlplane::clock::{ManualClock, SystemClock};
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::{Container, Node, PodSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    /// A pod the API server has runs; state on disk for a pod it no longer has is torn
+    /// down; a runc container no pod owns is removed; the node and its lease appear.
+    #[tokio::test]
+    async fn runs_pods_and_removes_what_no_pod_owns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let images = ImageStore::new(store.images());
+        let img = images.dir.join("busybox_latest");
+        std::fs::create_dir_all(img.join("rootfs")).unwrap();
+        std::fs::write(
+            img.join("image.json"),
+            r#"{"reference":"busybox","cmd":["sh"]}"#,
+        )
+        .unwrap();
+        let rt = FakeRuntime::new(ManualClock::default());
+        // Leftovers of an earlier run: a pod that is gone and a container of no pod.
+        let gone = store.attempt_dir("gone", "main", 0);
+        std::fs::create_dir_all(&gone).unwrap();
+        store
+            .write_pod_record(&PodRecord {
+                namespace: "ns".into(),
+                name: "old".into(),
+                uid: "gone".into(),
+            })
+            .unwrap();
+        for (id, bundle) in [
+            ("gone-main-0", gone.clone()),
+            ("stray-c-0", dir.path().join("x")),
+        ] {
+            std::fs::create_dir_all(&bundle).unwrap();
+            let req = CreateRequest {
+                id: id.into(),
+                bundle: bundle.clone(),
+                log: bundle.join("log"),
+                cgroups_path: String::new(),
+            };
+            std::fs::write(
+                bundle.join("config.json"),
+                serde_json::to_vec(&oci_spec::runtime::Spec::default()).unwrap(),
+            )
+            .unwrap();
+            rt.create(&req).await.unwrap();
+            rt.start(id).await.unwrap();
+        }
+        let api = FakeApi::new();
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some("n1".into()),
+                containers: vec![Container {
+                    name: "main".into(),
+                    image: Some("busybox".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let pod = api.create(Some("ns"), &pod).await.unwrap();
+        let uid = pod.metadata.uid.clone().unwrap();
+        let shared = Arc::new(Shared {
+            api: api.clone(),
+            runtime: rt.clone(),
+            network: HostNetwork {
+                node_ip: "127.0.0.1".into(),
+            },
+            store: store.clone(),
+            images,
+            config: Config {
+                node_name: "n1".into(),
+                node_ip: "127.0.0.1".into(),
+                pids_limit: None,
+                cgroup_parent: "/nodeagent-n1".into(),
+                resync: Duration::from_millis(100),
+            },
+            clock: Arc::new(SystemClock),
+        });
+        let node_cfg = crate::node::NodeConfig {
+            name: "n1".into(),
+            ip: "127.0.0.1".into(),
+            port: 1,
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            max_pods: 10,
+            labels: Default::default(),
+            taints: vec![],
+            root_dir: dir.path().into(),
+            runtime_version: "fake".into(),
+        };
+        let intervals = Intervals {
+            lease_renew: Duration::from_millis(100),
+            node_status: Duration::from_millis(100),
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(
+            shared,
+            node_cfg,
+            intervals,
+            Arc::new(Metrics::default()),
+            stop.clone(),
+        ));
+        let settled = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let running = rt.running();
+                let web = running.iter().any(|id| id.starts_with(&uid));
+                let leftovers = running
+                    .iter()
+                    .any(|id| id.starts_with("gone") || id.starts_with("stray"));
+                if web && !leftovers && !store.pod_dir("gone").exists() {
+                    return running;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the agent settled within 10s");
+        assert_eq!(settled.len(), 1, "{settled:?}");
+        assert_eq!(api.all::<Node>().len(), 1);
+        let lease: Lease = api.get(Some("kube-node-lease"), "n1").await.unwrap();
+        assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("n1"));
+        let p: Pod = api.get(Some("ns"), "web").await.unwrap();
+        assert_eq!(p.status.unwrap().phase.as_deref(), Some("Running"));
+        assert!(matches!(
+            rt.state("gone-main-0", &gone).await.unwrap(),
+            State::Exited(_) | State::Missing
+        ));
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}

@@ -13,6 +13,9 @@ use tokio::process::Command;
 
 use crate::shim::{read_exit, ExitRecord};
 
+#[cfg(test)]
+pub mod fake;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// Creating the container failed (bad command, bad spec): CreateContainerError.
