@@ -280,6 +280,7 @@ mod tests {
             taints: vec![],
             root_dir: dir.path().into(),
             runtime_version: "fake".into(),
+            runc: "true".into(),
         };
         let intervals = Intervals {
             lease_renew: Duration::from_millis(100),

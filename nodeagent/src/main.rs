@@ -295,6 +295,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         taints,
         root_dir: args.root_dir.clone(),
         runtime_version: runc_version(&args.runc),
+        runc: args.runc.clone(),
     };
     let api = HttpClient::from_kubeconfig(&args.kubeconfig)?;
     let runtime = Runc {

@@ -40,6 +40,17 @@ pub struct NodeConfig {
     /// The filesystem the disk-pressure condition watches (the state dir).
     pub root_dir: PathBuf,
     pub runtime_version: String,
+    /// The runc binary, checked on every status update for the Ready condition.
+    pub runc: PathBuf,
+}
+
+/// Why the container runtime cannot run containers, if it cannot.
+fn runtime_error(runc: &std::path::Path) -> Option<String> {
+    match std::process::Command::new(runc).arg("--version").output() {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!("{} --version: {}", runc.display(), o.status)),
+        Err(e) => Some(format!("{}: {e}", runc.display())),
+    }
 }
 
 /// Parses `key=value:Effect` or `key:Effect` (the kubelet's --register-with-taints).
@@ -132,10 +143,11 @@ fn t(now: DateTime<Utc>) -> Time {
 }
 
 /// The node's conditions, keeping each condition's transition time while its status
-/// holds.
+/// holds; Ready is False with `runtime_error` when the container runtime does not work.
 pub fn conditions(
     previous: Option<&[NodeCondition]>,
     p: Pressure,
+    runtime_error: Option<&str>,
     now: DateTime<Utc>,
 ) -> Vec<NodeCondition> {
     let mk =
@@ -182,11 +194,14 @@ pub fn conditions(
         ),
         mk(
             "Ready",
-            true,
+            runtime_error.is_none(),
             "KubeletReady",
             "KubeletNotReady",
             "kubelet is posting ready status",
-            "kubelet is not ready",
+            &format!(
+                "container runtime is down: {}",
+                runtime_error.unwrap_or_default()
+            ),
         ),
     ]
 }
@@ -218,7 +233,12 @@ impl NodeConfig {
         NodeStatus {
             capacity: Some(resources.clone()),
             allocatable: Some(resources),
-            conditions: Some(conditions(previous, p, now)),
+            conditions: Some(conditions(
+                previous,
+                p,
+                runtime_error(&self.runc).as_deref(),
+                now,
+            )),
             addresses: Some(vec![
                 NodeAddress {
                     type_: "InternalIP".into(),
@@ -471,8 +491,8 @@ mod tests {
             disk: false,
             pids: false,
         };
-        let first = conditions(None, calm, t0);
-        let second = conditions(Some(&first), calm, t1);
+        let first = conditions(None, calm, None, t0);
+        let second = conditions(Some(&first), calm, None, t1);
         let mem = |cs: &[NodeCondition]| {
             cs.iter()
                 .find(|c| c.type_ == "MemoryPressure")
@@ -487,6 +507,7 @@ mod tests {
                 memory: true,
                 ..calm
             },
+            None,
             t1,
         );
         assert_eq!(mem(&third).status, "True");
@@ -496,6 +517,13 @@ mod tests {
             (ready.status.as_str(), ready.reason.as_deref()),
             ("True", Some("KubeletReady"))
         );
+        let down = conditions(Some(&third), calm, Some("runc: not found"), t1);
+        let ready = down.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.message.as_deref()),
+            ("False", Some("container runtime is down: runc: not found"))
+        );
+        assert_eq!(ready.last_transition_time, Some(t(t1)));
     }
 
     #[tokio::test]
@@ -513,6 +541,7 @@ mod tests {
             taints: vec![parse_taint("k=v:NoSchedule").unwrap()],
             root_dir: "/".into(),
             runtime_version: "runc://1.1.5".into(),
+            runc: "true".into(),
         };
         let node = register(&api, &cfg, clock.now()).await.unwrap();
         let status = node.status.unwrap();

@@ -345,3 +345,125 @@ mod tests {
         assert!(matches!(mounts(&bad, &vols), Err(VolumeError::Config(_))));
     }
 }
+
+#[cfg(test)]
+mod host_path_and_secret_tests {
+    use super::*;
+    use controlplane::client::fake::FakeApi;
+    use k8s_openapi::api::core::v1::{HostPathVolumeSource, PodSpec, SecretVolumeSource, Volume};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::ByteString;
+
+    fn pod(v: Volume) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some("p".into()),
+                namespace: Some("ns".into()),
+                uid: Some("u".into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                volumes: Some(vec![v]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn host_path(path: &Path, ty: &str) -> Volume {
+        Volume {
+            name: "h".into(),
+            host_path: Some(HostPathVolumeSource {
+                path: path.display().to_string(),
+                type_: Some(ty.into()),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn host_path_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("root"));
+        let api = FakeApi::new();
+        let created = dir.path().join("made/here");
+        let file = dir.path().join("f/file");
+        // (volume, ok?, then this path exists)
+        let cases = [
+            (
+                host_path(&created, "DirectoryOrCreate"),
+                true,
+                Some(created.clone()),
+            ),
+            (host_path(&file, "FileOrCreate"), true, Some(file.clone())),
+            (
+                host_path(&dir.path().join("nope"), "Directory"),
+                false,
+                None,
+            ),
+            (host_path(&file, "Directory"), false, None),
+            (host_path(&file, "File"), true, None),
+        ];
+        for (v, ok, exists) in cases {
+            let got = prepare(&api, &store, &pod(v.clone())).await;
+            assert_eq!(got.is_ok(), ok, "{v:?}: {got:?}");
+            if let Some(p) = exists {
+                assert!(p.exists(), "{}", p.display());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn secret_items_are_written_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let api = FakeApi::new();
+        api.create(
+            Some("ns"),
+            &Secret {
+                metadata: ObjectMeta {
+                    name: Some("creds".into()),
+                    ..Default::default()
+                },
+                data: Some([("password".to_string(), ByteString(b"s3cret".to_vec()))].into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let v = Volume {
+            name: "s".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some("creds".into()),
+                items: Some(vec![KeyToPath {
+                    key: "password".into(),
+                    path: "db/pass".into(),
+                    mode: None,
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let vols = prepare(&api, &store, &pod(v)).await.unwrap();
+        assert!(vols["s"].read_only);
+        assert_eq!(
+            std::fs::read(vols["s"].path.join("db/pass")).unwrap(),
+            b"s3cret"
+        );
+        let missing = Volume {
+            name: "s".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some("other".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            prepare(&api, &store, &pod(missing))
+                .await
+                .unwrap_err()
+                .to_string(),
+            "secret \"other\" not found"
+        );
+    }
+}

@@ -36,6 +36,9 @@ use crate::status::{self, ContainerView, Current, Decision, Terminated};
 use crate::store::{container_id, AttemptMeta, PodRecord, Store};
 use crate::{env, volumes};
 
+/// How often configMap and secret volumes are rewritten from the API.
+const VOLUME_REFRESH: Duration = Duration::from_secs(30);
+
 /// How long a container that failed to be created waits before the next try.
 const CREATE_RETRY: Duration = Duration::from_secs(5);
 
@@ -85,6 +88,9 @@ pub struct Worker<C: Api, R: Runtime, N: PodNetwork> {
     gone_since: Option<DateTime<Utc>>,
     last_status: Option<PodStatus>,
     start_time: Option<Time>,
+    /// The prepared volumes and when: configMap and secret contents are refreshed every
+    /// [`VOLUME_REFRESH`], not on every sync.
+    volumes: Option<(DateTime<Utc>, BTreeMap<String, volumes::Prepared>)>,
 }
 
 /// Whether a worker is done.
@@ -137,6 +143,7 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
             gone_since: None,
             last_status: None,
             start_time: None,
+            volumes: None,
         }
     }
 
@@ -353,7 +360,19 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
             ),
         )
         .map_err(|e| format!("writing {}: {e}", hosts.display()))?;
-        let vols = volumes::prepare(&self.shared.api, store, pod).await;
+        let vols = match &self.volumes {
+            Some((at, v)) if controlplane::clock::since(now, *at) < VOLUME_REFRESH => Ok(v.clone()),
+            _ => volumes::prepare(&self.shared.api, store, pod).await,
+        };
+        if let Ok(v) = &vols {
+            if !self
+                .volumes
+                .as_ref()
+                .is_some_and(|(at, _)| controlplane::clock::since(now, *at) < VOLUME_REFRESH)
+            {
+                self.volumes = Some((now, v.clone()));
+            }
+        }
         let terminal = self
             .last_status
             .as_ref()
