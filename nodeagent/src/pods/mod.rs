@@ -360,19 +360,21 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
             ),
         )
         .map_err(|e| format!("writing {}: {e}", hosts.display()))?;
-        let vols = match &self.volumes {
-            Some((at, v)) if controlplane::clock::since(now, *at) < VOLUME_REFRESH => Ok(v.clone()),
-            _ => volumes::prepare(&self.shared.api, store, pod).await,
-        };
-        if let Ok(v) = &vols {
-            if !self
-                .volumes
-                .as_ref()
-                .is_some_and(|(at, _)| controlplane::clock::since(now, *at) < VOLUME_REFRESH)
-            {
-                self.volumes = Some((now, v.clone()));
+        let fresh = self
+            .volumes
+            .as_ref()
+            .filter(|(at, _)| controlplane::clock::since(now, *at) < VOLUME_REFRESH)
+            .map(|(_, v)| v.clone());
+        let vols = match fresh {
+            Some(v) => Ok(v),
+            None => {
+                let prepared = volumes::prepare(&self.shared.api, &self.shared.store, pod).await;
+                if let Ok(v) = &prepared {
+                    self.volumes = Some((now, v.clone()));
+                }
+                prepared
             }
-        }
+        };
         let terminal = self
             .last_status
             .as_ref()
