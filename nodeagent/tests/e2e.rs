@@ -38,7 +38,7 @@ spec:
   containers:
   - name: main
     image: busybox
-    command: ["sh", "-c", "echo crashing; exit 1"]
+    command: ["sh", "-c", "echo crashing; echo bye > /dev/termination-log; exit 1"]
 ---
 apiVersion: v1
 kind: Pod

@@ -113,12 +113,42 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s).ok().map(Into::into)
 }
 
-fn terminated_of(meta: Option<&AttemptMeta>, exit: &ExitRecord) -> Terminated {
+/// The file bind-mounted at the container's terminationMessagePath, in its attempt dir.
+const TERMINATION_LOG: &str = "termination-log";
+/// Kubernetes' cap on a termination message.
+const TERMINATION_MESSAGE_MAX: usize = 4096;
+
+/// The termination message of an ended attempt: what the container wrote to its
+/// terminationMessagePath, or with FallbackToLogsOnError and a failure, its log's tail.
+fn termination_message(dir: &std::path::Path, c: &Container, exit_code: i32) -> Option<String> {
+    let mut bytes = std::fs::read(dir.join(TERMINATION_LOG)).unwrap_or_default();
+    let fallback = c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError");
+    if bytes.is_empty() && fallback && exit_code != 0 {
+        let log = std::fs::read(dir.join("container.log")).unwrap_or_default();
+        let text = crate::logs::render(
+            &log,
+            &crate::logs::ReadOptions {
+                tail_lines: Some(80),
+                ..Default::default()
+            },
+        );
+        bytes = text[text.len().saturating_sub(2048)..].to_vec();
+    }
+    bytes.truncate(TERMINATION_MESSAGE_MAX);
+    (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn terminated_of(
+    meta: Option<&AttemptMeta>,
+    exit: &ExitRecord,
+    dir: &std::path::Path,
+    c: &Container,
+) -> Terminated {
     Terminated {
         exit_code: exit.exit_code,
         signal: exit.signal,
         reason: Terminated::reason_for(exit.exit_code, exit.oom_killed).into(),
-        message: None,
+        message: termination_message(dir, c, exit.exit_code),
         started_at: meta
             .and_then(|m| m.started_at.as_deref())
             .and_then(parse_time),
@@ -427,13 +457,15 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
     }
 
     /// The terminated state of the attempt before `attempt`, for lastState.
-    fn previous(&self, name: &str, attempt: u32) -> Option<Terminated> {
+    fn previous(&self, c: &Container, attempt: u32) -> Option<Terminated> {
         let prev = attempt.checked_sub(1)?;
-        let dir = self.shared.store.attempt_dir(&self.uid, name, prev);
+        let dir = self.shared.store.attempt_dir(&self.uid, &c.name, prev);
         let exit = crate::shim::read_exit(&dir)?;
         Some(terminated_of(
             self.shared.store.read_meta(&dir).as_ref(),
             &exit,
+            &dir,
+            c,
         ))
     }
 
@@ -470,7 +502,7 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
             return view;
         };
         view.restart_count = o.attempt;
-        view.last = self.previous(&c.name, o.attempt);
+        view.last = self.previous(c, o.attempt);
         view.container_id = Some(format!("runc://{}", o.id));
         if o.state == State::Missing {
             match o.meta.as_ref().and_then(|m| m.started_at.clone()) {
@@ -524,7 +556,7 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                     let _ = self.shared.runtime.delete(&o.id).await;
                     let _ = std::fs::remove_dir_all(o.dir.join("rootfs"));
                 }
-                let t = terminated_of(o.meta.as_ref(), &exit);
+                let t = terminated_of(o.meta.as_ref(), &exit, &o.dir, c);
                 match status::decide(policy, is_init, &t, o.attempt, now) {
                     Decision::Restart if allow_start => {
                         view.last = Some(t);
@@ -722,6 +754,15 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                 read_only: false,
             });
         }
+        mounts.push(BindMount {
+            source: dir.join(TERMINATION_LOG),
+            destination: c
+                .termination_message_path
+                .clone()
+                .filter(|p| p.starts_with('/'))
+                .unwrap_or_else(|| "/dev/termination-log".into()),
+            read_only: false,
+        });
         let id = container_id(&self.uid, &c.name, attempt);
         let cgroups_path = format!("{}/{id}", self.shared.config.cgroup_parent);
         let input = SpecInput {
@@ -775,6 +816,10 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                     now,
                 );
             }
+        }
+        if let Err(e) = std::fs::write(dir.join(TERMINATION_LOG), b"") {
+            let _ = std::fs::remove_dir_all(&dir);
+            return self.wait_view(view, "CreateContainerError", e.to_string(), now);
         }
         if let Err(e) = oci.save(dir.join("config.json")) {
             let _ = std::fs::remove_dir_all(&dir);

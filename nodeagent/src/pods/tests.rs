@@ -322,3 +322,30 @@ async fn a_new_worker_adopts_running_containers() {
     assert_eq!(app_status(&s, 0).restart_count, 0);
     assert_eq!(s.phase.as_deref(), Some("Running"));
 }
+
+#[test]
+fn termination_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = crate::logs::format_record(chrono::Utc::now(), "stderr", false, b"panic: boom");
+    std::fs::write(dir.path().join("container.log"), log).unwrap();
+    let with_policy = |p: &str| Container {
+        termination_message_policy: Some(p.into()),
+        ..Default::default()
+    };
+    // (file contents, policy, exit code, want)
+    let cases = [
+        ("", "File", 1, None),
+        ("bye", "File", 1, Some("bye")),
+        ("", "FallbackToLogsOnError", 1, Some("panic: boom\n")),
+        ("", "FallbackToLogsOnError", 0, None),
+        ("mine", "FallbackToLogsOnError", 1, Some("mine")),
+    ];
+    for (file, policy, code, want) in cases {
+        std::fs::write(dir.path().join(TERMINATION_LOG), file).unwrap();
+        assert_eq!(
+            termination_message(dir.path(), &with_policy(policy), code).as_deref(),
+            want,
+            "{file:?} {policy} {code}"
+        );
+    }
+}
