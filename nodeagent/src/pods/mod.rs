@@ -42,6 +42,16 @@ const VOLUME_REFRESH: Duration = Duration::from_secs(30);
 /// How long a container that failed to be created waits before the next try.
 const CREATE_RETRY: Duration = Duration::from_secs(5);
 
+/// Why a pod could not be synced at all (container-level problems become waiting
+/// reasons instead).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("writing the pod's state: {0}")]
+    PodState(std::io::Error),
+    #[error("setting up the pod network: {0}")]
+    Network(std::io::Error),
+}
+
 /// The node-level settings the reconciler needs.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -361,7 +371,7 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         }
     }
 
-    async fn sync_live(&mut self, pod: &Pod, now: DateTime<Utc>) -> Result<(), String> {
+    async fn sync_live(&mut self, pod: &Pod, now: DateTime<Utc>) -> Result<(), SyncError> {
         let spec = pod.spec.clone().unwrap_or_default();
         let policy = spec
             .restart_policy
@@ -374,12 +384,12 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                 name: pod.metadata.name.clone().unwrap_or_default(),
                 uid: self.uid.clone(),
             })
-            .map_err(|e| format!("writing the pod record: {e}"))?;
+            .map_err(SyncError::PodState)?;
         let net = self
             .shared
             .network
             .setup(&self.uid)
-            .map_err(|e| format!("pod network: {e}"))?;
+            .map_err(SyncError::Network)?;
         let hosts = store.pod_dir(&self.uid).join("hosts");
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         std::fs::write(
@@ -389,7 +399,7 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                 net.ip
             ),
         )
-        .map_err(|e| format!("writing {}: {e}", hosts.display()))?;
+        .map_err(SyncError::PodState)?;
         let fresh = self
             .volumes
             .as_ref()
