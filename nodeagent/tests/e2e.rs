@@ -293,17 +293,37 @@ spec:
   - name: main
     image: busybox
     command: ["sh", "-c", "echo up; sleep 3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: short}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "sleep 6; echo done; exit 7"]
 "#,
     );
-    wait_for(60, "sleeper Running", || {
-        (phase(&c.pod("sleeper")?) == "Running").then_some(())
+    wait_for(60, "sleeper and short Running", || {
+        let both = phase(&c.pod("sleeper")?) == "Running" && phase(&c.pod("short")?) == "Running";
+        both.then_some(())
     });
-    let before = c.running_ids();
+    let sleeper_uid = c.pod("sleeper").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before: Vec<String> = c
+        .running_ids()
+        .into_iter()
+        .filter(|id| id.starts_with(&sleeper_uid))
+        .collect();
     assert_eq!(before.len(), 1);
 
-    // Kill the agent: the container lives on (its shim is not the agent's child).
+    // Kill the agent: the containers live on (their shims are not the agent's children),
+    // and `short` ends while no agent runs; its shim records how.
     c.agent.take().unwrap().kill();
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_secs(8));
     assert_eq!(c.running_ids(), before);
 
     c.start_agent();
@@ -317,9 +337,17 @@ spec:
     assert_eq!(phase(&pod), "Running");
     assert_eq!(container_status(&pod)["restartCount"], 0);
     assert_eq!(c.ok(&["logs", "sleeper"]), "up\n");
+    let t = wait_for(20, "short's exit reported", || {
+        container_status(&c.pod("short")?)
+            .pointer("/state/terminated")
+            .cloned()
+    });
+    assert_eq!(t["exitCode"], 7, "{t}");
+    assert_eq!(phase(&c.pod("short").unwrap()), "Failed");
+    assert_eq!(c.ok(&["logs", "short"]), "done\n");
 
     // The re-adopted pod still terminates cleanly.
-    c.ok(&["delete", "pod", "sleeper", "--wait=false"]);
+    c.ok(&["delete", "pod", "sleeper", "short", "--wait=false"]);
     wait_for(15, "sleeper's container gone", || {
         c.runc_ids().is_empty().then_some(())
     });
