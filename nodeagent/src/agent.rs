@@ -276,6 +276,8 @@ mod tests {
             cpu_millis: 1000,
             memory_bytes: 1 << 30,
             max_pods: 10,
+            reserved_cpu_millis: 0,
+            reserved_memory_bytes: 0,
             labels: Default::default(),
             taints: vec![],
             root_dir: dir.path().into(),

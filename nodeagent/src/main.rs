@@ -130,6 +130,9 @@ struct RunArgs {
     memory: Option<String>,
     #[arg(long, default_value_t = 110)]
     max_pods: i64,
+    /// Held back from allocatable for the system, e.g. `cpu=500m,memory=1Gi`.
+    #[arg(long, value_delimiter = ',')]
+    system_reserved: Vec<String>,
     /// Node labels, `k=v,k2=v2`.
     #[arg(long, value_delimiter = ',')]
     node_labels: Vec<String>,
@@ -270,6 +273,22 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("invalid --memory {m:?}"))?,
         None => host_mem,
     };
+    let (mut reserved_cpu_millis, mut reserved_memory_bytes) = (0, 0);
+    for r in &args.system_reserved {
+        match r.split_once('=') {
+            Some(("cpu", q)) => {
+                reserved_cpu_millis = parse_quantity(q, true)
+                    .filter(|v| *v >= 0)
+                    .with_context(|| format!("invalid --system-reserved {r:?}"))?
+            }
+            Some(("memory", q)) => {
+                reserved_memory_bytes = parse_quantity(q, false)
+                    .filter(|v| *v >= 0)
+                    .with_context(|| format!("invalid --system-reserved {r:?}"))?
+            }
+            _ => bail!("invalid --system-reserved entry {r:?}: want cpu=Q or memory=Q"),
+        }
+    }
     let mut labels = BTreeMap::new();
     for l in &args.node_labels {
         match l.split_once('=') {
@@ -291,6 +310,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         cpu_millis,
         memory_bytes,
         max_pods: args.max_pods,
+        reserved_cpu_millis,
+        reserved_memory_bytes,
         labels,
         taints,
         root_dir: args.root_dir.clone(),

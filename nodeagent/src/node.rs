@@ -35,6 +35,9 @@ pub struct NodeConfig {
     pub cpu_millis: i64,
     pub memory_bytes: i64,
     pub max_pods: i64,
+    /// Held back from allocatable for the system (the kubelet's --system-reserved).
+    pub reserved_cpu_millis: i64,
+    pub reserved_memory_bytes: i64,
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<Taint>,
     /// The filesystem the disk-pressure condition watches (the state dir).
@@ -221,18 +224,23 @@ impl NodeConfig {
         p: Pressure,
         now: DateTime<Utc>,
     ) -> NodeStatus {
-        let resources: BTreeMap<String, Quantity> = [
-            ("cpu".to_string(), quantity_cpu(self.cpu_millis)),
-            (
-                "memory".to_string(),
-                Quantity(format!("{}Ki", self.memory_bytes / 1024)),
-            ),
-            ("pods".to_string(), Quantity(self.max_pods.to_string())),
-        ]
-        .into();
+        let resources = |cpu: i64, memory: i64| -> BTreeMap<String, Quantity> {
+            [
+                ("cpu".to_string(), quantity_cpu(cpu.max(0))),
+                (
+                    "memory".to_string(),
+                    Quantity(format!("{}Ki", memory.max(0) / 1024)),
+                ),
+                ("pods".to_string(), Quantity(self.max_pods.to_string())),
+            ]
+            .into()
+        };
         NodeStatus {
-            capacity: Some(resources.clone()),
-            allocatable: Some(resources),
+            capacity: Some(resources(self.cpu_millis, self.memory_bytes)),
+            allocatable: Some(resources(
+                self.cpu_millis - self.reserved_cpu_millis,
+                self.memory_bytes - self.reserved_memory_bytes,
+            )),
             conditions: Some(conditions(
                 previous,
                 p,
@@ -537,6 +545,8 @@ mod tests {
             cpu_millis: 2500,
             memory_bytes: 4 << 30,
             max_pods: 110,
+            reserved_cpu_millis: 500,
+            reserved_memory_bytes: 1 << 30,
             labels: [("zone".to_string(), "a".to_string())].into(),
             taints: vec![parse_taint("k=v:NoSchedule").unwrap()],
             root_dir: "/".into(),
@@ -550,8 +560,16 @@ mod tests {
             Quantity("2500m".into())
         );
         assert_eq!(
-            status.allocatable.as_ref().unwrap()["memory"],
+            status.capacity.as_ref().unwrap()["memory"],
             Quantity("4194304Ki".into())
+        );
+        assert_eq!(
+            status.allocatable.as_ref().unwrap()["cpu"],
+            Quantity("2".into())
+        );
+        assert_eq!(
+            status.allocatable.as_ref().unwrap()["memory"],
+            Quantity("3145728Ki".into())
         );
         assert_eq!(
             status
