@@ -199,6 +199,9 @@ impl Cluster {
             store,
             dir,
         };
+        wait_for(30, "the API server to answer", || {
+            c.get(&["namespace", "default"])
+        });
         c.start_agent();
         c
     }
