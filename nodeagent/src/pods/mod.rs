@@ -868,6 +868,9 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         meta.started_at = Some(now_str(now));
         let _ = store.write_meta(&dir, &meta);
         self.waiting.remove(&c.name);
+        // Probe state belongs to one run.
+        self.probes
+            .retain(|(name, a, _), _| name != &c.name || *a >= attempt);
         tracing::info!(pod = %self.key(), container = %c.name, attempt, %id, "container started");
         // Keep the previous attempt (for --previous logs and lastState), drop older ones.
         for old in store.attempts(&self.uid, &c.name) {
