@@ -129,10 +129,7 @@ pub async fn handle(
     match (req.verb, sub) {
         ("get", None | Some("status")) => get(server, &req).await,
         ("get", Some("scale")) => get_scale(server, &req).await,
-        ("get", Some("log")) => Err(ApiError::BadRequest(format!(
-            "container logs of pod \"{}\" are not available: no node agent serves this cluster yet",
-            req.name()
-        ))),
+        ("get", Some("log")) => pod_log(server, &req).await,
         ("list", None) => list(server, &req).await,
         ("watch", None) => super::watch::watch(server, &req).await,
         ("create", None) => create(server, &req).await,
@@ -143,6 +140,27 @@ pub async fn handle(
         ("deletecollection", None) => delete_collection(server, &req).await,
         _ => Err(ApiError::MethodNotAllowed),
     }
+}
+
+/// `pods/<name>/log`: proxied to the node agent of the pod's node.
+async fn pod_log(server: &ApiServer, req: &ResourceRequest) -> Result<Response, ApiError> {
+    let pod = server
+        .store
+        .get(&req.key())
+        .await
+        .map_err(|e| store_err(req.r(), req.name(), e))?
+        .object;
+    let node_name = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let nodes = registry::lookup("", "v1", "nodes").expect("nodes are served");
+    let node = match server.store.get(&nodes.key(None, node_name)).await {
+        Ok(n) => n.object,
+        Err(_) => json!({}),
+    };
+    let url = super::podlogs::agent_url(&pod, &node, &req.query)?;
+    super::podlogs::proxy(&url).await
 }
 
 async fn get(server: &ApiServer, req: &ResourceRequest) -> Result<Response, ApiError> {

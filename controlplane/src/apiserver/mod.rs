@@ -12,6 +12,7 @@ pub mod handlers;
 pub mod metrics;
 pub mod objects;
 pub mod patch;
+pub mod podlogs;
 pub mod registry;
 pub mod request;
 pub mod selectors;

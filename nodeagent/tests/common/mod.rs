@@ -1,0 +1,383 @@
+//! A one-node cluster for the node agent's end-to-end tests: a store (the raftkv binary
+//! next to the test executable's directory, as controlplane's tests find it; or real etcd
+//! with `NODEAGENT_E2E_STORE=etcd`), the API server and the scheduler (the `controlplane`
+//! binary beside it; `cargo test --workspace` builds both, or `cargo build -p raftkv -p
+//! controlplane` first), one `nodeagent` and kubectl 1.20.
+//!
+//! Everything is torn down on drop: processes killed and reaped, then every runc container
+//! under the agent's `--root` killed and deleted and the agent's cgroups removed, so a
+//! failing test leaves no container, mount, cgroup or process behind. Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// target/debug/<name> (the test executable is target/debug/deps/<test>).
+fn sibling_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p {name}` (cargo test --workspace builds it)",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed and reaped on drop.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command, log: &Path) -> Proc {
+        let f = std::fs::File::create(log).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("dup"))
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        Proc {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, for at most `secs`.
+pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// kubectl 1.20: `$KUBECTL`, else where scripts/setup.sh unpacks Debian's package when
+/// another kubectl owns /usr/bin, else `kubectl` on PATH.
+fn kubectl_program() -> String {
+    const UNPACKED: &str = "/opt/kubectl-1.20/usr/bin/kubectl";
+    std::env::var("KUBECTL").unwrap_or_else(|_| {
+        if Path::new(UNPACKED).exists() {
+            UNPACKED.to_string()
+        } else {
+            "kubectl".to_string()
+        }
+    })
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub node: String,
+    pub agent_root: PathBuf,
+    pub kubeconfig: PathBuf,
+    agent_port: u16,
+    pub agent: Option<Proc>,
+    scheduler: Proc,
+    apiserver: Proc,
+    store: Proc,
+}
+
+impl Cluster {
+    pub fn start(name: &str) -> Cluster {
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "the node agent's end-to-end tests run containers and need root"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let (client, peer) = (free_port(), free_port());
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let store_bin = match std::env::var("NODEAGENT_E2E_STORE").as_deref() {
+            Ok("etcd") => PathBuf::from("/usr/bin/etcd"),
+            _ => sibling_binary("raftkv"),
+        };
+        let store = Proc::spawn(
+            Command::new(store_bin)
+                .args(["--name", "m1", "--data-dir"])
+                .arg(d.join("store"))
+                .args([
+                    "--listen-client-urls",
+                    &client_url,
+                    "--advertise-client-urls",
+                    &client_url,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer_url,
+                    "--initial-advertise-peer-urls",
+                    &peer_url,
+                ])
+                .args(["--initial-cluster", &format!("m1={peer_url}")]),
+            &d.join("store.log"),
+        );
+        wait_for(30, "the store", || {
+            std::net::TcpStream::connect(("127.0.0.1", client)).ok()
+        });
+        std::fs::write(
+            d.join("tokens.csv"),
+            "admin-token,admin,1,\"system:masters\"\n",
+        )
+        .unwrap();
+        let api_port = free_port();
+        let kubeconfig = d.join("kubeconfig");
+        let controlplane = sibling_binary("controlplane");
+        let apiserver = Proc::spawn(
+            Command::new(&controlplane)
+                .args([
+                    "apiserver",
+                    "--etcd-servers",
+                    &client_url,
+                    "--secure-port",
+                    &api_port.to_string(),
+                    "--cert-dir",
+                ])
+                .arg(d.join("certs"))
+                .arg("--kubeconfig-out")
+                .arg(&kubeconfig)
+                .arg("--token-auth-file")
+                .arg(d.join("tokens.csv")),
+            &d.join("apiserver.log"),
+        );
+        wait_for(30, "the API server", || {
+            (kubeconfig.exists() && std::net::TcpStream::connect(("127.0.0.1", api_port)).is_ok())
+                .then_some(())
+        });
+        let scheduler = Proc::spawn(
+            Command::new(&controlplane)
+                .arg("scheduler")
+                .arg("--kubeconfig")
+                .arg(&kubeconfig),
+            &d.join("scheduler.log"),
+        );
+        let node = format!("{name}-{}", std::process::id());
+        let mut c = Cluster {
+            agent_root: d.join("agent"),
+            node,
+            kubeconfig,
+            agent_port: free_port(),
+            agent: None,
+            scheduler,
+            apiserver,
+            store,
+            dir,
+        };
+        wait_for(30, "the API server to answer", || {
+            c.get(&["namespace", "default"])
+        });
+        c.start_agent();
+        c
+    }
+
+    pub fn start_agent(&mut self) {
+        let log = self.dir.path().join(format!(
+            "agent-{}.log",
+            std::fs::read_dir(self.dir.path())
+                .map(|r| r.count())
+                .unwrap_or(0)
+        ));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodeagent"));
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args([
+                "--node-name",
+                &self.node,
+                "--port",
+                &self.agent_port.to_string(),
+            ])
+            .arg("--root-dir")
+            .arg(&self.agent_root)
+            .args([
+                "--lease-renew-interval",
+                "1s",
+                "--node-status-update-frequency",
+                "2s",
+            ])
+            .env("RUST_LOG", "nodeagent=debug");
+        self.agent = Some(Proc::spawn(&mut cmd, &log));
+    }
+
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        let program = kubectl_program();
+        let mut child = Command::new(&program)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("kubectl-cache"))
+            .arg("--request-timeout=30s")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("running {program} (scripts/setup.sh installs it): {e}"));
+        {
+            use std::io::Write;
+            let mut input = child.stdin.take().expect("stdin");
+            if let Some(s) = stdin {
+                input.write_all(s.as_bytes()).expect("stdin");
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(45);
+        loop {
+            if child.try_wait().expect("wait").is_some() {
+                return child.wait_with_output().expect("output");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("kubectl {args:?} timed out");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kubectl that must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args, None);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn apply(&self, yaml: &str) {
+        let out = self.kubectl(&["apply", "-f", "-"], Some(yaml));
+        assert!(
+            out.status.success(),
+            "apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `kubectl get -o json`, or `None` if it fails (e.g. not found).
+    pub fn get(&self, args: &[&str]) -> Option<Value> {
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        a.extend(["-o", "json"]);
+        let out = self.kubectl(&a, None);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    pub fn pod(&self, name: &str) -> Option<Value> {
+        self.get(&["pod", name])
+    }
+
+    /// The ids of the runc containers of this agent (`runc --root <root>/runc list`).
+    pub fn runc_ids(&self) -> Vec<String> {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(self.agent_root.join("runc"))
+            .args(["list", "-q"])
+            .output()
+            .expect("runc list");
+        let mut ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .filter(|l| !l.is_empty())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The runc containers that are running.
+    pub fn running_ids(&self) -> Vec<String> {
+        self.runc_ids()
+            .into_iter()
+            .filter(|id| {
+                Command::new("runc")
+                    .arg("--root")
+                    .arg(self.agent_root.join("runc"))
+                    .args(["state", id])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).contains("\"running\""))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    pub fn agent_log(&self) -> String {
+        self.agent
+            .as_ref()
+            .map(|a| std::fs::read_to_string(&a.log).unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            a.kill();
+        }
+        let root = self.agent_root.join("runc");
+        for id in self.runc_ids() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["kill", "--all", &id, "KILL"])
+                .output();
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "--force", &id])
+                .output();
+        }
+        // runc removes each container's cgroup; the agent's parent cgroup is left.
+        let parent = format!("nodeagent-{}", self.node);
+        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+            for hierarchy in rd.flatten() {
+                let _ = std::fs::remove_dir(hierarchy.path().join(&parent));
+            }
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&parent));
+        if std::env::var_os("NODEAGENT_E2E_KEEP").is_some() {
+            let kept = self.dir.path().to_path_buf();
+            eprintln!("keeping {}", kept.display());
+            std::mem::forget(std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("tempdir"),
+            ));
+        }
+    }
+}
