@@ -282,6 +282,8 @@ fn up_survives_killing_leaders_while_scaling_and_down_leaves_nothing() {
         assert_eq!(out, "80");
     });
 
+    // The launcher restarted what was killed: check those pids too after `down`.
+    let restarted = ClusterState::load(&dir).expect("state file");
     // `down` from another process, as after a crash of the launcher.
     let out = Command::new(env!("CARGO_BIN_EXE_controlplane"))
         .args(["down", "--dir"])
