@@ -295,7 +295,7 @@ fn up_survives_killing_leaders_while_scaling_and_down_leaves_nothing() {
         "down failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for p in &state.processes {
+    for p in state.processes.iter().chain(&restarted.processes) {
         assert!(
             !is_ours(p.pid, &p.program),
             "{} (pid {}) still runs",
@@ -303,6 +303,16 @@ fn up_survives_killing_leaders_while_scaling_and_down_leaves_nothing() {
             p.pid
         );
     }
+    let killed: Vec<&str> = restarted
+        .processes
+        .iter()
+        .filter(|p| p.restarts > 0)
+        .map(|p| p.name.as_str())
+        .collect();
+    assert!(
+        killed.len() >= 3,
+        "the killed processes were restarted: {killed:?}"
+    );
     assert!(
         cleanup::mounts_below(&dir).is_empty(),
         "mounts left: {:?}",
