@@ -323,20 +323,12 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     );
     eprintln!("Ctrl-C stops the cluster.");
     let shutdown = shutdown_token();
-    let mut reported = std::collections::BTreeSet::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
         }
-        for name in cluster.exited() {
-            if reported.insert(name.clone()) {
-                eprintln!(
-                    "{name} exited (see {}/logs/{name}.log); the cluster carries on",
-                    dir.display()
-                );
-            }
-        }
+        cluster.supervise(&OsSpawner, &progress);
     }
     eprintln!("stopping the cluster...");
     cluster.stop(&progress);

@@ -282,6 +282,8 @@ fn up_survives_killing_leaders_while_scaling_and_down_leaves_nothing() {
         assert_eq!(out, "80");
     });
 
+    // The launcher restarted what was killed: check those pids too after `down`.
+    let restarted = ClusterState::load(&dir).expect("state file");
     // `down` from another process, as after a crash of the launcher.
     let out = Command::new(env!("CARGO_BIN_EXE_controlplane"))
         .args(["down", "--dir"])
@@ -293,7 +295,7 @@ fn up_survives_killing_leaders_while_scaling_and_down_leaves_nothing() {
         "down failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for p in &state.processes {
+    for p in state.processes.iter().chain(&restarted.processes) {
         assert!(
             !is_ours(p.pid, &p.program),
             "{} (pid {}) still runs",
@@ -301,6 +303,16 @@ fn up_survives_killing_leaders_while_scaling_and_down_leaves_nothing() {
             p.pid
         );
     }
+    let killed: Vec<&str> = restarted
+        .processes
+        .iter()
+        .filter(|p| p.restarts > 0)
+        .map(|p| p.name.as_str())
+        .collect();
+    assert!(
+        killed.len() >= 3,
+        "the killed processes were restarted: {killed:?}"
+    );
     assert!(
         cleanup::mounts_below(&dir).is_empty(),
         "mounts left: {:?}",

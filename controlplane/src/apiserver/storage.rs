@@ -10,8 +10,17 @@
 //! `mod_revision == <the revision the caller read>` (Conflict otherwise). No locks, so any
 //! number of API server replicas can write the same store.
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use std::future::Future;
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
 use serde_json::Value;
+
+/// A request that could not even connect is retried this many times, this far apart: the
+/// client balances over every `--etcd-servers` endpoint and keeps trying a dead member's
+/// address, so the retry most likely goes to a live one.
+const CONNECT_RETRIES: u32 = 20;
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// Storage failures. The handlers turn them into Kubernetes `Status` errors.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +100,13 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
+/// Whether the request failed before reaching any server (the connection was refused),
+/// which makes a retry safe for writes too.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    let s = e.to_string();
+    s.contains("tcp connect error") || s.contains("Connection refused")
+}
+
 fn is_compacted(e: &etcd_client::Error) -> bool {
     e.to_string()
         .contains("required revision has been compacted")
@@ -109,8 +125,29 @@ impl Store {
         self.client.clone()
     }
 
+    /// Runs `f` on a KV client, retrying requests that never reached a server.
+    async fn kv<T, F, Fut>(&self, f: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(KvClient) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match f(self.client.kv_client()).await {
+                Err(e) if never_sent(&e) && attempt < CONNECT_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "store unreachable; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
     pub async fn get(&self, key: &str) -> Result<Stored, StoreError> {
-        let resp = self.client.kv_client().get(key, None).await?;
+        let resp = self
+            .kv(|mut c| async move { c.get(key, None).await })
+            .await?;
         let kv = resp.kvs().first().ok_or(StoreError::NotFound)?;
         decode(kv.value(), kv.mod_revision())
     }
@@ -118,9 +155,10 @@ impl Store {
     /// The store's current revision.
     pub async fn revision(&self) -> Result<i64, StoreError> {
         let resp = self
-            .client
-            .kv_client()
-            .get("/registry/", Some(GetOptions::new().with_count_only()))
+            .kv(|mut c| async move {
+                c.get("/registry/", Some(GetOptions::new().with_count_only()))
+                    .await
+            })
             .await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
@@ -141,7 +179,13 @@ impl Store {
         if revision > 0 {
             opts = opts.with_revision(revision);
         }
-        let resp = match self.client.kv_client().get(from, Some(opts)).await {
+        let resp = match self
+            .kv(|mut c| {
+                let (from, opts) = (from.clone(), opts.clone());
+                async move { c.get(from, Some(opts)).await }
+            })
+            .await
+        {
             Err(e) if is_compacted(&e) => return Err(StoreError::Compacted(revision)),
             r => r?,
         };
@@ -174,7 +218,7 @@ impl Store {
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, encode(obj), None)]);
-        let resp = self.client.kv_client().txn(txn).await?;
+        let resp = self.txn(txn).await?;
         if !resp.succeeded() {
             return Err(StoreError::AlreadyExists);
         }
@@ -187,7 +231,7 @@ impl Store {
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::put(key, encode(obj), None)])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.client.kv_client().txn(txn).await?;
+        let resp = self.txn(txn).await?;
         if resp.succeeded() {
             return Ok(resp.header().map(|h| h.revision()).unwrap_or(0));
         }
@@ -200,11 +244,19 @@ impl Store {
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::delete(key, None)])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.client.kv_client().txn(txn).await?;
+        let resp = self.txn(txn).await?;
         if resp.succeeded() {
             return Ok(resp.header().map(|h| h.revision()).unwrap_or(0));
         }
         Err(Self::failed_guard(resp.op_responses()))
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+        self.kv(|mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
     }
 
     /// Why a guarded write failed: the key is gone, or it changed since it was read.

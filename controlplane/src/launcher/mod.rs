@@ -5,7 +5,9 @@
 //! raftkv members → API server replicas (one shared serving certificate and token file)
 //! behind the launcher's TCP [`balancer`] → schedulers and controller managers (leader
 //! elected) → node agents. It writes `kubeconfig` and `etcdctl.env` into the cluster
-//! folder, records every process in the [`state`] file, and on Ctrl-C / SIGTERM stops
+//! folder, records every process in the [`state`] file, restarts a process that exits
+//! (after 1 s, doubling to 30 s, as systemd's `Restart=always` or a kubelet's static pods
+//! would: a scheduler that loses its Lease exits by design), and on Ctrl-C / SIGTERM stops
 //! them in reverse order and removes what node agents leave behind ([`cleanup`]). `down`
 //! does the same for a launcher that died; `status` prints the [`status`] tables.
 //!
@@ -124,8 +126,22 @@ pub enum LaunchError {
 pub struct Cluster {
     dir: PathBuf,
     state: ClusterState,
-    children: Vec<Child>,
+    /// Parallel to `state.processes`.
+    children: Vec<Supervised>,
     balancer: CancellationToken,
+}
+
+/// One child and how to start it again.
+struct Supervised {
+    child: Child,
+    spec: Spec,
+    /// When it was seen exited, and so when it may be restarted.
+    exited_at: Option<Instant>,
+}
+
+/// Restart delay after `restarts` restarts: 1 s doubling to 30 s.
+fn restart_delay(restarts: u32) -> Duration {
+    Duration::from_secs(1 << restarts.min(5)).min(Duration::from_secs(30))
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> LaunchError + '_ {
@@ -203,10 +219,54 @@ impl Cluster {
             program: spec.program.clone(),
             endpoint,
             state_dir,
+            restarts: 0,
         });
-        self.children.push(child);
+        self.children.push(Supervised {
+            child,
+            spec,
+            exited_at: None,
+        });
         self.state.save(&self.dir)?;
         Ok(())
+    }
+
+    /// Restarts processes that exited, each after its backoff; call it periodically.
+    /// Returns the names restarted.
+    pub fn supervise(&mut self, spawner: &dyn Spawner, progress: &dyn Fn(&str)) -> Vec<String> {
+        let mut restarted = Vec::new();
+        for (rec, s) in self
+            .state
+            .processes
+            .iter_mut()
+            .zip(self.children.iter_mut())
+        {
+            let Ok(Some(status)) = s.child.try_wait() else {
+                continue;
+            };
+            let exited_at = *s.exited_at.get_or_insert_with(|| {
+                progress(&format!("{} exited ({status}); restarting it", rec.name));
+                Instant::now()
+            });
+            if exited_at.elapsed() < restart_delay(rec.restarts) {
+                continue;
+            }
+            match spawner.spawn(&s.spec) {
+                Ok(child) => {
+                    rec.pid = child.id();
+                    rec.restarts += 1;
+                    s.child = child;
+                    s.exited_at = None;
+                    restarted.push(rec.name.clone());
+                }
+                Err(e) => progress(&format!("restarting {}: {e}", rec.name)),
+            }
+        }
+        if !restarted.is_empty() {
+            if let Err(e) = self.state.save(&self.dir) {
+                progress(&format!("saving the state file: {e}"));
+            }
+        }
+        restarted
     }
 
     /// Starts the whole cluster and waits until it is healthy. On failure everything
@@ -537,18 +597,6 @@ impl Cluster {
         Ok(())
     }
 
-    /// Whether a process the launcher started has exited (its name), e.g. to report a
-    /// crash while the cluster runs.
-    pub fn exited(&mut self) -> Vec<String> {
-        let mut out = Vec::new();
-        for (rec, child) in self.state.processes.iter().zip(self.children.iter_mut()) {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                out.push(rec.name.clone());
-            }
-        }
-        out
-    }
-
     /// Stops every process, node agents first and raftkv last, then removes containers,
     /// mounts and network namespaces the node agents left.
     pub fn stop(&mut self, progress: &dyn Fn(&str)) {
@@ -560,9 +608,9 @@ impl Cluster {
             Role::Apiserver,
             Role::Raftkv,
         ] {
-            for (rec, child) in self.state.processes.iter().zip(self.children.iter_mut()) {
+            for (rec, s) in self.state.processes.iter().zip(self.children.iter_mut()) {
                 if rec.role == role {
-                    process::terminate(child, Duration::from_secs(10));
+                    process::terminate(&mut s.child, Duration::from_secs(10));
                 }
             }
             if role == Role::Nodeagent {

@@ -13,8 +13,8 @@
 //! ```
 //!
 //! `cluster.json`: `{"launcher_pid": u32, "api_endpoint": "https://127.0.0.1:P",
-//! "processes": [{"name", "role", "pid", "program", "endpoint"?}]}` where `role` is one of
-//! raftkv, apiserver, scheduler, controller-manager, nodeagent.
+//! "processes": [{"name", "role", "pid", "program", "endpoint"?, "state_dir"?, "restarts"}]}`
+//! where `role` is one of raftkv, apiserver, scheduler, controller-manager, nodeagent.
 
 use std::path::{Path, PathBuf};
 
@@ -56,6 +56,9 @@ pub struct ProcessRecord {
     /// A node agent's state folder (its runc root and mounts live below it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
+    /// How often the launcher restarted it after it exited.
+    #[serde(default)]
+    pub restarts: u32,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -140,6 +143,7 @@ mod tests {
                 program: me.clone(),
                 endpoint: Some("http://127.0.0.1:2379".into()),
                 state_dir: None,
+                restarts: 0,
             }],
         };
         s.save(dir.path()).unwrap();

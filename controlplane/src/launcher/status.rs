@@ -103,10 +103,11 @@ pub async fn render(dir: &Path, state: &ClusterState) -> String {
             Some(s) => {
                 let _ = writeln!(
                     out,
-                    "{:<14} {:<24} {:<8} {:<7} {:<5} {:<9} {}",
+                    "{:<14} {:<24} {:<8} {:<9} {:<7} {:<5} {:<9} {}",
                     p.name,
                     ep,
                     p.pid,
+                    p.restarts,
                     if s.id == s.leader { "*" } else { "" },
                     s.term,
                     s.index,
@@ -114,7 +115,11 @@ pub async fn render(dir: &Path, state: &ClusterState) -> String {
                 );
             }
             None => {
-                let _ = writeln!(out, "{:<14} {:<24} {:<8} DOWN", p.name, ep, p.pid);
+                let _ = writeln!(
+                    out,
+                    "{:<14} {:<24} {:<8} {:<9} DOWN",
+                    p.name, ep, p.pid, p.restarts
+                );
             }
         }
     }
