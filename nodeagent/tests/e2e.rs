@@ -83,7 +83,7 @@ spec:
     env:
     - {name: GREETING, valueFrom: {configMapKeyRef: {name: settings, key: greeting}}}
     - {name: POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
-    command: ["sh", "-c", "echo $GREETING $POD $(cat x) $(cat /etc/cfg/greeting) $(pwd)"]
+    command: ["sh", "-c", "chown 65534 x && echo $GREETING $POD $(cat x) $(cat /etc/cfg/greeting) $(pwd)"]
     volumeMounts:
     - {name: cfg, mountPath: /etc/cfg}
     - {name: scratch, mountPath: /scratch}
