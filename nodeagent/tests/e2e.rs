@@ -170,6 +170,13 @@ fn pods_run_log_restart_oom_and_terminate() {
         (!out.is_empty()).then_some(out)
     });
     assert_eq!(logs, "hello\n");
+    let events = c.get(&["events"]).unwrap();
+    let started = events["items"].as_array().unwrap().iter().any(|e| {
+        e["reason"] == "Started"
+            && e.pointer("/involvedObject/name") == Some(&Value::from("hello"))
+            && e.pointer("/source/component") == Some(&Value::from("kubelet"))
+    });
+    assert!(started, "no Started event for hello: {events}");
     let ts = c.ok(&["logs", "hello", "--timestamps"]);
     assert!(ts.ends_with("Z hello\n"), "{ts}");
 

@@ -95,6 +95,8 @@ pub struct Worker<C: Api, R: Runtime, N: PodNetwork> {
     removed: HashSet<String>,
     /// Containers sent SIGTERM.
     terminating: HashSet<String>,
+    /// (container, attempt) whose BackOff event was recorded.
+    backoff_events: HashSet<(String, u32)>,
     gone_since: Option<DateTime<Utc>>,
     last_status: Option<PodStatus>,
     start_time: Option<Time>,
@@ -180,6 +182,7 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
             probes: HashMap::new(),
             removed: HashSet::new(),
             terminating: HashSet::new(),
+            backoff_events: HashSet::new(),
             gone_since: None,
             last_status: None,
             start_time: None,
@@ -312,6 +315,13 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                 }
             } else if self.terminating.insert(o.id.clone()) {
                 tracing::info!(pod = %self.key(), container = %name, "sending SIGTERM");
+                self.event(crate::events::Record::normal(
+                    "Killing",
+                    &name,
+                    format!("Stopping container {name}"),
+                ))
+                .await;
+                let rt = &self.shared.runtime;
                 if let Err(e) = rt.kill(&o.id, libc::SIGTERM).await {
                     tracing::warn!(id = %o.id, error = %e, "SIGTERM");
                 }
@@ -582,6 +592,14 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                             Decision::BackOff(total) => total,
                             _ => d,
                         };
+                        if self.backoff_events.insert((c.name.clone(), o.attempt)) {
+                            self.event(crate::events::Record::warning(
+                                "BackOff",
+                                &c.name,
+                                "Back-off restarting failed container",
+                            ))
+                            .await;
+                        }
                         view.current = Current::Waiting {
                             reason: "CrashLoopBackOff".into(),
                             message: Some(format!(
@@ -622,7 +640,29 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         net: &PodNetworkStatus,
         now: DateTime<Utc>,
     ) -> (bool, bool) {
+        let (started, ready, unhealthy) = self.probe_round(c, o, started_at, net, now).await;
+        for message in unhealthy {
+            self.event(crate::events::Record::warning(
+                "Unhealthy",
+                &c.name,
+                message,
+            ))
+            .await;
+        }
+        (started, ready)
+    }
+
+    /// One round of due probes: (started, ready, messages of probes that just failed).
+    async fn probe_round(
+        &mut self,
+        c: &Container,
+        o: &Observed,
+        started_at: DateTime<Utc>,
+        net: &PodNetworkStatus,
+        now: DateTime<Utc>,
+    ) -> (bool, bool, Vec<String>) {
         let rt = &self.shared.runtime;
+        let mut unhealthy = Vec::new();
         let mut started = true;
         if let Some(p) = &c.startup_probe {
             let t = self
@@ -634,6 +674,9 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                     let ok = probes::run(rt, &o.id, c, p, &net.ip).await;
                     if t.record(p, ok, now) == Some(false) {
                         tracing::info!(id = %o.id, "startup probe failed; killing");
+                        unhealthy.push(
+                            "Startup probe failed; the container will be restarted".to_string(),
+                        );
                         let _ = rt.kill(&o.id, libc::SIGKILL).await;
                     }
                 }
@@ -641,7 +684,7 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
             }
         }
         if !started {
-            return (false, false);
+            return (false, false, unhealthy);
         }
         if let Some(p) = &c.liveness_probe {
             let t = self
@@ -652,8 +695,10 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                 let ok = probes::run(rt, &o.id, c, p, &net.ip).await;
                 if t.record(p, ok, now) == Some(false) {
                     tracing::info!(id = %o.id, "liveness probe failed; killing");
+                    unhealthy
+                        .push("Liveness probe failed; the container will be restarted".to_string());
                     let _ = rt.kill(&o.id, libc::SIGKILL).await;
-                    return (true, false);
+                    return (true, false, unhealthy);
                 }
             }
         }
@@ -665,16 +710,27 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                     .entry((c.name.clone(), o.attempt, "readiness"))
                     .or_default();
                 if t.due(p, started_at, now) {
+                    let before = t.result;
                     let ok = probes::run(rt, &o.id, c, p, &net.ip).await;
-                    t.record(p, ok, now);
+                    if t.record(p, ok, now) == Some(false) && before != Some(false) {
+                        unhealthy.push("Readiness probe failed".to_string());
+                    }
                 }
                 t.result == Some(true)
             }
         };
-        (true, ready)
+        (true, ready, unhealthy)
     }
 
-    fn wait_view(
+    async fn event(&self, r: crate::events::Record) {
+        if let Some(pod) = &self.last_pod {
+            let now = self.shared.clock.now();
+            crate::events::record(&self.shared.api, pod, &self.shared.config.node_name, r, now)
+                .await;
+        }
+    }
+
+    async fn wait_view(
         &mut self,
         mut view: ContainerView,
         reason: &str,
@@ -682,6 +738,19 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         now: DateTime<Utc>,
     ) -> ContainerView {
         tracing::warn!(pod = %self.key(), container = %view.name, %reason, %message, "container cannot start");
+        let repeated = self
+            .waiting
+            .get(&view.name)
+            .is_some_and(|w| w.message == message);
+        if !repeated {
+            let text = if reason == "ErrImagePull" || reason == "ImagePullBackOff" {
+                format!("Failed to pull image \"{}\": {message}", view.image)
+            } else {
+                format!("Error: {message}")
+            };
+            self.event(crate::events::Record::warning("Failed", &view.name, text))
+                .await;
+        }
         self.waiting.insert(
             view.name.clone(),
             Waiting {
@@ -728,13 +797,15 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                     }
                     _ => "ErrImagePull",
                 };
-                return self.wait_view(view, reason, e.to_string(), now);
+                return self.wait_view(view, reason, e.to_string(), now).await;
             }
         };
         let vols = match vols {
             Ok(v) => v,
             Err(e) => {
-                return self.wait_view(view, "CreateContainerConfigError", e.to_string(), now)
+                return self
+                    .wait_view(view, "CreateContainerConfigError", e.to_string(), now)
+                    .await
             }
         };
         let node = env::NodeFields {
@@ -745,13 +816,17 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         let env = match env::resolve(&self.shared.api, pod, c, &node).await {
             Ok(e) => e,
             Err(e) => {
-                return self.wait_view(view, "CreateContainerConfigError", e.to_string(), now)
+                return self
+                    .wait_view(view, "CreateContainerConfigError", e.to_string(), now)
+                    .await
             }
         };
         let mut mounts = match volumes::mounts(c, vols) {
             Ok(m) => m,
             Err(e) => {
-                return self.wait_view(view, "CreateContainerConfigError", e.to_string(), now)
+                return self
+                    .wait_view(view, "CreateContainerConfigError", e.to_string(), now)
+                    .await
             }
         };
         let store = &self.shared.store;
@@ -789,17 +864,21 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         let oci = match spec::build(&input) {
             Ok(s) => s,
             Err(e) => {
-                return self.wait_view(view, "CreateContainerConfigError", e.to_string(), now)
+                return self
+                    .wait_view(view, "CreateContainerConfigError", e.to_string(), now)
+                    .await
             }
         };
         let _ = std::fs::remove_dir_all(&dir);
         if let Err(e) = std::fs::create_dir_all(&dir) {
-            return self.wait_view(
-                view,
-                "CreateContainerError",
-                format!("{}: {e}", dir.display()),
-                now,
-            );
+            return self
+                .wait_view(
+                    view,
+                    "CreateContainerError",
+                    format!("{}: {e}", dir.display()),
+                    now,
+                )
+                .await;
         }
         let copied = tokio::process::Command::new("cp")
             .arg("-a")
@@ -815,26 +894,33 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                     "copying the image rootfs: {}",
                     String::from_utf8_lossy(&o.stderr).trim()
                 );
-                return self.wait_view(view, "CreateContainerError", msg, now);
+                return self.wait_view(view, "CreateContainerError", msg, now).await;
             }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                return self.wait_view(
-                    view,
-                    "CreateContainerError",
-                    format!("running cp: {e}"),
-                    now,
-                );
+                return self
+                    .wait_view(
+                        view,
+                        "CreateContainerError",
+                        format!("running cp: {e}"),
+                        now,
+                    )
+                    .await;
             }
         }
         if let Err(e) = std::fs::write(dir.join(TERMINATION_LOG), b"") {
             let _ = std::fs::remove_dir_all(&dir);
-            return self.wait_view(view, "CreateContainerError", e.to_string(), now);
+            return self
+                .wait_view(view, "CreateContainerError", e.to_string(), now)
+                .await;
         }
         if let Err(e) = oci.save(dir.join("config.json")) {
             let _ = std::fs::remove_dir_all(&dir);
-            return self.wait_view(view, "CreateContainerError", e.to_string(), now);
+            return self
+                .wait_view(view, "CreateContainerError", e.to_string(), now)
+                .await;
         }
+        let image_ref_for_events = image_ref.clone();
         let mut meta = AttemptMeta {
             id: id.clone(),
             attempt,
@@ -844,7 +930,9 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         };
         if let Err(e) = store.write_meta(&dir, &meta) {
             let _ = std::fs::remove_dir_all(&dir);
-            return self.wait_view(view, "CreateContainerError", e.to_string(), now);
+            return self
+                .wait_view(view, "CreateContainerError", e.to_string(), now)
+                .await;
         }
         let req = CreateRequest {
             id: id.clone(),
@@ -863,7 +951,7 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         if let Err((reason, msg)) = started {
             let _ = rt.delete(&id).await;
             let _ = std::fs::remove_dir_all(&dir);
-            return self.wait_view(view, reason, msg, now);
+            return self.wait_view(view, reason, msg, now).await;
         }
         meta.started_at = Some(now_str(now));
         let _ = store.write_meta(&dir, &meta);
@@ -872,6 +960,20 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         self.probes
             .retain(|(name, a, _), _| name != &c.name || *a >= attempt);
         tracing::info!(pod = %self.key(), container = %c.name, attempt, %id, "container started");
+        for (reason, message) in [
+            (
+                "Pulled",
+                format!(
+                    "Container image \"{}\" already present on machine",
+                    image_ref_for_events
+                ),
+            ),
+            ("Created", format!("Created container {}", c.name)),
+            ("Started", format!("Started container {}", c.name)),
+        ] {
+            self.event(crate::events::Record::normal(reason, &c.name, message))
+                .await;
+        }
         // Keep the previous attempt (for --previous logs and lastState), drop older ones.
         for old in store.attempts(&self.uid, &c.name) {
             if old + 1 < attempt {

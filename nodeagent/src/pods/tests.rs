@@ -69,6 +69,15 @@ fn container(name: &str, command: &[&str]) -> Container {
 }
 
 impl Harness {
+    /// The reasons of the events recorded so far.
+    fn reasons(&self) -> Vec<String> {
+        self.api
+            .all::<k8s_openapi::api::core::v1::Event>()
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+
     async fn pod(
         &self,
         policy: &str,
@@ -153,6 +162,9 @@ async fn crash_loop_restarts_with_backoff() {
         }
     }
     assert_eq!(h.rt.running().len(), 1);
+    // Started per run, one BackOff per backed-off run.
+    assert_eq!(h.reasons().iter().filter(|r| *r == "Started").count(), 4);
+    assert_eq!(h.reasons().iter().filter(|r| *r == "BackOff").count(), 2);
 }
 
 #[tokio::test]
@@ -262,6 +274,10 @@ async fn bad_input_becomes_a_waiting_reason() {
         assert!(h.rt.containers.lock().unwrap().is_empty());
         // The failed attempt left nothing behind and is not counted as a restart.
         assert_eq!(st.restart_count, 0);
+        // One Failed event, not one per retry.
+        h.clock.advance(Duration::from_secs(10));
+        h.sync(&mut w).await;
+        assert_eq!(h.reasons(), vec!["Failed"], "{reason}");
     }
 }
 
@@ -292,6 +308,7 @@ async fn deletion_sends_sigterm_then_sigkill_then_removes_the_pod() {
     assert_eq!(w.sync(Some(&pod)).await, Outcome::Continue);
     let signals: Vec<i32> = h.rt.signals.lock().unwrap().iter().map(|s| s.1).collect();
     assert_eq!(signals, vec![libc::SIGTERM, libc::SIGKILL]);
+    assert!(h.reasons().contains(&"Killing".to_string()));
     assert_eq!(w.sync(Some(&pod)).await, Outcome::Finished);
     assert!(h.rt.containers.lock().unwrap().is_empty());
     assert!(h
