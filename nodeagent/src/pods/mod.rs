@@ -95,6 +95,8 @@ pub struct Worker<C: Api, R: Runtime, N: PodNetwork> {
     removed: HashSet<String>,
     /// Containers sent SIGTERM.
     terminating: HashSet<String>,
+    /// Containers killed because their definition changed.
+    changed: HashSet<String>,
     /// (container, attempt) whose BackOff event was recorded.
     backoff_events: HashSet<(String, u32)>,
     gone_since: Option<DateTime<Utc>>,
@@ -183,6 +185,7 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
             removed: HashSet::new(),
             terminating: HashSet::new(),
             backoff_events: HashSet::new(),
+            changed: HashSet::new(),
             gone_since: None,
             last_status: None,
             start_time: None,
@@ -547,6 +550,7 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                 }
             }
         }
+        let spec_changed = o.meta.as_ref().is_some_and(|m| m.image != image);
         match o.state.clone() {
             State::Created => {
                 // The agent stopped between create and start.
@@ -556,6 +560,22 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                 self.mark_started(&o, now);
                 view.current = Current::Running { started_at: now };
                 view.started = Some(true);
+                view
+            }
+            State::Running if spec_changed => {
+                // The kubelet restarts a container whose definition changed (here: its
+                // image) whatever the restart policy.
+                if self.changed.insert(o.id.clone()) {
+                    tracing::info!(id = %o.id, "image changed; restarting the container");
+                    self.event(crate::events::Record::normal(
+                        "Killing",
+                        &c.name,
+                        format!("Container {} definition changed, will be restarted", c.name),
+                    ))
+                    .await;
+                    let _ = self.shared.runtime.kill(&o.id, libc::SIGKILL).await;
+                }
+                view.current = Current::Running { started_at: now };
                 view
             }
             State::Running => {
@@ -577,7 +597,12 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                     let _ = std::fs::remove_dir_all(o.dir.join("rootfs"));
                 }
                 let t = terminated_of(o.meta.as_ref(), &exit, &o.dir, c);
-                match status::decide(policy, is_init, &t, o.attempt, now) {
+                let decision = if spec_changed {
+                    Decision::Restart
+                } else {
+                    status::decide(policy, is_init, &t, o.attempt, now)
+                };
+                match decision {
                     Decision::Restart if allow_start => {
                         view.last = Some(t);
                         view.restart_count = o.attempt + 1;

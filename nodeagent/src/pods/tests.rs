@@ -23,13 +23,18 @@ fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::new(dir.path());
     let images = ImageStore::new(store.images());
-    let img = images.dir.join("busybox_latest");
-    std::fs::create_dir_all(img.join("rootfs/bin")).unwrap();
-    std::fs::write(
-        img.join("image.json"),
-        r#"{"reference":"docker.io/library/busybox:latest","cmd":["sh"]}"#,
-    )
-    .unwrap();
+    for (dir, reference) in [
+        ("busybox_latest", "docker.io/library/busybox:latest"),
+        ("busybox_2", "docker.io/library/busybox:2"),
+    ] {
+        let img = images.dir.join(dir);
+        std::fs::create_dir_all(img.join("rootfs/bin")).unwrap();
+        std::fs::write(
+            img.join("image.json"),
+            format!(r#"{{"reference":"{reference}","cmd":["sh"]}}"#),
+        )
+        .unwrap();
+    }
     let clock = ManualClock::default();
     let rt = FakeRuntime::new(clock.clone());
     let api = FakeApi::new();
@@ -365,4 +370,26 @@ fn termination_messages() {
             "{file:?} {policy} {code}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_changed_image_restarts_the_container_whatever_the_policy() {
+    let h = harness();
+    let (_pod, mut w) = h
+        .pod("Never", vec![], vec![container("main", &["sleep", "1000"])])
+        .await;
+    h.sync(&mut w).await;
+    let first = h.rt.running();
+    let mut pod: Pod = h.api.get(Some("ns"), "p").await.unwrap();
+    pod.spec.as_mut().unwrap().containers[0].image = Some("busybox:2".into());
+    h.api.update(Some("ns"), &pod).await.unwrap();
+    h.sync(&mut w).await; // kills the old run
+    let s = h.sync(&mut w).await; // starts the new one at once
+    let now = h.rt.running();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now, first);
+    assert!(now[0].ends_with("-main-1"), "{now:?}");
+    let c = app_status(&s, 0);
+    assert_eq!((c.restart_count, c.image.as_str()), (1, "busybox:2"));
+    assert_eq!(s.phase.as_deref(), Some("Running"));
 }
