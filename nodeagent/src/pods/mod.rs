@@ -413,6 +413,11 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
             ),
         )
         .map_err(SyncError::PodState)?;
+        // Pods share the node's network, so they resolve names as the node does (there is
+        // no cluster DNS yet).
+        let resolv = store.pod_dir(&self.uid).join("resolv.conf");
+        let host_resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+        std::fs::write(&resolv, host_resolv).map_err(SyncError::PodState)?;
         let fresh = self
             .volumes
             .as_ref()
@@ -858,11 +863,13 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         let dir = store.attempt_dir(&self.uid, &c.name, attempt);
         let rootfs = dir.join("rootfs");
         if image.rootfs.join("etc").is_dir() {
-            mounts.push(BindMount {
-                source: store.pod_dir(&self.uid).join("hosts"),
-                destination: "/etc/hosts".into(),
-                read_only: false,
-            });
+            for file in ["hosts", "resolv.conf"] {
+                mounts.push(BindMount {
+                    source: store.pod_dir(&self.uid).join(file),
+                    destination: format!("/etc/{file}"),
+                    read_only: false,
+                });
+            }
         }
         mounts.push(BindMount {
             source: dir.join(TERMINATION_LOG),
