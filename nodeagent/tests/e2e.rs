@@ -177,6 +177,8 @@ fn pods_run_log_restart_oom_and_terminate() {
             && e.pointer("/source/component") == Some(&Value::from("kubelet"))
     });
     assert!(started, "no Started event for hello: {events}");
+    let described = c.ok(&["describe", "pod", "hello"]);
+    assert!(described.contains("Started container main"), "{described}");
     let ts = c.ok(&["logs", "hello", "--timestamps"]);
     assert!(ts.ends_with("Z hello\n"), "{ts}");
 
