@@ -22,7 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use controlplane::client::{Api, DeleteParams};
 use controlplane::clock::Clock;
-use k8s_openapi::api::core::v1::{Container, Pod, PodCondition, PodIP, PodStatus};
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::watch;
 
@@ -1043,56 +1043,17 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                 DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now),
             ));
         self.start_time = Some(start_time.clone());
-        let ready = !app.is_empty() && app.iter().all(|c| c.ready) && phase == "Running";
-        let bool_s = |b: bool| if b { "True" } else { "False" }.to_string();
-        let cond = |ty: &str, status: String, reason: Option<&str>| {
-            let prev = old
-                .conditions
-                .as_ref()
-                .and_then(|cs| cs.iter().find(|c| c.type_ == ty));
-            let since = match prev {
-                Some(p) if p.status == status => p.last_transition_time.clone(),
-                _ => Some(Time(
-                    DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now),
-                )),
-            };
-            PodCondition {
-                type_: ty.into(),
-                status,
-                reason: reason.map(String::from),
-                last_transition_time: since,
-                ..Default::default()
-            }
-        };
-        let not_ready = (!ready).then_some("ContainersNotReady");
-        let conditions = vec![
-            cond(
-                "Initialized",
-                bool_s(initialized),
-                (!initialized).then_some("ContainersNotInitialized"),
-            ),
-            cond("Ready", bool_s(ready), not_ready),
-            cond("ContainersReady", bool_s(ready), not_ready),
-            cond("PodScheduled", "True".into(), None),
-        ];
-        let status = PodStatus {
-            phase: Some(phase.into()),
-            conditions: Some(conditions),
-            host_ip: Some(self.shared.config.node_ip.clone()),
-            pod_ip: Some(net.ip.clone()),
-            pod_ips: Some(vec![PodIP {
-                ip: Some(net.ip.clone()),
-            }]),
-            start_time: Some(start_time),
-            qos_class: old
-                .qos_class
-                .clone()
-                .or_else(|| Some(qos_class(pod).into())),
-            container_statuses: Some(app.iter().map(ContainerView::to_status).collect()),
-            init_container_statuses: (!init.is_empty())
-                .then(|| init.iter().map(ContainerView::to_status).collect()),
-            ..Default::default()
-        };
+        let status = podstatus::build(&podstatus::Input {
+            pod,
+            phase,
+            initialized,
+            init,
+            app,
+            host_ip: &self.shared.config.node_ip,
+            pod_ip: &net.ip,
+            start_time,
+            now,
+        });
         if self.last_status.as_ref() == Some(&status) {
             return;
         }
@@ -1124,37 +1085,6 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
     }
 }
 
-/// The pod's QoS class from its containers' requests and limits.
-pub fn qos_class(pod: &Pod) -> &'static str {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let all: Vec<Container> = spec
-        .containers
-        .into_iter()
-        .chain(spec.init_containers.unwrap_or_default())
-        .collect();
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in &all {
-        let r = c.resources.clone().unwrap_or_default();
-        let lim = r.limits.unwrap_or_default();
-        let req = r.requests.unwrap_or_default();
-        any |= !lim.is_empty() || !req.is_empty();
-        for k in ["cpu", "memory"] {
-            match (lim.get(k), req.get(k)) {
-                (Some(l), Some(q)) if l == q => {}
-                (Some(_), None) => {}
-                _ => guaranteed = false,
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
-}
-
+mod podstatus;
 #[cfg(test)]
 mod tests;
