@@ -39,6 +39,9 @@ use crate::{env, volumes};
 /// How often configMap and secret volumes are rewritten from the API.
 const VOLUME_REFRESH: Duration = Duration::from_secs(30);
 
+/// The shortest grace period a container gets (the kubelet's minimum).
+const MINIMUM_GRACE_SECONDS: i64 = 2;
+
 /// How long a container that failed to be created waits before the next try.
 const CREATE_RETRY: Duration = Duration::from_secs(5);
 
@@ -218,14 +221,16 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         let now = self.shared.clock.now();
         match pod {
             None => {
+                // Gone from the API: a graceful deletion keeps its deadline; a pod removed
+                // at once (force-deleted, or gone while the agent was down) gets the
+                // kubelet's minimum grace period.
                 let since = *self.gone_since.get_or_insert(now);
-                let grace = self
+                let deadline = self
                     .last_pod
                     .as_ref()
-                    .and_then(|p| p.spec.as_ref())
-                    .and_then(|s| s.termination_grace_period_seconds)
-                    .unwrap_or(2);
-                let deadline = since + chrono::Duration::seconds(grace);
+                    .and_then(|p| p.metadata.deletion_timestamp.clone())
+                    .map(|t| t.0)
+                    .unwrap_or(since + chrono::Duration::seconds(MINIMUM_GRACE_SECONDS));
                 if self.terminate(deadline).await {
                     self.cleanup().await;
                     return Outcome::Finished;

@@ -393,3 +393,30 @@ async fn a_changed_image_restarts_the_container_whatever_the_policy() {
     assert_eq!((c.restart_count, c.image.as_str()), (1, "busybox:2"));
     assert_eq!(s.phase.as_deref(), Some("Running"));
 }
+
+#[tokio::test]
+async fn a_pod_gone_from_the_api_is_stopped_after_the_minimum_grace() {
+    let h = harness();
+    let (pod, mut w) = h
+        .pod(
+            "Always",
+            vec![],
+            vec![container("main", &["sleep", "1000"])],
+        )
+        .await;
+    h.sync(&mut w).await;
+    // Force-deleted: the worker only learns that the pod is gone.
+    assert_eq!(w.sync(None).await, Outcome::Continue);
+    let signals = || -> Vec<i32> { h.rt.signals.lock().unwrap().iter().map(|s| s.1).collect() };
+    assert_eq!(signals(), vec![libc::SIGTERM]);
+    h.clock.advance(Duration::from_secs(2));
+    assert_eq!(w.sync(None).await, Outcome::Continue);
+    assert_eq!(signals(), vec![libc::SIGTERM, libc::SIGKILL]);
+    assert_eq!(w.sync(None).await, Outcome::Finished);
+    assert!(h.rt.containers.lock().unwrap().is_empty());
+    assert!(!h
+        .shared
+        .store
+        .pod_dir(pod.metadata.uid.as_deref().unwrap())
+        .exists());
+}
