@@ -3,11 +3,12 @@
 //! containers built from OCI bundles ([`spec`], [`images`], [`volumes`]) through a small
 //! runtime trait ([`runtime`]) whose runc implementation supervises each container with a
 //! per-container shim process ([`shim`]); it serves container logs over HTTPS for the API
-//! server's pods/log proxy ([`server`], [`logs`]).
+//! server's pods/log proxy ([`server`], [`logs`]) and records Events ([`events`]).
 
 pub mod agent;
 pub mod backoff;
 pub mod env;
+pub mod events;
 pub mod images;
 pub mod logs;
 pub mod metrics;

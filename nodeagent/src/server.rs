@@ -157,9 +157,8 @@ async fn container_logs(
                 }
                 loop {
                     let exited = crate::shim::read_exit(&dir).is_some();
-                    let bytes = tokio::fs::read(&log).await.unwrap_or_default();
-                    let rest = bytes.get(offset..).unwrap_or_default();
-                    let n = complete_prefix(rest);
+                    let rest = read_from(&log, offset).await;
+                    let n = complete_prefix(&rest);
                     if n > 0 {
                         let chunk = render(&rest[..n], &later);
                         return Some((Ok(chunk), (None, offset + n, false)));
@@ -178,6 +177,21 @@ async fn container_logs(
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// The bytes of `path` from `offset` on (empty if unreadable).
+async fn read_from(path: &std::path::Path, offset: usize) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut out = Vec::new();
+    if let Ok(mut f) = tokio::fs::File::open(path).await {
+        if f.seek(std::io::SeekFrom::Start(offset as u64))
+            .await
+            .is_ok()
+        {
+            let _ = f.read_to_end(&mut out).await;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -261,5 +275,55 @@ mod tests {
         }
         let (_, ts) = get(&r, "/containerLogs/ns/p/c?timestamps=true&tailLines=1").await;
         assert!(ts.ends_with("Z c\n") && ts.len() > 25, "{ts}");
+    }
+
+    #[tokio::test]
+    async fn follow_streams_appended_lines_until_the_container_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store
+            .write_pod_record(&PodRecord {
+                namespace: "ns".into(),
+                name: "p".into(),
+                uid: "u".into(),
+            })
+            .unwrap();
+        let d = store.attempt_dir("u", "c", 0);
+        std::fs::create_dir_all(&d).unwrap();
+        let log = d.join("container.log");
+        std::fs::write(&log, format_record(Utc::now(), "stdout", false, b"first")).unwrap();
+        let r = router(ServerState {
+            store,
+            metrics: Arc::new(Metrics::default()),
+            poll: Duration::from_millis(10),
+        });
+        let writer = tokio::spawn(async move {
+            use std::io::Write;
+            for line in ["second", "third"] {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+                // A record written in two pieces is only sent once complete.
+                let rec = format_record(Utc::now(), "stderr", false, line.as_bytes());
+                let (a, b) = rec.split_at(5);
+                f.write_all(a).unwrap();
+                f.flush().unwrap();
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                f.write_all(b).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            std::fs::write(
+                d.join("exit.json"),
+                r#"{"exitCode":0,"finishedAt":"2024-01-01T00:00:00Z"}"#,
+            )
+            .unwrap();
+        });
+        let got = tokio::time::timeout(
+            Duration::from_secs(10),
+            get(&r, "/containerLogs/ns/p/c?follow=true"),
+        )
+        .await
+        .expect("follow ends when the container exits");
+        assert_eq!(got, (StatusCode::OK, "first\nsecond\nthird\n".to_string()));
+        writer.await.unwrap();
     }
 }

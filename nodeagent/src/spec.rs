@@ -109,6 +109,118 @@ pub fn limits(container: &Container) -> Result<Limits, SpecError> {
     })
 }
 
+/// The capabilities containerd gives a Kubernetes container by default.
+const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
+/// Every capability (privileged containers and `add: [ALL]`).
+const ALL_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+];
+
+/// The container's capability set: the default (or all, privileged) with the
+/// securityContext's `add` and `drop` applied (names with or without `CAP_`, or `ALL`).
+fn capabilities(
+    sc: Option<&k8s_openapi::api::core::v1::SecurityContext>,
+) -> Result<oci_spec::runtime::LinuxCapabilities, SpecError> {
+    let norm = |n: &str| {
+        n.trim()
+            .to_ascii_uppercase()
+            .trim_start_matches("CAP_")
+            .to_string()
+    };
+    let privileged = sc.and_then(|s| s.privileged) == Some(true);
+    let base = if privileged {
+        ALL_CAPABILITIES
+    } else {
+        DEFAULT_CAPABILITIES
+    };
+    let mut set: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+    let caps = sc.and_then(|s| s.capabilities.as_ref());
+    for d in caps.and_then(|c| c.drop.as_ref()).into_iter().flatten() {
+        let d = norm(d);
+        set.retain(|c| d != "ALL" && *c != d);
+    }
+    for a in caps.and_then(|c| c.add.as_ref()).into_iter().flatten() {
+        let a = norm(a);
+        let add: Vec<String> = if a == "ALL" {
+            ALL_CAPABILITIES.iter().map(|s| s.to_string()).collect()
+        } else {
+            vec![a]
+        };
+        for c in add {
+            if !set.contains(&c) {
+                set.push(c);
+            }
+        }
+    }
+    let parsed: oci_spec::runtime::Capabilities = set
+        .iter()
+        .map(|c| {
+            serde_json::from_value::<oci_spec::runtime::Capability>(serde_json::json!(format!(
+                "CAP_{c}"
+            )))
+            .map_err(|_| SpecError::Config(format!("unknown capability {c:?}")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(oci_spec::runtime::LinuxCapabilitiesBuilder::default()
+        .bounding(parsed.clone())
+        .effective(parsed.clone())
+        .permitted(parsed)
+        .build()?)
+}
+
 /// Builds the spec.
 pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     let c = input.container;
@@ -179,16 +291,17 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
                 .gid(gid as u32)
                 .build()?,
         )
-        .no_new_privileges(true)
+        .no_new_privileges(sc.and_then(|s| s.allow_privilege_escalation) == Some(false))
+        .capabilities(capabilities(sc)?)
         .build()?;
-    // Keep the defaults' capabilities and rlimits; only replace what differs.
+    // Keep the defaults' rlimits.
     let default_process = oci_spec::runtime::Process::default();
     let process = {
         let mut p = process;
-        p.set_capabilities(default_process.capabilities().clone());
         p.set_rlimits(default_process.rlimits().clone());
         p
     };
+    let privileged = sc.and_then(|s| s.privileged) == Some(true);
 
     let mut mounts: Vec<Mount> = oci_spec::runtime::get_default_mounts();
     for m in &input.mounts {
@@ -212,7 +325,7 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     } = limits(c)?;
     let mut resources =
         LinuxResourcesBuilder::default().devices(vec![LinuxDeviceCgroupBuilder::default()
-            .allow(false)
+            .allow(privileged)
             .access("rwm")
             .build()?]);
     if let Some(m) = memory {
@@ -254,15 +367,23 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         .namespaces(namespaces)
         .cgroups_path(PathBuf::from(&input.cgroups_path))
         .resources(resources.build()?)
-        .masked_paths(oci_spec::runtime::get_default_maskedpaths())
-        .readonly_paths(oci_spec::runtime::get_default_readonly_paths())
+        .masked_paths(if privileged {
+            vec![]
+        } else {
+            oci_spec::runtime::get_default_maskedpaths()
+        })
+        .readonly_paths(if privileged {
+            vec![]
+        } else {
+            oci_spec::runtime::get_default_readonly_paths()
+        })
         .build()?;
     let spec = SpecBuilder::default()
         .version("1.0.2")
         .root(
             RootBuilder::default()
                 .path(&input.rootfs)
-                .readonly(false)
+                .readonly(sc.and_then(|s| s.read_only_root_filesystem) == Some(true))
                 .build()?,
         )
         .hostname(pod_name)
@@ -276,6 +397,69 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::{Capabilities, SecurityContext};
+
+    #[test]
+    fn capability_sets() {
+        let sc = |add: &[&str], drop: &[&str], privileged: bool| SecurityContext {
+            privileged: Some(privileged),
+            capabilities: Some(Capabilities {
+                add: Some(add.iter().map(|s| s.to_string()).collect()),
+                drop: Some(drop.iter().map(|s| s.to_string()).collect()),
+            }),
+            ..Default::default()
+        };
+        let names = |c: &oci_spec::runtime::LinuxCapabilities| -> Vec<String> {
+            let mut v: Vec<String> = c
+                .bounding()
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .map(|c| {
+                    serde_json::to_value(c)
+                        .unwrap()
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let cases: [(SecurityContext, Result<usize, ()>, &str, bool); 5] = [
+            (sc(&[], &[], false), Ok(14), "CAP_CHOWN", true),
+            (
+                sc(&["NET_ADMIN"], &["CHOWN"], false),
+                Ok(14),
+                "CAP_CHOWN",
+                false,
+            ),
+            (
+                sc(&["CAP_NET_ADMIN"], &["ALL"], false),
+                Ok(1),
+                "CAP_NET_ADMIN",
+                true,
+            ),
+            (
+                sc(&[], &[], true),
+                Ok(ALL_CAPABILITIES.len()),
+                "CAP_SYS_ADMIN",
+                true,
+            ),
+            (sc(&["NOT_A_CAP"], &[], false), Err(()), "", false),
+        ];
+        for (ctx, want_len, probe, has) in cases {
+            let got = capabilities(Some(&ctx));
+            match want_len {
+                Ok(n) => {
+                    let got = names(&got.unwrap());
+                    assert_eq!(got.len(), n, "{ctx:?}: {got:?}");
+                    assert_eq!(got.iter().any(|c| c == probe), has, "{ctx:?}: {got:?}");
+                }
+                Err(()) => assert!(matches!(got, Err(SpecError::Config(_)))),
+            }
+        }
+    }
     use k8s_openapi::api::core::v1::{PodSpec, ResourceRequirements};
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -407,6 +591,17 @@ mod tests {
             .unwrap()
             .iter()
             .any(|n| n["type"] == "network"));
+        let caps: Vec<&str> = v["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        assert!(
+            caps.contains(&"CAP_CHOWN") && !caps.contains(&"CAP_SYS_ADMIN"),
+            "{caps:?}"
+        );
+        assert_eq!(v["root"]["readonly"], false);
         let no_cmd = Container::default();
         assert!(matches!(
             build(&SpecInput {

@@ -8,6 +8,7 @@
 //! <root>/certs/                                  the log server's self-signed TLS pair
 //! <root>/pods/<uid>/pod.json                     {"namespace","name","uid"} of the pod
 //! <root>/pods/<uid>/hosts                        /etc/hosts of the pod's containers
+//! <root>/pods/<uid>/resolv.conf                  their /etc/resolv.conf (the node's)
 //! <root>/pods/<uid>/volumes/<volume>/            emptyDir, configMap and secret volumes
 //! <root>/pods/<uid>/containers/<name>/<attempt>/ one run of a container (the OCI bundle):
 //!     config.json    the OCI runtime spec

@@ -83,7 +83,7 @@ spec:
     env:
     - {name: GREETING, valueFrom: {configMapKeyRef: {name: settings, key: greeting}}}
     - {name: POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
-    command: ["sh", "-c", "echo $GREETING $POD $(cat x) $(cat /etc/cfg/greeting) $(pwd)"]
+    command: ["sh", "-c", "chown 65534 x && echo $GREETING $POD $(cat x) $(cat /etc/cfg/greeting) $(pwd)"]
     volumeMounts:
     - {name: cfg, mountPath: /etc/cfg}
     - {name: scratch, mountPath: /scratch}
@@ -170,6 +170,15 @@ fn pods_run_log_restart_oom_and_terminate() {
         (!out.is_empty()).then_some(out)
     });
     assert_eq!(logs, "hello\n");
+    let events = c.get(&["events"]).unwrap();
+    let started = events["items"].as_array().unwrap().iter().any(|e| {
+        e["reason"] == "Started"
+            && e.pointer("/involvedObject/name") == Some(&Value::from("hello"))
+            && e.pointer("/source/component") == Some(&Value::from("kubelet"))
+    });
+    assert!(started, "no Started event for hello: {events}");
+    let described = c.ok(&["describe", "pod", "hello"]);
+    assert!(described.contains("Started container main"), "{described}");
     let ts = c.ok(&["logs", "hello", "--timestamps"]);
     assert!(ts.ends_with("Z hello\n"), "{ts}");
 
@@ -354,4 +363,48 @@ spec:
     wait_for(10, "sleeper deleted", || {
         c.pod("sleeper").is_none().then_some(())
     });
+}
+
+/// Two agents on one machine: each runs only its own pods under its own runc root, and
+/// restarting one leaves the other's containers alone.
+#[test]
+fn two_agents_keep_to_their_own_containers() {
+    let c = Cluster::start("e2e-a");
+    let b = c.extra_agent("e2e-b");
+    let pod = |name: &str, node: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: main, image: busybox, command: [sleep, \"3600\"]}}\n"
+        )
+    };
+    c.apply(&(pod("on-a", &c.node) + &pod("on-b", &b.node)));
+    for name in ["on-a", "on-b"] {
+        wait_for(60, name, || {
+            (phase(&c.pod(name)?) == "Running").then_some(())
+        });
+    }
+    let uid = |name: &str| {
+        c.pod(name).unwrap()["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (a_ids, b_ids) = (c.running_ids(), common::running_ids(&b.root));
+    assert_eq!(a_ids.len(), 1);
+    assert_eq!(b_ids.len(), 1);
+    assert!(a_ids[0].starts_with(&uid("on-a")), "{a_ids:?}");
+    assert!(b_ids[0].starts_with(&uid("on-b")), "{b_ids:?}");
+    // Both nodes register; A's restart (which removes containers no pod of A owns)
+    // leaves B's container running.
+    for node in [&c.node, &b.node] {
+        wait_for(30, "node registered", || c.get(&["node", node]));
+    }
+    let mut c = c;
+    c.agent.take().unwrap().kill();
+    c.start_agent();
+    wait_for(20, "A restarted", || {
+        c.agent_log().contains("node agent running").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(common::running_ids(&b.root), b_ids);
+    assert_eq!(c.running_ids(), a_ids);
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use controlplane::client::{Api, DeleteParams};
 use controlplane::clock::Clock;
-use k8s_openapi::api::core::v1::{Container, Pod, PodCondition, PodIP, PodStatus};
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::watch;
 
@@ -38,6 +38,9 @@ use crate::{env, volumes};
 
 /// How often configMap and secret volumes are rewritten from the API.
 const VOLUME_REFRESH: Duration = Duration::from_secs(30);
+
+/// The shortest grace period a container gets (the kubelet's minimum).
+const MINIMUM_GRACE_SECONDS: i64 = 2;
 
 /// How long a container that failed to be created waits before the next try.
 const CREATE_RETRY: Duration = Duration::from_secs(5);
@@ -95,6 +98,10 @@ pub struct Worker<C: Api, R: Runtime, N: PodNetwork> {
     removed: HashSet<String>,
     /// Containers sent SIGTERM.
     terminating: HashSet<String>,
+    /// Containers killed because their definition changed.
+    changed: HashSet<String>,
+    /// (container, attempt) whose BackOff event was recorded.
+    backoff_events: HashSet<(String, u32)>,
     gone_since: Option<DateTime<Utc>>,
     last_status: Option<PodStatus>,
     start_time: Option<Time>,
@@ -180,6 +187,8 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
             probes: HashMap::new(),
             removed: HashSet::new(),
             terminating: HashSet::new(),
+            backoff_events: HashSet::new(),
+            changed: HashSet::new(),
             gone_since: None,
             last_status: None,
             start_time: None,
@@ -212,14 +221,16 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         let now = self.shared.clock.now();
         match pod {
             None => {
+                // Gone from the API: a graceful deletion keeps its deadline; a pod removed
+                // at once (force-deleted, or gone while the agent was down) gets the
+                // kubelet's minimum grace period.
                 let since = *self.gone_since.get_or_insert(now);
-                let grace = self
+                let deadline = self
                     .last_pod
                     .as_ref()
-                    .and_then(|p| p.spec.as_ref())
-                    .and_then(|s| s.termination_grace_period_seconds)
-                    .unwrap_or(2);
-                let deadline = since + chrono::Duration::seconds(grace);
+                    .and_then(|p| p.metadata.deletion_timestamp.clone())
+                    .map(|t| t.0)
+                    .unwrap_or(since + chrono::Duration::seconds(MINIMUM_GRACE_SECONDS));
                 if self.terminate(deadline).await {
                     self.cleanup().await;
                     return Outcome::Finished;
@@ -312,6 +323,13 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                 }
             } else if self.terminating.insert(o.id.clone()) {
                 tracing::info!(pod = %self.key(), container = %name, "sending SIGTERM");
+                self.event(crate::events::Record::normal(
+                    "Killing",
+                    &name,
+                    format!("Stopping container {name}"),
+                ))
+                .await;
+                let rt = &self.shared.runtime;
                 if let Err(e) = rt.kill(&o.id, libc::SIGTERM).await {
                     tracing::warn!(id = %o.id, error = %e, "SIGTERM");
                 }
@@ -401,6 +419,11 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
             ),
         )
         .map_err(SyncError::PodState)?;
+        // Pods share the node's network, so they resolve names as the node does (there is
+        // no cluster DNS yet).
+        let resolv = store.pod_dir(&self.uid).join("resolv.conf");
+        let host_resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+        std::fs::write(&resolv, host_resolv).map_err(SyncError::PodState)?;
         let fresh = self
             .volumes
             .as_ref()
@@ -538,6 +561,7 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                 }
             }
         }
+        let spec_changed = o.meta.as_ref().is_some_and(|m| m.image != image);
         match o.state.clone() {
             State::Created => {
                 // The agent stopped between create and start.
@@ -547,6 +571,22 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                 self.mark_started(&o, now);
                 view.current = Current::Running { started_at: now };
                 view.started = Some(true);
+                view
+            }
+            State::Running if spec_changed => {
+                // The kubelet restarts a container whose definition changed (here: its
+                // image) whatever the restart policy.
+                if self.changed.insert(o.id.clone()) {
+                    tracing::info!(id = %o.id, "image changed; restarting the container");
+                    self.event(crate::events::Record::normal(
+                        "Killing",
+                        &c.name,
+                        format!("Container {} definition changed, will be restarted", c.name),
+                    ))
+                    .await;
+                    let _ = self.shared.runtime.kill(&o.id, libc::SIGKILL).await;
+                }
+                view.current = Current::Running { started_at: now };
                 view
             }
             State::Running => {
@@ -568,7 +608,12 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                     let _ = std::fs::remove_dir_all(o.dir.join("rootfs"));
                 }
                 let t = terminated_of(o.meta.as_ref(), &exit, &o.dir, c);
-                match status::decide(policy, is_init, &t, o.attempt, now) {
+                let decision = if spec_changed {
+                    Decision::Restart
+                } else {
+                    status::decide(policy, is_init, &t, o.attempt, now)
+                };
+                match decision {
                     Decision::Restart if allow_start => {
                         view.last = Some(t);
                         view.restart_count = o.attempt + 1;
@@ -583,6 +628,14 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                             Decision::BackOff(total) => total,
                             _ => d,
                         };
+                        if self.backoff_events.insert((c.name.clone(), o.attempt)) {
+                            self.event(crate::events::Record::warning(
+                                "BackOff",
+                                &c.name,
+                                "Back-off restarting failed container",
+                            ))
+                            .await;
+                        }
                         view.current = Current::Waiting {
                             reason: "CrashLoopBackOff".into(),
                             message: Some(format!(
@@ -623,7 +676,29 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         net: &PodNetworkStatus,
         now: DateTime<Utc>,
     ) -> (bool, bool) {
+        let (started, ready, unhealthy) = self.probe_round(c, o, started_at, net, now).await;
+        for message in unhealthy {
+            self.event(crate::events::Record::warning(
+                "Unhealthy",
+                &c.name,
+                message,
+            ))
+            .await;
+        }
+        (started, ready)
+    }
+
+    /// One round of due probes: (started, ready, messages of probes that just failed).
+    async fn probe_round(
+        &mut self,
+        c: &Container,
+        o: &Observed,
+        started_at: DateTime<Utc>,
+        net: &PodNetworkStatus,
+        now: DateTime<Utc>,
+    ) -> (bool, bool, Vec<String>) {
         let rt = &self.shared.runtime;
+        let mut unhealthy = Vec::new();
         let mut started = true;
         if let Some(p) = &c.startup_probe {
             let t = self
@@ -635,6 +710,9 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                     let ok = probes::run(rt, &o.id, c, p, &net.ip).await;
                     if t.record(p, ok, now) == Some(false) {
                         tracing::info!(id = %o.id, "startup probe failed; killing");
+                        unhealthy.push(
+                            "Startup probe failed; the container will be restarted".to_string(),
+                        );
                         let _ = rt.kill(&o.id, libc::SIGKILL).await;
                     }
                 }
@@ -642,7 +720,7 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
             }
         }
         if !started {
-            return (false, false);
+            return (false, false, unhealthy);
         }
         if let Some(p) = &c.liveness_probe {
             let t = self
@@ -653,8 +731,10 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                 let ok = probes::run(rt, &o.id, c, p, &net.ip).await;
                 if t.record(p, ok, now) == Some(false) {
                     tracing::info!(id = %o.id, "liveness probe failed; killing");
+                    unhealthy
+                        .push("Liveness probe failed; the container will be restarted".to_string());
                     let _ = rt.kill(&o.id, libc::SIGKILL).await;
-                    return (true, false);
+                    return (true, false, unhealthy);
                 }
             }
         }
@@ -666,16 +746,27 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                     .entry((c.name.clone(), o.attempt, "readiness"))
                     .or_default();
                 if t.due(p, started_at, now) {
+                    let before = t.result;
                     let ok = probes::run(rt, &o.id, c, p, &net.ip).await;
-                    t.record(p, ok, now);
+                    if t.record(p, ok, now) == Some(false) && before != Some(false) {
+                        unhealthy.push("Readiness probe failed".to_string());
+                    }
                 }
                 t.result == Some(true)
             }
         };
-        (true, ready)
+        (true, ready, unhealthy)
     }
 
-    fn wait_view(
+    async fn event(&self, r: crate::events::Record) {
+        if let Some(pod) = &self.last_pod {
+            let now = self.shared.clock.now();
+            crate::events::record(&self.shared.api, pod, &self.shared.config.node_name, r, now)
+                .await;
+        }
+    }
+
+    async fn wait_view(
         &mut self,
         mut view: ContainerView,
         reason: &str,
@@ -683,6 +774,19 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         now: DateTime<Utc>,
     ) -> ContainerView {
         tracing::warn!(pod = %self.key(), container = %view.name, %reason, %message, "container cannot start");
+        let repeated = self
+            .waiting
+            .get(&view.name)
+            .is_some_and(|w| w.message == message);
+        if !repeated {
+            let text = if reason == "ErrImagePull" || reason == "ImagePullBackOff" {
+                format!("Failed to pull image \"{}\": {message}", view.image)
+            } else {
+                format!("Error: {message}")
+            };
+            self.event(crate::events::Record::warning("Failed", &view.name, text))
+                .await;
+        }
         self.waiting.insert(
             view.name.clone(),
             Waiting {
@@ -729,13 +833,15 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                     }
                     _ => "ErrImagePull",
                 };
-                return self.wait_view(view, reason, e.to_string(), now);
+                return self.wait_view(view, reason, e.to_string(), now).await;
             }
         };
         let vols = match vols {
             Ok(v) => v,
             Err(e) => {
-                return self.wait_view(view, "CreateContainerConfigError", e.to_string(), now)
+                return self
+                    .wait_view(view, "CreateContainerConfigError", e.to_string(), now)
+                    .await
             }
         };
         let node = env::NodeFields {
@@ -746,24 +852,30 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         let env = match env::resolve(&self.shared.api, pod, c, &node).await {
             Ok(e) => e,
             Err(e) => {
-                return self.wait_view(view, "CreateContainerConfigError", e.to_string(), now)
+                return self
+                    .wait_view(view, "CreateContainerConfigError", e.to_string(), now)
+                    .await
             }
         };
         let mut mounts = match volumes::mounts(c, vols) {
             Ok(m) => m,
             Err(e) => {
-                return self.wait_view(view, "CreateContainerConfigError", e.to_string(), now)
+                return self
+                    .wait_view(view, "CreateContainerConfigError", e.to_string(), now)
+                    .await
             }
         };
         let store = &self.shared.store;
         let dir = store.attempt_dir(&self.uid, &c.name, attempt);
         let rootfs = dir.join("rootfs");
         if image.rootfs.join("etc").is_dir() {
-            mounts.push(BindMount {
-                source: store.pod_dir(&self.uid).join("hosts"),
-                destination: "/etc/hosts".into(),
-                read_only: false,
-            });
+            for file in ["hosts", "resolv.conf"] {
+                mounts.push(BindMount {
+                    source: store.pod_dir(&self.uid).join(file),
+                    destination: format!("/etc/{file}"),
+                    read_only: false,
+                });
+            }
         }
         mounts.push(BindMount {
             source: dir.join(TERMINATION_LOG),
@@ -790,17 +902,21 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         let oci = match spec::build(&input) {
             Ok(s) => s,
             Err(e) => {
-                return self.wait_view(view, "CreateContainerConfigError", e.to_string(), now)
+                return self
+                    .wait_view(view, "CreateContainerConfigError", e.to_string(), now)
+                    .await
             }
         };
         let _ = std::fs::remove_dir_all(&dir);
         if let Err(e) = std::fs::create_dir_all(&dir) {
-            return self.wait_view(
-                view,
-                "CreateContainerError",
-                format!("{}: {e}", dir.display()),
-                now,
-            );
+            return self
+                .wait_view(
+                    view,
+                    "CreateContainerError",
+                    format!("{}: {e}", dir.display()),
+                    now,
+                )
+                .await;
         }
         let copied = tokio::process::Command::new("cp")
             .arg("-a")
@@ -816,26 +932,33 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                     "copying the image rootfs: {}",
                     String::from_utf8_lossy(&o.stderr).trim()
                 );
-                return self.wait_view(view, "CreateContainerError", msg, now);
+                return self.wait_view(view, "CreateContainerError", msg, now).await;
             }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                return self.wait_view(
-                    view,
-                    "CreateContainerError",
-                    format!("running cp: {e}"),
-                    now,
-                );
+                return self
+                    .wait_view(
+                        view,
+                        "CreateContainerError",
+                        format!("running cp: {e}"),
+                        now,
+                    )
+                    .await;
             }
         }
         if let Err(e) = std::fs::write(dir.join(TERMINATION_LOG), b"") {
             let _ = std::fs::remove_dir_all(&dir);
-            return self.wait_view(view, "CreateContainerError", e.to_string(), now);
+            return self
+                .wait_view(view, "CreateContainerError", e.to_string(), now)
+                .await;
         }
         if let Err(e) = oci.save(dir.join("config.json")) {
             let _ = std::fs::remove_dir_all(&dir);
-            return self.wait_view(view, "CreateContainerError", e.to_string(), now);
+            return self
+                .wait_view(view, "CreateContainerError", e.to_string(), now)
+                .await;
         }
+        let image_ref_for_events = image_ref.clone();
         let mut meta = AttemptMeta {
             id: id.clone(),
             attempt,
@@ -845,7 +968,9 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         };
         if let Err(e) = store.write_meta(&dir, &meta) {
             let _ = std::fs::remove_dir_all(&dir);
-            return self.wait_view(view, "CreateContainerError", e.to_string(), now);
+            return self
+                .wait_view(view, "CreateContainerError", e.to_string(), now)
+                .await;
         }
         let req = CreateRequest {
             id: id.clone(),
@@ -864,7 +989,7 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         if let Err((reason, msg)) = started {
             let _ = rt.delete(&id).await;
             let _ = std::fs::remove_dir_all(&dir);
-            return self.wait_view(view, reason, msg, now);
+            return self.wait_view(view, reason, msg, now).await;
         }
         meta.started_at = Some(now_str(now));
         let _ = store.write_meta(&dir, &meta);
@@ -873,6 +998,20 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         self.probes
             .retain(|(name, a, _), _| name != &c.name || *a >= attempt);
         tracing::info!(pod = %self.key(), container = %c.name, attempt, %id, "container started");
+        for (reason, message) in [
+            (
+                "Pulled",
+                format!(
+                    "Container image \"{}\" already present on machine",
+                    image_ref_for_events
+                ),
+            ),
+            ("Created", format!("Created container {}", c.name)),
+            ("Started", format!("Started container {}", c.name)),
+        ] {
+            self.event(crate::events::Record::normal(reason, &c.name, message))
+                .await;
+        }
         // Keep the previous attempt (for --previous logs and lastState), drop older ones.
         for old in store.attempts(&self.uid, &c.name) {
             if old + 1 < attempt {
@@ -910,56 +1049,17 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                 DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now),
             ));
         self.start_time = Some(start_time.clone());
-        let ready = !app.is_empty() && app.iter().all(|c| c.ready) && phase == "Running";
-        let bool_s = |b: bool| if b { "True" } else { "False" }.to_string();
-        let cond = |ty: &str, status: String, reason: Option<&str>| {
-            let prev = old
-                .conditions
-                .as_ref()
-                .and_then(|cs| cs.iter().find(|c| c.type_ == ty));
-            let since = match prev {
-                Some(p) if p.status == status => p.last_transition_time.clone(),
-                _ => Some(Time(
-                    DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now),
-                )),
-            };
-            PodCondition {
-                type_: ty.into(),
-                status,
-                reason: reason.map(String::from),
-                last_transition_time: since,
-                ..Default::default()
-            }
-        };
-        let not_ready = (!ready).then_some("ContainersNotReady");
-        let conditions = vec![
-            cond(
-                "Initialized",
-                bool_s(initialized),
-                (!initialized).then_some("ContainersNotInitialized"),
-            ),
-            cond("Ready", bool_s(ready), not_ready),
-            cond("ContainersReady", bool_s(ready), not_ready),
-            cond("PodScheduled", "True".into(), None),
-        ];
-        let status = PodStatus {
-            phase: Some(phase.into()),
-            conditions: Some(conditions),
-            host_ip: Some(self.shared.config.node_ip.clone()),
-            pod_ip: Some(net.ip.clone()),
-            pod_ips: Some(vec![PodIP {
-                ip: Some(net.ip.clone()),
-            }]),
-            start_time: Some(start_time),
-            qos_class: old
-                .qos_class
-                .clone()
-                .or_else(|| Some(qos_class(pod).into())),
-            container_statuses: Some(app.iter().map(ContainerView::to_status).collect()),
-            init_container_statuses: (!init.is_empty())
-                .then(|| init.iter().map(ContainerView::to_status).collect()),
-            ..Default::default()
-        };
+        let status = podstatus::build(&podstatus::Input {
+            pod,
+            phase,
+            initialized,
+            init,
+            app,
+            host_ip: &self.shared.config.node_ip,
+            pod_ip: &net.ip,
+            start_time,
+            now,
+        });
         if self.last_status.as_ref() == Some(&status) {
             return;
         }
@@ -991,37 +1091,6 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
     }
 }
 
-/// The pod's QoS class from its containers' requests and limits.
-pub fn qos_class(pod: &Pod) -> &'static str {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let all: Vec<Container> = spec
-        .containers
-        .into_iter()
-        .chain(spec.init_containers.unwrap_or_default())
-        .collect();
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in &all {
-        let r = c.resources.clone().unwrap_or_default();
-        let lim = r.limits.unwrap_or_default();
-        let req = r.requests.unwrap_or_default();
-        any |= !lim.is_empty() || !req.is_empty();
-        for k in ["cpu", "memory"] {
-            match (lim.get(k), req.get(k)) {
-                (Some(l), Some(q)) if l == q => {}
-                (Some(_), None) => {}
-                _ => guaranteed = false,
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
-}
-
+mod podstatus;
 #[cfg(test)]
 mod tests;

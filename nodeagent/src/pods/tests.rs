@@ -23,13 +23,18 @@ fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::new(dir.path());
     let images = ImageStore::new(store.images());
-    let img = images.dir.join("busybox_latest");
-    std::fs::create_dir_all(img.join("rootfs/bin")).unwrap();
-    std::fs::write(
-        img.join("image.json"),
-        r#"{"reference":"docker.io/library/busybox:latest","cmd":["sh"]}"#,
-    )
-    .unwrap();
+    for (dir, reference) in [
+        ("busybox_latest", "docker.io/library/busybox:latest"),
+        ("busybox_2", "docker.io/library/busybox:2"),
+    ] {
+        let img = images.dir.join(dir);
+        std::fs::create_dir_all(img.join("rootfs/bin")).unwrap();
+        std::fs::write(
+            img.join("image.json"),
+            format!(r#"{{"reference":"{reference}","cmd":["sh"]}}"#),
+        )
+        .unwrap();
+    }
     let clock = ManualClock::default();
     let rt = FakeRuntime::new(clock.clone());
     let api = FakeApi::new();
@@ -69,6 +74,15 @@ fn container(name: &str, command: &[&str]) -> Container {
 }
 
 impl Harness {
+    /// The reasons of the events recorded so far.
+    fn reasons(&self) -> Vec<String> {
+        self.api
+            .all::<k8s_openapi::api::core::v1::Event>()
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+
     async fn pod(
         &self,
         policy: &str,
@@ -153,6 +167,9 @@ async fn crash_loop_restarts_with_backoff() {
         }
     }
     assert_eq!(h.rt.running().len(), 1);
+    // Started per run, one BackOff per backed-off run.
+    assert_eq!(h.reasons().iter().filter(|r| *r == "Started").count(), 4);
+    assert_eq!(h.reasons().iter().filter(|r| *r == "BackOff").count(), 2);
 }
 
 #[tokio::test]
@@ -262,6 +279,10 @@ async fn bad_input_becomes_a_waiting_reason() {
         assert!(h.rt.containers.lock().unwrap().is_empty());
         // The failed attempt left nothing behind and is not counted as a restart.
         assert_eq!(st.restart_count, 0);
+        // One Failed event, not one per retry.
+        h.clock.advance(Duration::from_secs(10));
+        h.sync(&mut w).await;
+        assert_eq!(h.reasons(), vec!["Failed"], "{reason}");
     }
 }
 
@@ -292,6 +313,7 @@ async fn deletion_sends_sigterm_then_sigkill_then_removes_the_pod() {
     assert_eq!(w.sync(Some(&pod)).await, Outcome::Continue);
     let signals: Vec<i32> = h.rt.signals.lock().unwrap().iter().map(|s| s.1).collect();
     assert_eq!(signals, vec![libc::SIGTERM, libc::SIGKILL]);
+    assert!(h.reasons().contains(&"Killing".to_string()));
     assert_eq!(w.sync(Some(&pod)).await, Outcome::Finished);
     assert!(h.rt.containers.lock().unwrap().is_empty());
     assert!(h
@@ -348,4 +370,53 @@ fn termination_messages() {
             "{file:?} {policy} {code}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_changed_image_restarts_the_container_whatever_the_policy() {
+    let h = harness();
+    let (_pod, mut w) = h
+        .pod("Never", vec![], vec![container("main", &["sleep", "1000"])])
+        .await;
+    h.sync(&mut w).await;
+    let first = h.rt.running();
+    let mut pod: Pod = h.api.get(Some("ns"), "p").await.unwrap();
+    pod.spec.as_mut().unwrap().containers[0].image = Some("busybox:2".into());
+    h.api.update(Some("ns"), &pod).await.unwrap();
+    h.sync(&mut w).await; // kills the old run
+    let s = h.sync(&mut w).await; // starts the new one at once
+    let now = h.rt.running();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now, first);
+    assert!(now[0].ends_with("-main-1"), "{now:?}");
+    let c = app_status(&s, 0);
+    assert_eq!((c.restart_count, c.image.as_str()), (1, "busybox:2"));
+    assert_eq!(s.phase.as_deref(), Some("Running"));
+}
+
+#[tokio::test]
+async fn a_pod_gone_from_the_api_is_stopped_after_the_minimum_grace() {
+    let h = harness();
+    let (pod, mut w) = h
+        .pod(
+            "Always",
+            vec![],
+            vec![container("main", &["sleep", "1000"])],
+        )
+        .await;
+    h.sync(&mut w).await;
+    // Force-deleted: the worker only learns that the pod is gone.
+    assert_eq!(w.sync(None).await, Outcome::Continue);
+    let signals = || -> Vec<i32> { h.rt.signals.lock().unwrap().iter().map(|s| s.1).collect() };
+    assert_eq!(signals(), vec![libc::SIGTERM]);
+    h.clock.advance(Duration::from_secs(2));
+    assert_eq!(w.sync(None).await, Outcome::Continue);
+    assert_eq!(signals(), vec![libc::SIGTERM, libc::SIGKILL]);
+    assert_eq!(w.sync(None).await, Outcome::Finished);
+    assert!(h.rt.containers.lock().unwrap().is_empty());
+    assert!(!h
+        .shared
+        .store
+        .pod_dir(pod.metadata.uid.as_deref().unwrap())
+        .exists());
 }

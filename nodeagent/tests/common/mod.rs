@@ -207,31 +207,29 @@ impl Cluster {
     }
 
     pub fn start_agent(&mut self) {
-        let log = self.dir.path().join(format!(
-            "agent-{}.log",
-            std::fs::read_dir(self.dir.path())
-                .map(|r| r.count())
-                .unwrap_or(0)
+        self.agent = Some(spawn_agent(
+            self.dir.path(),
+            &self.kubeconfig,
+            &self.node,
+            self.agent_port,
+            &self.agent_root,
         ));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodeagent"));
-        cmd.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args([
-                "--node-name",
-                &self.node,
-                "--port",
-                &self.agent_port.to_string(),
-            ])
-            .arg("--root-dir")
-            .arg(&self.agent_root)
-            .args([
-                "--lease-renew-interval",
-                "1s",
-                "--node-status-update-frequency",
-                "2s",
-            ])
-            .env("RUST_LOG", "nodeagent=debug");
-        self.agent = Some(Proc::spawn(&mut cmd, &log));
+    }
+
+    /// Another agent (its own node name, port, state dir and runc root), torn down on drop.
+    pub fn extra_agent(&self, name: &str) -> ExtraAgent {
+        let node = format!("{name}-{}", std::process::id());
+        // Its own directory: its runc state must outlive the cluster's until its drop.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("agent");
+        let port = free_port();
+        let proc = spawn_agent(dir.path(), &self.kubeconfig, &node, port, &root);
+        ExtraAgent {
+            node,
+            root,
+            proc: Some(proc),
+            _dir: dir,
+        }
     }
 
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
@@ -306,35 +304,12 @@ impl Cluster {
 
     /// The ids of the runc containers of this agent (`runc --root <root>/runc list`).
     pub fn runc_ids(&self) -> Vec<String> {
-        let out = Command::new("runc")
-            .arg("--root")
-            .arg(self.agent_root.join("runc"))
-            .args(["list", "-q"])
-            .output()
-            .expect("runc list");
-        let mut ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(String::from)
-            .filter(|l| !l.is_empty())
-            .collect();
-        ids.sort();
-        ids
+        runc_ids(&self.agent_root)
     }
 
     /// The runc containers that are running.
     pub fn running_ids(&self) -> Vec<String> {
-        self.runc_ids()
-            .into_iter()
-            .filter(|id| {
-                Command::new("runc")
-                    .arg("--root")
-                    .arg(self.agent_root.join("runc"))
-                    .args(["state", id])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).contains("\"running\""))
-                    .unwrap_or(false)
-            })
-            .collect()
+        running_ids(&self.agent_root)
     }
 
     pub fn agent_log(&self) -> String {
@@ -350,27 +325,7 @@ impl Drop for Cluster {
         if let Some(mut a) = self.agent.take() {
             a.kill();
         }
-        let root = self.agent_root.join("runc");
-        for id in self.runc_ids() {
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&root)
-                .args(["kill", "--all", &id, "KILL"])
-                .output();
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&root)
-                .args(["delete", "--force", &id])
-                .output();
-        }
-        // runc removes each container's cgroup; the agent's parent cgroup is left.
-        let parent = format!("nodeagent-{}", self.node);
-        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
-            for hierarchy in rd.flatten() {
-                let _ = std::fs::remove_dir(hierarchy.path().join(&parent));
-            }
-        }
-        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&parent));
+        teardown_agent(&self.agent_root, &self.node);
         if std::env::var_os("NODEAGENT_E2E_KEEP").is_some() {
             let kept = self.dir.path().to_path_buf();
             eprintln!("keeping {}", kept.display());
@@ -379,5 +334,101 @@ impl Drop for Cluster {
                 tempfile::tempdir().expect("tempdir"),
             ));
         }
+    }
+}
+
+fn spawn_agent(dir: &Path, kubeconfig: &Path, node: &str, port: u16, root: &Path) -> Proc {
+    let log = dir.join(format!(
+        "agent-{node}-{}.log",
+        std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
+    ));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodeagent"));
+    cmd.arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--node-name", node, "--port", &port.to_string()])
+        .arg("--root-dir")
+        .arg(root)
+        .args([
+            "--lease-renew-interval",
+            "1s",
+            "--node-status-update-frequency",
+            "2s",
+        ])
+        .env("RUST_LOG", "nodeagent=debug");
+    Proc::spawn(&mut cmd, &log)
+}
+
+/// The runc containers under an agent's state dir.
+pub fn runc_ids(agent_root: &Path) -> Vec<String> {
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(agent_root.join("runc"))
+        .args(["list", "-q"])
+        .output()
+        .expect("runc list");
+    let mut ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .filter(|l| !l.is_empty())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Those of them that are running.
+pub fn running_ids(agent_root: &Path) -> Vec<String> {
+    runc_ids(agent_root)
+        .into_iter()
+        .filter(|id| {
+            Command::new("runc")
+                .arg("--root")
+                .arg(agent_root.join("runc"))
+                .args(["state", id])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("\"running\""))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Kills and deletes every runc container of an agent and removes its cgroups.
+fn teardown_agent(agent_root: &Path, node: &str) {
+    let root = agent_root.join("runc");
+    for id in runc_ids(agent_root) {
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["kill", "--all", &id, "KILL"])
+            .output();
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["delete", "--force", &id])
+            .output();
+    }
+    // runc removes each container's cgroup; the agent's parent cgroup is left.
+    let parent = format!("nodeagent-{node}");
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        for hierarchy in rd.flatten() {
+            let _ = std::fs::remove_dir(hierarchy.path().join(&parent));
+        }
+    }
+    let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&parent));
+}
+
+/// A second (third...) agent of a cluster.
+pub struct ExtraAgent {
+    pub node: String,
+    pub root: PathBuf,
+    pub proc: Option<Proc>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ExtraAgent {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+        teardown_agent(&self.root, &self.node);
     }
 }
