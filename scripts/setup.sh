@@ -8,6 +8,7 @@ PACKAGES=(
   libprotobuf-dev            # google/protobuf/*.proto, which etcd-client's protos import
   etcd-server etcd-client    # the reference etcd 3.4 the differential tests compare against
   runc busybox-static        # the node agent's container runtime and test image
+  containernetworking-plugins nftables  # pod networking (CNI bridge, host-local, loopback) and the service proxy
   iproute2 curl ca-certificates
 )
 
