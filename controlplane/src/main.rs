@@ -143,7 +143,7 @@ struct ControllerManagerArgs {
     #[command(flatten)]
     election: ElectionArgs,
     /// Controllers to run: `*` or a comma-separated list of
-    /// replicaset, deployment, nodelifecycle, endpoint, garbagecollector, namespace.
+    /// replicaset, deployment, nodelifecycle, endpoint, garbagecollector, namespace, nodeipam.
     #[arg(long, value_delimiter = ',', default_value = "*")]
     controllers: Vec<String>,
     /// Workers per controller.
@@ -158,6 +158,12 @@ struct ControllerManagerArgs {
     /// How often node heartbeats are checked.
     #[arg(long, value_parser = humantime_secs, default_value = "5s")]
     node_monitor_period: std::time::Duration,
+    /// Pod IPs of all nodes come from this CIDR; each node gets a subnet of it.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
+    /// Prefix length of each node's pod subnet.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
     /// Serve Prometheus `/metrics` here (e.g. 127.0.0.1:10252); off unless given.
     #[arg(long)]
     metrics_address: Option<SocketAddr>,
@@ -258,7 +264,7 @@ async fn scheduler(a: SchedulerArgs) -> anyhow::Result<()> {
 async fn controller_manager(a: ControllerManagerArgs) -> anyhow::Result<()> {
     use controlplane::client::http::HttpClient;
     use controlplane::clock::SystemClock;
-    use controlplane::controllers::{nodelifecycle, run, Options, ALL};
+    use controlplane::controllers::{nodeipam, nodelifecycle, run, Options, ALL};
     use std::sync::Arc;
 
     for c in &a.controllers {
@@ -277,6 +283,7 @@ async fn controller_manager(a: ControllerManagerArgs) -> anyhow::Result<()> {
             grace_period: a.node_monitor_grace_period,
             monitor_period: a.node_monitor_period,
         },
+        ipam: nodeipam::Options::parse(&a.cluster_cidr, a.node_cidr_mask_size)?,
         metrics: Arc::default(),
     };
     serve_metrics(a.metrics_address, |addr| opts.metrics.clone().serve(addr));
@@ -373,6 +380,12 @@ struct ApiserverArgs {
     /// Write a kubeconfig for this server (and the token file's first user) here.
     #[arg(long)]
     kubeconfig_out: Option<PathBuf>,
+    /// Services' ClusterIPs are allocated from this CIDR.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cluster_ip_range: String,
+    /// NodePorts are allocated from this range.
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
 }
 
 #[tokio::main]
@@ -398,6 +411,8 @@ async fn main() -> anyhow::Result<()> {
                 token_auth_file: a.token_auth_file,
                 authorization_policy_file: a.authorization_policy_file,
                 kubeconfig_out: a.kubeconfig_out,
+                service_cluster_ip_range: a.service_cluster_ip_range,
+                service_node_port_range: a.service_node_port_range,
             };
             controlplane::apiserver::serve(config)
                 .await

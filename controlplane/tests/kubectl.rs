@@ -449,6 +449,70 @@ fn token_auth(flavor: Flavor) {
     );
 }
 
+/// ClusterIPs and NodePorts: allocated once across both replicas, explicit ones checked,
+/// released on delete, the ClusterIP immutable.
+fn service_allocation(flavor: Flavor) {
+    let c = cluster(flavor);
+    let mut ips = std::collections::BTreeSet::new();
+    for i in 0..6 {
+        // Alternate replicas: allocations are claims in the store, not per-replica state.
+        let k = if i % 2 == 0 { &c.ka } else { &c.kb };
+        let name = format!("svc-{i}");
+        k.ok(&["create", "service", "clusterip", &name, "--tcp=80:8080"]);
+        let ip = jsonpath(k, &["get", "service", &name], "{.spec.clusterIP}");
+        let addr: std::net::Ipv4Addr = ip.parse().expect("an IPv4 clusterIP");
+        let (a, b) = (addr.octets()[0], addr.octets()[1]);
+        assert!(
+            a == 10 && (96..112).contains(&b),
+            "{ip} is outside 10.96.0.0/12"
+        );
+        assert!(ips.insert(ip.clone()), "{ip} handed out twice");
+    }
+    let taken = ips.iter().next().unwrap().clone();
+    let manifest = |name: &str, ip: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  clusterIP: {ip}\n  ports:\n  - port: 80\n")
+    };
+    let err =
+        c.ka.fails_with_input(&["create", "-f", "-"], Some(&manifest("dup", &taken)));
+    assert!(
+        err.contains(&format!(r#"The Service "dup" is invalid: spec.clusterIPs: Invalid value: []string{{"{taken}"}}: failed to allocate IP {taken}: provided IP is already allocated"#)),
+        "{err}"
+    );
+    let owner = c.ka.ok(&[
+        "get",
+        "services",
+        "-o",
+        &format!("jsonpath={{.items[?(@.spec.clusterIP==\"{taken}\")].metadata.name}}"),
+    ]);
+    c.ka.ok(&["delete", "service", owner.trim()]);
+    c.kb.ok_with_input(&["create", "-f", "-"], Some(&manifest("reuse", &taken)));
+    let err = c.ka.fails(&[
+        "patch",
+        "service",
+        "reuse",
+        "-p",
+        r#"{"spec":{"clusterIP":"10.96.0.77"}}"#,
+    ]);
+    assert!(
+        err.contains("spec.clusterIP: Invalid value: \"10.96.0.77\": field is immutable"),
+        "{err}"
+    );
+    c.ka.ok(&["create", "service", "nodeport", "np", "--tcp=80:8080"]);
+    let port: u16 = jsonpath(
+        &c.ka,
+        &["get", "service", "np"],
+        "{.spec.ports[0].nodePort}",
+    )
+    .parse()
+    .expect("a nodePort");
+    assert!((30000..=32767).contains(&port), "{port}");
+}
+
+#[test]
+fn raftkv_service_allocation() {
+    service_allocation(Flavor::Raftkv);
+}
+
 #[test]
 fn raftkv_apply_get_scale_delete() {
     apply_get_scale_delete(Flavor::Raftkv);

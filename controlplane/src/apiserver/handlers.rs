@@ -11,6 +11,7 @@ use base64::Engine;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::allocator::{self, AllocError};
 use super::objects;
 use super::patch::{self, PatchType};
 use super::registry::{self, Resource};
@@ -82,6 +83,7 @@ fn store_err(r: &Resource, name: &str, e: StoreError) -> ApiError {
         StoreError::Conflict(_) => ApiError::conflict(r, name),
         StoreError::Compacted(_) => ApiError::Gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into()),
         StoreError::Corrupt(e) => ApiError::Internal(format!("stored object is corrupt: {e}")),
+        StoreError::Claimed(k) => ApiError::Internal(format!("{k} is already allocated")),
         StoreError::Etcd(e) => ApiError::Internal(format!("etcdserver: {e}")),
     }
 }
@@ -386,13 +388,70 @@ async fn create(server: &ApiServer, req: &ResourceRequest) -> Result<Response, A
         return Ok(json_response(StatusCode::CREATED, &obj));
     }
     let key = r.key(req.ns(), &name);
-    let rev = server
-        .store
-        .create(&key, &obj)
-        .await
-        .map_err(|e| store_err(r, &name, e))?;
+    let rev = if r.kind == "Service" {
+        create_service(server, r, &key, &mut obj, &name).await?
+    } else {
+        server
+            .store
+            .create(&key, &obj)
+            .await
+            .map_err(|e| store_err(r, &name, e))?
+    };
     set_resource_version(&mut obj, rev);
     Ok(json_response(StatusCode::CREATED, &obj))
+}
+
+/// Creates a Service with its ClusterIP and NodePorts claimed in the same Txn; a claim
+/// lost to a concurrent create (another replica) is retried with fresh picks.
+async fn create_service(
+    server: &ApiServer,
+    r: &Resource,
+    key: &str,
+    obj: &mut Value,
+    name: &str,
+) -> Result<i64, ApiError> {
+    let owner = format!("{}/{name}", meta_str(obj, "namespace").unwrap_or(""));
+    let template = obj.clone();
+    for _ in 0..WRITE_ATTEMPTS {
+        let ip_keys = server
+            .store
+            .keys(allocator::IP_CLAIMS)
+            .await
+            .map_err(|e| store_err(r, name, e))?;
+        let port_keys = server
+            .store
+            .keys(allocator::PORT_CLAIMS)
+            .await
+            .map_err(|e| store_err(r, name, e))?;
+        let (ips, ports) = allocator::used(&ip_keys, &port_keys);
+        *obj = template.clone();
+        let claims = server
+            .ranges
+            .assign(obj, &ips, &ports)
+            .map_err(|e| match e {
+                AllocError::Invalid(field, value, detail) => ApiError::Invalid {
+                    kind: "Service".into(),
+                    group: String::new(),
+                    name: name.into(),
+                    causes: vec![Cause::invalid_raw(field, &value, &detail)],
+                },
+                AllocError::Full(what) => {
+                    ApiError::Internal(format!("failed to allocate a {what}: the range is full"))
+                }
+            })?;
+        match server
+            .store
+            .create_claiming(key, obj, &claims, &owner)
+            .await
+        {
+            Ok(rev) => return Ok(rev),
+            Err(StoreError::Claimed(_)) => continue,
+            Err(e) => return Err(store_err(r, name, e)),
+        }
+    }
+    Err(ApiError::Internal(
+        "failed to allocate a clusterIP: too many concurrent allocations".into(),
+    ))
 }
 
 /// The object that results from writing `incoming` over `existing` through `sub`.
@@ -508,12 +567,15 @@ async fn write(server: &ApiServer, req: &ResourceRequest) -> Result<Response, Ap
             Some(rv) if rv != existing.mod_revision => return Err(ApiError::conflict(r, name)),
             _ => existing.mod_revision,
         };
-        let merged = merge_update(
+        let mut merged = merge_update(
             r,
             req.target.subresource.as_deref(),
             &existing.object,
             incoming,
         );
+        if r.kind == "Service" {
+            keep_service_allocations(&existing.object, &mut merged, name)?;
+        }
         objects::check_type(r, &merged)?;
         objects::validate(r, &merged)?;
         let mut new = objects::normalize(r, merged)?;
@@ -877,12 +939,82 @@ async fn delete_one(
                 .map(|_| object.clone())
         };
         match result {
-            Ok(obj) => return Ok(obj),
+            Ok(obj) => {
+                if r.kind == "Service" && obj.pointer("/metadata/deletionTimestamp").is_none() {
+                    release_service_claims(server, &obj).await;
+                }
+                return Ok(obj);
+            }
             Err(StoreError::Conflict(_)) => continue,
             Err(e) => return Err(store_err(r, name, e)),
         }
     }
     Err(ApiError::conflict(r, name))
+}
+
+/// An update keeps the Service's ClusterIP (immutable, as in Kubernetes) and the NodePorts
+/// of ports it leaves unset; allocating for a type changed to NodePort is not supported.
+fn keep_service_allocations(existing: &Value, new: &mut Value, name: &str) -> Result<(), ApiError> {
+    let old_ip = existing
+        .pointer("/spec/clusterIP")
+        .cloned()
+        .unwrap_or(Value::Null);
+    match new.pointer("/spec/clusterIP").and_then(Value::as_str) {
+        None | Some("") => {
+            new["spec"]["clusterIP"] = old_ip;
+            new["spec"]["clusterIPs"] = existing
+                .pointer("/spec/clusterIPs")
+                .cloned()
+                .unwrap_or(Value::Null);
+        }
+        Some(ip) if Some(ip) != old_ip.as_str() => {
+            return Err(ApiError::Invalid {
+                kind: "Service".into(),
+                group: String::new(),
+                name: name.into(),
+                causes: vec![Cause::invalid("spec.clusterIP", ip, "field is immutable")],
+            })
+        }
+        Some(_) => {}
+    }
+    let old_ports: Vec<Value> = existing
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(ports) = new.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
+        for p in ports
+            .iter_mut()
+            .filter(|p| p["nodePort"].as_i64().unwrap_or(0) == 0)
+        {
+            if let Some(old) = old_ports
+                .iter()
+                .find(|o| o["port"] == p["port"] && o["protocol"] == p["protocol"])
+            {
+                if old["nodePort"].as_i64().is_some() {
+                    p["nodePort"] = old["nodePort"].clone();
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Frees a deleted Service's ClusterIP and NodePorts. Best effort: a claim that outlives
+/// a failure here only narrows the range.
+async fn release_service_claims(server: &ApiServer, svc: &Value) {
+    let owner = format!(
+        "{}/{}",
+        meta_str(svc, "namespace").unwrap_or(""),
+        meta_str(svc, "name").unwrap_or("")
+    );
+    if let Err(e) = server
+        .store
+        .release(&allocator::claims_of(svc), &owner)
+        .await
+    {
+        tracing::warn!(service = %owner, error = %e, "releasing the service's IP and ports");
+    }
 }
 
 async fn delete(server: &ApiServer, req: &ResourceRequest) -> Result<Response, ApiError> {

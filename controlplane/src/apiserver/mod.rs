@@ -6,6 +6,7 @@
 //! [`handlers`] runs the verb against [`storage`] (and [`watch`] against the
 //! [`watch_cache`]), and [`status`] renders failures as Kubernetes `Status` objects.
 
+pub mod allocator;
 pub mod auth;
 pub mod discovery;
 pub mod handlers;
@@ -78,6 +79,8 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Ranges(#[from] allocator::RangeError),
     #[error("writing the kubeconfig {path}: {source}")]
     Kubeconfig {
         path: PathBuf,
@@ -97,6 +100,10 @@ pub struct Config {
     pub token_auth_file: Option<PathBuf>,
     pub authorization_policy_file: Option<PathBuf>,
     pub kubeconfig_out: Option<PathBuf>,
+    /// ClusterIPs of Services come from here (`--service-cluster-ip-range`).
+    pub service_cluster_ip_range: String,
+    /// NodePorts come from here (`--service-node-port-range`, `low-high`).
+    pub service_node_port_range: String,
 }
 
 /// The secure port's address and certificate.
@@ -120,6 +127,7 @@ pub struct ApiServer {
     pub clock: Arc<dyn Clock>,
     /// `host:port` clients reach us at, for `/api`'s serverAddressByClientCIDRs.
     pub address: String,
+    pub ranges: allocator::ServiceRanges,
 }
 
 impl ApiServer {
@@ -140,6 +148,10 @@ impl ApiServer {
 /// Connects to the store, starts one watch cache per resource and creates the system
 /// namespaces.
 pub async fn build(config: &Config, address: String) -> Result<Arc<ApiServer>, ServeError> {
+    let ranges = allocator::ServiceRanges::new(
+        &config.service_cluster_ip_range,
+        &config.service_node_port_range,
+    )?;
     let store = Store::connect(&config.etcd_servers).await?;
     let client_certs = config
         .secure
@@ -164,6 +176,7 @@ pub async fn build(config: &Config, address: String) -> Result<Arc<ApiServer>, S
         metrics: Metrics::new(),
         clock: Arc::new(SystemClock),
         address,
+        ranges,
     });
     ensure_system_namespaces(&server).await?;
     Ok(server)

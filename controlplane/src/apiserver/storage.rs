@@ -33,6 +33,8 @@ pub enum StoreError {
     Conflict(i64),
     #[error("revision {0} is compacted")]
     Compacted(i64),
+    #[error("{0} is already claimed")]
+    Claimed(String),
     #[error("stored object is not valid JSON: {0}")]
     Corrupt(#[from] serde_json::Error),
     #[error("etcd: {0}")]
@@ -223,6 +225,80 @@ impl Store {
             return Err(StoreError::AlreadyExists);
         }
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    /// Creates the object together with `claims` (keys that must not exist yet, each
+    /// written with `owner` as its value), all or nothing. `Err(Claimed(k))` names a claim
+    /// someone holds; AlreadyExists means the object's own key exists.
+    pub async fn create_claiming(
+        &self,
+        key: &str,
+        obj: &Value,
+        claims: &[String],
+        owner: &str,
+    ) -> Result<i64, StoreError> {
+        let mut guards = vec![Compare::create_revision(key, CompareOp::Equal, 0)];
+        let mut puts = vec![TxnOp::put(key, encode(obj), None)];
+        let mut gets = vec![TxnOp::get(key, Some(GetOptions::new().with_count_only()))];
+        for c in claims {
+            guards.push(Compare::create_revision(c.as_str(), CompareOp::Equal, 0));
+            puts.push(TxnOp::put(c.as_str(), owner, None));
+            gets.push(TxnOp::get(
+                c.as_str(),
+                Some(GetOptions::new().with_count_only()),
+            ));
+        }
+        let resp = self
+            .txn(Txn::new().when(guards).and_then(puts).or_else(gets))
+            .await?;
+        if resp.succeeded() {
+            return Ok(resp.header().map(|h| h.revision()).unwrap_or(0));
+        }
+        let taken: Vec<bool> = resp
+            .op_responses()
+            .into_iter()
+            .map(|r| matches!(r, TxnOpResponse::Get(g) if g.count() > 0))
+            .collect();
+        if taken.first() == Some(&true) {
+            return Err(StoreError::AlreadyExists);
+        }
+        let claimed = claims
+            .iter()
+            .zip(taken.iter().skip(1))
+            .find(|(_, t)| **t)
+            .map(|(c, _)| c.clone())
+            .unwrap_or_default();
+        Err(StoreError::Claimed(claimed))
+    }
+
+    /// Keys (only) under `prefix`.
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let opts = GetOptions::new()
+            .with_range(prefix_end(prefix))
+            .with_keys_only();
+        let resp = self
+            .kv(|mut c| {
+                let opts = opts.clone();
+                async move { c.get(prefix, Some(opts)).await }
+            })
+            .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect())
+    }
+
+    /// Deletes the claims `owner` holds among `keys` (best effort: a claim of another owner
+    /// is left alone).
+    pub async fn release(&self, keys: &[String], owner: &str) -> Result<(), StoreError> {
+        for k in keys {
+            let txn = Txn::new()
+                .when([Compare::value(k.as_str(), CompareOp::Equal, owner)])
+                .and_then([TxnOp::delete(k.as_str(), None)]);
+            self.txn(txn).await?;
+        }
+        Ok(())
     }
 
     /// Replaces the object last read at `expected` (its mod_revision). Returns the revision.

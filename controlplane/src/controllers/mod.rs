@@ -10,12 +10,14 @@
 //! | `endpoint` | [`endpoints`] |
 //! | `garbagecollector` | [`gc`] |
 //! | `namespace` | [`namespace`] |
+//! | `nodeipam` | [`nodeipam`] |
 
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod metrics;
 pub mod namespace;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod podutil;
 pub mod replicaset;
@@ -38,13 +40,14 @@ use crate::clock::Clock;
 use runtime::{run_workers, Informer, Reconciler, WorkQueue};
 
 /// Every controller, by the name `--controllers` uses.
-pub const ALL: [&str; 6] = [
+pub const ALL: [&str; 7] = [
     "replicaset",
     "deployment",
     "nodelifecycle",
     "endpoint",
     "garbagecollector",
     "namespace",
+    "nodeipam",
 ];
 
 #[derive(Clone, Debug)]
@@ -56,6 +59,7 @@ pub struct Options {
     /// Every object is re-queued this often (`--min-resync-period`).
     pub resync_period: Duration,
     pub node: nodelifecycle::Options,
+    pub ipam: nodeipam::Options,
     pub metrics: Arc<metrics::Metrics>,
 }
 
@@ -66,6 +70,7 @@ impl Default for Options {
             workers: 2,
             resync_period: Duration::from_secs(30),
             node: nodelifecycle::Options::default(),
+            ipam: nodeipam::Options::default(),
             metrics: Arc::default(),
         }
     }
@@ -216,6 +221,11 @@ pub async fn run<C: Api>(
             },
             &q,
         );
+        controllers.push(running(c, q, &opts));
+    }
+    if enabled("nodeipam") {
+        let q = queue("nodeipam");
+        let c = nodeipam::NodeIpamController::new(api.clone(), opts.ipam.clone(), &inf.nodes, &q);
         controllers.push(running(c, q, &opts));
     }
     if enabled("namespace") {
