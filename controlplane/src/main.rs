@@ -64,8 +64,10 @@ struct UpArgs {
     /// Node agents (nodes).
     #[arg(long, default_value_t = 2)]
     nodes: usize,
-    /// First of the ports the processes listen on (see `controlplane up --help`).
-    #[arg(long, default_value_t = 32000)]
+    /// First of the ports the processes listen on: raftkv member i (from 0) on base+2i
+    /// (clients) and base+2i+1 (peers), API server i on base+50+i, node agent i on
+    /// base+70+i.
+    #[arg(long, default_value_t = 2379)]
     port_base: u16,
     /// The load-balanced HTTPS endpoint of the API servers.
     #[arg(long, default_value_t = 6443)]

@@ -81,7 +81,7 @@ impl UpOptions {
             dir,
             topology: Topology::default(),
             bin_dir,
-            port_base: 32000,
+            port_base: 2379,
             api_port: 6443,
             lease_duration: Duration::from_secs(6),
             node_grace_period: Duration::from_secs(20),
@@ -107,8 +107,8 @@ pub enum LaunchError {
         timeout: Duration,
         logs: String,
     },
-    #[error("{0} exited; see its log")]
-    Exited(String),
+    #[error("node agents run containers with runc and need root: run as root, or pass --nodes 0")]
+    NotRoot,
     #[error(transparent)]
     State(#[from] state::StateError),
     #[error(transparent)]
@@ -299,6 +299,10 @@ impl Cluster {
             }
         };
         let (raftkv, controlplane) = (bin("raftkv")?, bin("controlplane")?);
+        // SAFETY: geteuid has no preconditions.
+        if opts.topology.nodes > 0 && unsafe { libc::geteuid() } != 0 {
+            return Err(LaunchError::NotRoot);
+        }
         let nodeagent = if opts.topology.nodes > 0 {
             Some(bin("nodeagent")?)
         } else {
