@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{kubectl_program, Kubectl};
+use common::{kubectl_program, wait_for, Kubectl};
 use controlplane::client::http::HttpClient;
 use controlplane::client::{Api, ListParams};
 use controlplane::launcher::state::{is_ours, ClusterState};
@@ -116,21 +116,6 @@ fn up(dir: &Path, base: u16) -> Up {
             "controlplane up did not come up:\n{text}"
         );
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -14,20 +14,28 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{ApiServer, Flavor, Kubectl, Proc, StoreServer};
+use common::{start_elected, wait_for, ApiServer, Flavor, Kubectl, Proc, StoreServer};
 use controlplane::client::http::HttpClient;
 use controlplane::client::{Api, ListParams};
 use controlplane::controllers::podutil;
 use controlplane::controllers::testing::TestKubelet;
+use controlplane::launcher::status::lease_holder;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 
 const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
+/// Fast node failure detection and resync for the test.
+const CM_FLAGS: &[&str] = &[
+    "--node-monitor-grace-period",
+    "3s",
+    "--node-monitor-period",
+    "500ms",
+    "--min-resync-period",
+    "5s",
+];
 
 const DEPLOYMENT: &str = r#"
 apiVersion: apps/v1
@@ -51,51 +59,6 @@ spec:
       - name: main
         image: nginx:1
 "#;
-
-fn start(component: &str, kubeconfig: &std::path::Path, dir: &std::path::Path, id: &str) -> Proc {
-    let log = dir.join(format!("{component}-{id}.log"));
-    let f = std::fs::File::create(&log).expect("log file");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_controlplane"));
-    cmd.arg(component)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["--leader-elect", "--identity", id])
-        .args(["--leader-elect-lease-duration", "2s"])
-        .args(["--leader-elect-renew-deadline", "1500ms"])
-        .args(["--leader-elect-retry-period", "250ms"]);
-    if component == "controller-manager" {
-        cmd.args(["--node-monitor-grace-period", "3s"])
-            .args(["--node-monitor-period", "500ms"])
-            .args(["--min-resync-period", "5s"]);
-    }
-    let child = cmd
-        .env("RUST_LOG", "controlplane=debug")
-        .stdout(f.try_clone().expect("dup"))
-        .stderr(f)
-        .spawn()
-        .expect("spawning");
-    Proc { child, log }
-}
-
-async fn holder(api: &HttpClient, lease: &str) -> Option<String> {
-    let l: Lease = api.get(Some("kube-system"), lease).await.ok()?;
-    l.spec?.holder_identity.filter(|h| !h.is_empty())
-}
-
-async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn web_pods(api: &HttpClient) -> Vec<Pod> {
     let params = ListParams {
@@ -129,11 +92,16 @@ fn deployments_roll_out_through_failover_node_loss_and_deletion() {
     let kc = &apiserver.kubeconfig;
     let _schedulers: Vec<Proc> = ["s1", "s2"]
         .iter()
-        .map(|id| start("scheduler", kc, dir.path(), id))
+        .map(|id| start_elected("scheduler", kc, dir.path(), id, &[]))
         .collect();
     let mut managers: BTreeMap<&str, Proc> = ["cm1", "cm2"]
         .iter()
-        .map(|id| (*id, start("controller-manager", kc, dir.path(), id)))
+        .map(|id| {
+            (
+                *id,
+                start_elected("controller-manager", kc, dir.path(), id, CM_FLAGS),
+            )
+        })
         .collect();
     let k = Kubectl::new(&apiserver, dir.path(), "k");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -180,7 +148,7 @@ fn deployments_roll_out_through_failover_node_loss_and_deletion() {
             (stop, task)
         };
         let leader = wait_for("a controller-manager leader", 20, || {
-            holder(&api, "kube-controller-manager")
+            lease_holder(&api, "kube-controller-manager")
         })
         .await;
         k.ok(&["set", "image", "deployment/web", "main=nginx:2"]);
@@ -191,7 +159,7 @@ fn deployments_roll_out_through_failover_node_loss_and_deletion() {
             .kill();
         let killed = Instant::now();
         let successor = wait_for("the standby controller-manager to lead", 20, || async {
-            holder(&api, "kube-controller-manager")
+            lease_holder(&api, "kube-controller-manager")
                 .await
                 .filter(|h| *h != leader)
         })

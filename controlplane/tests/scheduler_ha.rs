@@ -6,13 +6,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{ApiServer, Flavor, Proc, StoreServer};
+use common::{start_elected, wait_for, ApiServer, Flavor, Proc, StoreServer};
 use controlplane::client::http::HttpClient;
 use controlplane::client::{Api, ListParams};
+use controlplane::launcher::status::lease_holder;
 use controlplane::scheduler::testing;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -31,58 +31,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start_scheduler(
-    kubeconfig: &std::path::Path,
-    dir: &std::path::Path,
-    id: &str,
-    metrics_port: u16,
-) -> Proc {
-    let log = dir.join(format!("scheduler-{id}.log"));
-    let f = std::fs::File::create(&log).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_controlplane"))
-        .arg("scheduler")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["--leader-elect", "--identity", id])
-        .args(["--leader-elect-lease-duration", "2s"])
-        .args(["--leader-elect-renew-deadline", "1500ms"])
-        .args(["--leader-elect-retry-period", "250ms"])
-        .arg("--metrics-address")
-        .arg(format!("127.0.0.1:{metrics_port}"))
-        .env("RUST_LOG", "controlplane=debug")
-        .stdout(f.try_clone().expect("dup"))
-        .stderr(f)
-        .spawn()
-        .expect("spawning the scheduler");
-    Proc { child, log }
-}
-
 fn node(name: &str) -> Node {
     testing::node(name, "8", "32Gi")
 }
 
 fn pod(name: &str) -> Pod {
     testing::pod(name, "100m", "64Mi")
-}
-
-async fn holder(api: &HttpClient) -> Option<String> {
-    let l: Lease = api.get(Some("kube-system"), "kube-scheduler").await.ok()?;
-    l.spec?.holder_identity.filter(|h| !h.is_empty())
-}
-
-async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[test]
@@ -96,7 +50,13 @@ fn killing_the_active_scheduler_loses_no_pod_and_binds_none_twice() {
         .map(|(id, port)| {
             (
                 *id,
-                start_scheduler(&apiserver.kubeconfig, dir.path(), id, *port),
+                start_elected(
+                    "scheduler",
+                    &apiserver.kubeconfig,
+                    dir.path(),
+                    id,
+                    &["--metrics-address", &format!("127.0.0.1:{port}")],
+                ),
             )
         })
         .collect();
@@ -112,7 +72,7 @@ fn killing_the_active_scheduler_loses_no_pod_and_binds_none_twice() {
                 .await
                 .expect("create node");
         }
-        let leader = wait_for("a leader", 20, || holder(&api)).await;
+        let leader = wait_for("a leader", 20, || lease_holder(&api, "kube-scheduler")).await;
         // Every nodeName each pod is seen with, in order.
         let seen: Arc<Mutex<BTreeMap<String, Vec<String>>>> = Arc::default();
         let list = api
@@ -159,7 +119,7 @@ fn killing_the_active_scheduler_loses_no_pod_and_binds_none_twice() {
         }
         let killed_at = killed_at.expect("killed");
         let successor = wait_for("the standby to take the Lease", 20, || async {
-            holder(&api).await.filter(|h| *h != leader)
+            lease_holder(&api, "kube-scheduler").await.filter(|h| *h != leader)
         })
         .await;
         let takeover = killed_at.elapsed();

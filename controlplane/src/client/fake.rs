@@ -149,6 +149,17 @@ impl FakeApi {
     }
 }
 
+/// Whether `incoming` names a resourceVersion other than `current`'s (an optimistic-lock
+/// failure); no resourceVersion means an unconditional write.
+fn stale(incoming: &Value, current: &Value) -> bool {
+    let rv = |v: &Value| {
+        v.pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
+    rv(incoming).is_some_and(|w| Some(w) != rv(current))
+}
+
 /// `metadata.finalizers`, or a namespace's `spec.finalizers`, not empty.
 fn has_finalizers(obj: &Value) -> bool {
     ["/metadata/finalizers", "/spec/finalizers"]
@@ -244,15 +255,7 @@ impl Api for FakeApi {
         let Some(current) = st.objects.get(&(K::KIND, ns_of(ns), name.clone())) else {
             return Err(not_found::<K>(&name));
         };
-        let want = v
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str);
-        if want.is_some_and(|w| {
-            Some(w)
-                != current
-                    .pointer("/metadata/resourceVersion")
-                    .and_then(Value::as_str)
-        }) {
+        if stale(&v, current) {
             return Err(conflict::<K>(&name));
         }
         // Server-owned metadata survives the replace; spec changes bump the generation.
@@ -285,11 +288,6 @@ impl Api for FakeApi {
         let mut v = current.clone();
         json_patch::merge(&mut v, patch);
         decode(&self.write(&mut st, K::KIND, &ns_of(ns), "MODIFIED", v))
-    }
-
-    async fn delete<K: Object>(&self, ns: Option<&str>, name: &str) -> Result<()> {
-        self.delete_with::<K>(ns, name, &DeleteParams::default())
-            .await
     }
 
     /// Foreground and Orphan add their finalizer and mark the object, as the API server
@@ -355,15 +353,7 @@ impl Api for FakeApi {
         let Some(current) = st.objects.get(&(K::KIND, ns_of(ns), name.clone())).cloned() else {
             return Err(not_found::<K>(&name));
         };
-        let want = v
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str);
-        if want.is_some_and(|w| {
-            Some(w)
-                != current
-                    .pointer("/metadata/resourceVersion")
-                    .and_then(Value::as_str)
-        }) {
+        if stale(&v, &current) {
             return Err(conflict::<K>(&name));
         }
         let mut next = current;

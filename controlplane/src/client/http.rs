@@ -173,12 +173,6 @@ impl Api for HttpClient {
         .await
     }
 
-    async fn delete<K: Object>(&self, ns: Option<&str>, name: &str) -> Result<()> {
-        self.send(self.request(Method::DELETE, &object_path::<K>(ns, name)))
-            .await
-            .map(drop)
-    }
-
     async fn delete_with<K: Object>(
         &self,
         ns: Option<&str>,

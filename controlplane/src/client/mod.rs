@@ -197,11 +197,17 @@ pub trait Api: Clone + Send + Sync + 'static {
         name: &str,
         patch: &serde_json::Value,
     ) -> impl Future<Output = Result<K>> + Send;
+    /// A delete with default options.
     fn delete<K: Object>(
         &self,
         ns: Option<&str>,
         name: &str,
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            self.delete_with::<K>(ns, name, &DeleteParams::default())
+                .await
+        }
+    }
     /// A delete with options: propagation policy, uid precondition, grace period.
     fn delete_with<K: Object>(
         &self,

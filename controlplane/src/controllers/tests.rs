@@ -139,18 +139,7 @@ async fn rolled_out(api: &FakeApi, name: &str, replicas: usize, image: &str) -> 
     eventually(30, &format!("{name} rolled out to {image}"), || async {
         let d: Deployment = api.get(Some(NS), name).await.ok()?;
         let st = d.status.clone()?;
-        let pods: Vec<Pod> = api
-            .all::<Pod>()
-            .into_iter()
-            .filter(|p| {
-                p.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("app"))
-                    .map(String::as_str)
-                    == Some(name)
-            })
-            .collect();
+        let pods = app_pods(api, name);
         let done = st.updated_replicas == Some(replicas as i32)
             && st.available_replicas == Some(replicas as i32)
             && st.replicas == Some(replicas as i32)
@@ -160,6 +149,21 @@ async fn rolled_out(api: &FakeApi, name: &str, replicas: usize, image: &str) -> 
         done.then_some(d)
     })
     .await
+}
+
+/// The pods labelled `app=<name>`.
+fn app_pods(api: &FakeApi, name: &str) -> Vec<Pod> {
+    api.all::<Pod>()
+        .into_iter()
+        .filter(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("app"))
+                .map(String::as_str)
+                == Some(name)
+        })
+        .collect()
 }
 
 fn revision(meta: &ObjectMeta) -> Option<String> {
@@ -315,19 +319,7 @@ async fn garbage_collection_follows_the_propagation_policy() {
                         .starts_with(&format!("{name}-"))
                 })
                 .count();
-            let pods = api
-                .all::<Pod>()
-                .into_iter()
-                .filter(|p| {
-                    p.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get("app"))
-                        .map(String::as_str)
-                        == Some(name)
-                })
-                .count();
-            (sets, pods)
+            (sets, app_pods(&api, name).len())
         }
     };
     let params = |p| DeleteParams {

@@ -605,13 +605,7 @@ impl Cluster {
     /// mounts and network namespaces the node agents left.
     pub fn stop(&mut self, progress: &dyn Fn(&str)) {
         self.balancer.cancel();
-        for role in [
-            Role::Nodeagent,
-            Role::ControllerManager,
-            Role::Scheduler,
-            Role::Apiserver,
-            Role::Raftkv,
-        ] {
+        for role in STOP_ORDER {
             for (rec, s) in self.state.processes.iter().zip(self.children.iter_mut()) {
                 if rec.role == role {
                     process::terminate(&mut s.child, Duration::from_secs(10));
@@ -627,6 +621,15 @@ impl Cluster {
         progress("stopped");
     }
 }
+
+/// Stop order: what depends on the API goes first, the store last.
+const STOP_ORDER: [Role; 5] = [
+    Role::Nodeagent,
+    Role::ControllerManager,
+    Role::Scheduler,
+    Role::Apiserver,
+    Role::Raftkv,
+];
 
 /// The node agent's command line. Its pods share the host's network (pod networking is
 /// not built yet), so every node agent has its own log-server port.
@@ -683,13 +686,7 @@ pub fn down(dir: &Path, progress: &dyn Fn(&str)) -> Result<(), LaunchError> {
         ));
         process::terminate_pid(state.launcher_pid, Duration::from_secs(30));
     }
-    for role in [
-        Role::Nodeagent,
-        Role::ControllerManager,
-        Role::Scheduler,
-        Role::Apiserver,
-        Role::Raftkv,
-    ] {
+    for role in STOP_ORDER {
         for p in state.of_role(role) {
             if is_ours(p.pid, &p.program) {
                 progress(&format!("stopping {} (pid {})", p.name, p.pid));

@@ -389,3 +389,41 @@ pub fn wait_for_output(path: &Path, needle: &str, times: usize, secs: u64) -> St
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Polls `f` every 100 ms until it returns `Some` (or panics after `secs`).
+pub async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A leader-elected `controlplane <component>` (scheduler or controller-manager) with a
+/// 2 s lease (renew deadline 1.5 s, retry 250 ms), logging to `<dir>/<component>-<id>.log`.
+pub fn start_elected(
+    component: &str,
+    kubeconfig: &Path,
+    dir: &Path,
+    id: &str,
+    extra: &[&str],
+) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_controlplane"));
+    cmd.arg(component)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--leader-elect", "--identity", id])
+        .args(["--leader-elect-lease-duration", "2s"])
+        .args(["--leader-elect-renew-deadline", "1500ms"])
+        .args(["--leader-elect-retry-period", "250ms"])
+        .args(extra)
+        .env("RUST_LOG", "controlplane=debug");
+    spawn_logged(&mut cmd, &dir.join(format!("{component}-{id}.log")))
+}
