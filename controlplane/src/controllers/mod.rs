@@ -90,15 +90,32 @@ struct Informers {
     namespaces: Arc<Informer<Namespace>>,
 }
 
-/// Starts one periodic resync.
-type StartResync = Box<dyn FnOnce(&CancellationToken) + Send>;
+/// Starts the periodic resync of a controller's primary objects into its queue.
+type Resync = Box<dyn FnOnce(Arc<WorkQueue>, Arc<dyn Clock>, CancellationToken) + Send>;
 
-/// One controller ready to run: starts its workers.
+/// Every object of `store`, every `period`.
+fn every<K: Object>(store: &Arc<runtime::Store<K>>, period: Duration) -> Option<Resync> {
+    let store = store.clone();
+    Some(Box::new(move |queue, clock, shutdown| {
+        runtime::resync(store, queue, period, clock, shutdown)
+    }))
+}
+
+/// One controller ready to run: starts its resync and its workers.
 type Running = Box<dyn FnOnce(CancellationToken) -> tokio::task::JoinHandle<()> + Send>;
 
-fn running<R: Reconciler>(reconciler: R, queue: Arc<WorkQueue>, opts: &Options) -> Running {
-    let (workers, metrics) = (opts.workers, opts.metrics.clone());
+fn running<R: Reconciler>(
+    reconciler: R,
+    queue: Arc<WorkQueue>,
+    opts: &Options,
+    clock: &Arc<dyn Clock>,
+    resync: Option<Resync>,
+) -> Running {
+    let (workers, metrics, clock) = (opts.workers, opts.metrics.clone(), clock.clone());
     Box::new(move |shutdown| {
+        if let Some(resync) = resync {
+            resync(queue.clone(), clock, shutdown.clone());
+        }
         tokio::spawn(run_workers(
             Arc::new(reconciler),
             queue,
@@ -145,16 +162,6 @@ pub async fn run<C: Api>(
     let enabled = |name: &str| opts.controllers.iter().any(|c| c == name || c == "*");
     let mut controllers: Vec<Running> = Vec::new();
     let queue = |name| WorkQueue::new(name, clock.clone());
-    let mut resyncs: Vec<StartResync> = Vec::new();
-    macro_rules! resync_of {
-        ($store:expr, $queue:expr, $period:expr) => {{
-            let (store, q, clock, period) =
-                ($store.clone(), $queue.clone(), clock.clone(), $period);
-            resyncs.push(Box::new(move |s: &CancellationToken| {
-                runtime::resync(store, q, period, clock, s.clone())
-            }));
-        }};
-    }
     if enabled("replicaset") {
         let q = queue("replicaset");
         let c = replicaset::ReplicaSetController::new(
@@ -164,8 +171,13 @@ pub async fn run<C: Api>(
             &inf.pods,
             &q,
         );
-        resync_of!(inf.replicasets.store, q, opts.resync_period);
-        controllers.push(running(c, q, &opts));
+        controllers.push(running(
+            c,
+            q,
+            &opts,
+            &clock,
+            every(&inf.replicasets.store, opts.resync_period),
+        ));
     }
     if enabled("deployment") {
         let q = queue("deployment");
@@ -177,8 +189,13 @@ pub async fn run<C: Api>(
             &inf.pods,
             &q,
         );
-        resync_of!(inf.deployments.store, q, opts.resync_period);
-        controllers.push(running(c, q, &opts));
+        controllers.push(running(
+            c,
+            q,
+            &opts,
+            &clock,
+            every(&inf.deployments.store, opts.resync_period),
+        ));
     }
     if enabled("nodelifecycle") {
         let q = queue("nodelifecycle");
@@ -191,8 +208,13 @@ pub async fn run<C: Api>(
             &inf.pods,
             &q,
         );
-        resync_of!(inf.nodes.store, q, opts.node.monitor_period);
-        controllers.push(running(c, q, &opts));
+        controllers.push(running(
+            c,
+            q,
+            &opts,
+            &clock,
+            every(&inf.nodes.store, opts.node.monitor_period),
+        ));
     }
     if enabled("endpoint") {
         let q = queue("endpoint");
@@ -203,8 +225,13 @@ pub async fn run<C: Api>(
             &inf.pods,
             &q,
         );
-        resync_of!(inf.services.store, q, opts.resync_period);
-        controllers.push(running(c, q, &opts));
+        controllers.push(running(
+            c,
+            q,
+            &opts,
+            &clock,
+            every(&inf.services.store, opts.resync_period),
+        ));
     }
     if enabled("garbagecollector") {
         let q = queue("garbagecollector");
@@ -221,18 +248,23 @@ pub async fn run<C: Api>(
             },
             &q,
         );
-        controllers.push(running(c, q, &opts));
+        controllers.push(running(c, q, &opts, &clock, None));
     }
     if enabled("nodeipam") {
         let q = queue("nodeipam");
         let c = nodeipam::NodeIpamController::new(api.clone(), opts.ipam.clone(), &inf.nodes, &q);
-        controllers.push(running(c, q, &opts));
+        controllers.push(running(c, q, &opts, &clock, None));
     }
     if enabled("namespace") {
         let q = queue("namespace");
         let c = namespace::NamespaceController::new(api.clone(), &inf.namespaces, &q);
-        resync_of!(inf.namespaces.store, q, opts.resync_period);
-        controllers.push(running(c, q, &opts));
+        controllers.push(running(
+            c,
+            q,
+            &opts,
+            &clock,
+            every(&inf.namespaces.store, opts.resync_period),
+        ));
     }
     start_informer(&inf.pods, &api, None, &shutdown);
     start_informer(&inf.namespaces, &api, None, &shutdown);
@@ -270,9 +302,6 @@ pub async fn run<C: Api>(
         } => {}
     }
     tracing::info!(controllers = ?opts.controllers, "caches synced; starting controllers");
-    for r in resyncs {
-        r(&shutdown);
-    }
     let mut tasks = Vec::new();
     for start in controllers {
         tasks.push(start(shutdown.clone()));
