@@ -178,13 +178,17 @@ fn node_of(kind: Kind, meta: &ObjectMeta) -> GraphNode {
     }
 }
 
-async fn live_uid<C: Api, K: Object>(
+/// The live object's uid and owner references (`None` if it is gone).
+async fn live<C: Api, K: Object>(
     api: &C,
     ns: Option<&str>,
     name: &str,
-) -> Result<Option<String>, ClientError> {
+) -> Result<Option<(String, Vec<OwnerReference>)>, ClientError> {
     match api.get::<K>(ns, name).await {
-        Ok(o) => Ok(o.metadata().uid.clone()),
+        Ok(o) => Ok(Some((
+            o.metadata().uid.clone().unwrap_or_default(),
+            o.metadata().owner_references.clone().unwrap_or_default(),
+        ))),
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e),
     }
@@ -248,8 +252,8 @@ impl<C: Api> GarbageCollector<C> {
         };
         // Every tracked kind is namespaced, and owners live in their dependents' namespace.
         let api = &self.api;
-        let uid = with_kind!(kind, live_uid(api, ns, &r.name))?;
-        Ok(uid.as_deref() != Some(r.uid.as_str()))
+        let owner = with_kind!(kind, live(api, ns, &r.name))?;
+        Ok(owner.is_none_or(|(uid, _)| uid != r.uid))
     }
 
     async fn set_owners(
@@ -347,6 +351,24 @@ impl<C: Api> Reconciler for GarbageCollector<C> {
                 gone.push(o.uid.clone());
             }
         }
+        if gone.is_empty() {
+            return Ok(Action::Done);
+        }
+        // Decide on the live object, not the graph: its references may have changed in an
+        // event not seen yet (an orphaning removes them just before the owner goes).
+        let api = &self.api;
+        let Some((live_uid, live_owners)) = with_kind!(node.kind, live(api, ns, &node.name))?
+        else {
+            return Ok(Action::Done);
+        };
+        if live_uid != uid {
+            return Ok(Action::Done);
+        }
+        let node = GraphNode {
+            owners: live_owners,
+            ..node
+        };
+        gone.retain(|g| node.owners.iter().any(|o| o.uid == *g));
         if gone.is_empty() {
             return Ok(Action::Done);
         }

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
     Container, Endpoints, Node, Pod, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
     Toleration,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, WatchEvent};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio_util::sync::CancellationToken;
 
@@ -149,6 +149,51 @@ async fn rolled_out(api: &FakeApi, name: &str, replicas: usize, image: &str) -> 
         done.then_some(d)
     })
     .await
+}
+
+/// One watch event, reduced to what the tests compare.
+struct Seen {
+    /// The fake's resourceVersions are one global counter: they order events of all kinds.
+    rv: u64,
+    deleted: bool,
+    /// Carries a deletionTimestamp.
+    marked: bool,
+}
+
+/// Events of the `K`s whose name starts with `prefix` since `rv`.
+async fn events_since<K: crate::client::Object>(
+    api: &FakeApi,
+    rv: &str,
+    prefix: &str,
+) -> Vec<Seen> {
+    use futures::StreamExt;
+    let mut stream = api
+        .watch::<K>(Some(NS), &Default::default(), rv)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(ev))) =
+        tokio::time::timeout(Duration::from_millis(200), stream.next()).await
+    {
+        let meta = match &ev {
+            WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) => {
+                o.metadata().clone()
+            }
+            _ => continue,
+        };
+        if meta.name.as_deref().unwrap_or("").starts_with(prefix) {
+            out.push(Seen {
+                rv: meta
+                    .resource_version
+                    .as_deref()
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(0),
+                deleted: matches!(ev, WatchEvent::Deleted(_)),
+                marked: meta.deletion_timestamp.is_some(),
+            });
+        }
+    }
+    out
 }
 
 /// The pods labelled `app=<name>`.
@@ -338,12 +383,14 @@ async fn garbage_collection_follows_the_propagation_policy() {
     )
     .await;
 
+    let before = api
+        .list::<Deployment>(Some(NS), &Default::default())
+        .await
+        .unwrap()
+        .resource_version;
     api.delete_with::<Deployment>(Some(NS), "fg", &params(Propagation::Foreground))
         .await
         .unwrap();
-    // The owner stays (with its finalizer) while its dependents exist.
-    let marked: Deployment = api.get(Some(NS), "fg").await.unwrap();
-    assert!(marked.metadata.deletion_timestamp.is_some());
     let fg = owned_by("fg");
     eventually(20, "foreground deletion of fg", || async {
         let gone = api
@@ -353,6 +400,14 @@ async fn garbage_collection_follows_the_propagation_policy() {
         (gone && fg() == (0, 0)).then_some(())
     })
     .await;
+    // The owner was only marked first, and left the store after its dependents.
+    let deployment_events = events_since::<Deployment>(api, &before, "fg").await;
+    let set_events = events_since::<ReplicaSet>(api, &before, "fg-").await;
+    let marked = deployment_events.iter().any(|e| e.marked && !e.deleted);
+    assert!(marked, "the owner was marked before its deletion");
+    let deleted_at = |events: &[Seen]| events.iter().filter(|e| e.deleted).map(|e| e.rv).max();
+    assert!(deleted_at(&set_events).is_some());
+    assert!(deleted_at(&set_events) < deleted_at(&deployment_events));
 
     api.delete_with::<Deployment>(Some(NS), "orphan", &params(Propagation::Orphan))
         .await
