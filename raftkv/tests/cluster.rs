@@ -101,6 +101,32 @@ async fn client(cluster: &Cluster, i: usize) -> Client {
     connect(&cluster.members[i].endpoint, Some(REQUEST_TIMEOUT)).await
 }
 
+/// A prefix watch on `endpoint` from the revision after the current one (so it sees
+/// exactly the writes that follow); returns that start revision and the watch.
+async fn watch_from_next_revision(
+    c: &mut Client,
+    endpoint: &str,
+    prefix: &str,
+) -> (i64, (etcd_client::Watcher, etcd_client::WatchStream)) {
+    let start = c
+        .get(prefix, None)
+        .await
+        .expect("get")
+        .header()
+        .unwrap()
+        .revision()
+        + 1;
+    let watch = connect(endpoint, None)
+        .await
+        .watch(
+            prefix,
+            Some(WatchOptions::new().with_prefix().with_start_revision(start)),
+        )
+        .await
+        .expect("watch on a follower");
+    (start, watch)
+}
+
 /// Keys under `prefix` as key -> (value, mod revision), with the header revision.
 type Rows = BTreeMap<String, (String, i64)>;
 
@@ -937,22 +963,8 @@ async fn leases_across_leader_change() {
                 .await
                 .expect("put with the doomed lease");
         }
-        let start = c
-            .get("/lease/", None)
-            .await
-            .expect("get")
-            .header()
-            .unwrap()
-            .revision()
-            + 1;
-        let mut watch = connect(&cluster.members[other].endpoint, None)
-            .await
-            .watch(
-                "/lease/",
-                Some(WatchOptions::new().with_prefix().with_start_revision(start)),
-            )
-            .await
-            .expect("watch on a follower");
+        let (_, mut watch) =
+            watch_from_next_revision(&mut c, &cluster.members[other].endpoint, "/lease/").await;
 
         cluster.members[leader].kill();
         let killed_at = Instant::now();
@@ -1158,22 +1170,8 @@ async fn follower_watch_sees_every_write_in_order() {
         let watcher = followers[rng.random_range(0..2)];
         let writers_at: Vec<usize> = cluster.others(watcher);
         let mut c = client(&cluster, watcher).await;
-        let start = c
-            .get("/w/", None)
-            .await
-            .expect("get")
-            .header()
-            .unwrap()
-            .revision()
-            + 1;
-        let mut watch = connect(&cluster.members[watcher].endpoint, None)
-            .await
-            .watch(
-                "/w/",
-                Some(WatchOptions::new().with_prefix().with_start_revision(start)),
-            )
-            .await
-            .expect("watch on a follower");
+        let (start, mut watch) =
+            watch_from_next_revision(&mut c, &cluster.members[watcher].endpoint, "/w/").await;
 
         // Two writers at once, through the leader and the other follower; every third
         // operation deletes the key written before it.
