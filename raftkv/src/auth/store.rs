@@ -219,8 +219,15 @@ impl AuthStore {
                 if user.options.as_ref().is_some_and(|o| o.no_password) {
                     return Err(AuthError::AuthFailed);
                 }
-                let token = format!("{}.{index}", a.simple_token);
-                self.tokens.assign(token.clone(), &a.name);
+                // No prefix: the member that took the request signs a JWT once this is
+                // applied (`server::authn`); there is nothing to register.
+                let token = if a.simple_token.is_empty() {
+                    String::new()
+                } else {
+                    let token = format!("{}.{index}", a.simple_token);
+                    self.tokens.assign(token.clone(), &a.name);
+                    token
+                };
                 A::Authenticate(AuthenticateResponse {
                     header: None,
                     token,
@@ -631,5 +638,55 @@ mod tests {
         assert_eq!(s.revision(), rev + 2);
         assert!(!s.is_enabled());
         assert_eq!(s.check(&client("", 0), b"a", &[], true), Ok(()));
+    }
+
+    #[test]
+    fn jwt_authenticate_registers_nothing_and_its_token_goes_stale() {
+        use crate::auth::jwt::{JwtProvider, OPT_PRIVATE_KEY, OPT_SIGN_METHOD};
+        use proto::raftkvpb::InternalAuthenticateRequest;
+
+        let mut s = sample();
+        let authenticate = |prefix: &str| {
+            auth_request::Request::Authenticate(InternalAuthenticateRequest {
+                name: "alice".into(),
+                simple_token: prefix.into(),
+            })
+        };
+        let token = |r: Result<AuthResponse, AuthError>| match r.unwrap().response {
+            Some(auth_response::Response::Authenticate(a)) => a.token,
+            other => panic!("{other:?}"),
+        };
+        let mut batch = Batch::default();
+        let simple = token(s.apply(&Caller::Internal, authenticate("abc"), 5, &mut batch));
+        assert_eq!(simple, "abc.5");
+        assert!(s.info_from_token("abc.5").is_some());
+        let none = token(s.apply(&Caller::Internal, authenticate(""), 6, &mut batch));
+        assert_eq!(none, "", "no prefix: the proposer signs a JWT");
+        assert!(s.info_from_token(".6").is_none());
+
+        // The JWT the proposer signs at the revision the entry applied at.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hs.key"), "secret").unwrap();
+        let opts = [
+            (OPT_SIGN_METHOD.to_string(), "HS256".to_string()),
+            (
+                OPT_PRIVATE_KEY.to_string(),
+                dir.path().join("hs.key").display().to_string(),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let jwt = JwtProvider::new(&opts, Arc::new(SystemClock)).unwrap();
+        let info = jwt
+            .info(&jwt.assign("alice", s.revision()).unwrap())
+            .unwrap();
+        let alice = Caller::Client(info);
+        assert_eq!(s.check(&alice, b"a", &[], false), Ok(()));
+        apply(&mut s, user("bob")).unwrap();
+        assert_eq!(
+            s.check(&alice, b"a", &[], false),
+            Err(AuthError::OldRevision),
+            "a JWT issued before an auth change"
+        );
     }
 }
