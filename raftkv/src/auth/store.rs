@@ -158,6 +158,20 @@ impl AuthStore {
         }
     }
 
+    /// The last check of a read served outside the log (etcd's `doSerialize`, after the
+    /// permission check and the read): the auth revision `who` was resolved at must be the
+    /// store's, whether or not auth is enabled. It matters for JWTs, whose revision is the
+    /// one they were issued at: a token from before an auth change, or one claiming a
+    /// revision the store has not reached, cannot read.
+    pub fn check_read_revision(&self, who: Option<&AuthInfo>) -> Result<(), AuthError> {
+        match who {
+            Some(ai) if ai.revision != 0 && ai.revision != self.revision => {
+                Err(AuthError::OldRevision)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// etcd's `IsAdminPermitted`: is `caller` a user holding the root role?
     pub fn check_admin(&self, caller: &Caller) -> Result<(), AuthError> {
         let ai = match caller {
@@ -688,5 +702,39 @@ mod tests {
             Err(AuthError::OldRevision),
             "a JWT issued before an auth change"
         );
+    }
+
+    #[test]
+    fn reads_need_the_exact_revision_as_etcds_do_serialize() {
+        let mut s = sample();
+        let rev = s.revision();
+        let who = |revision| AuthInfo {
+            username: "alice".into(),
+            revision,
+        };
+        // (who, expected)
+        let cases = [
+            (None, Ok(())),
+            (Some(who(0)), Ok(())),
+            (Some(who(rev)), Ok(())),
+            (Some(who(rev - 1)), Err(AuthError::OldRevision)),
+            (Some(who(rev + 1)), Err(AuthError::OldRevision)),
+        ];
+        for (ai, want) in cases {
+            assert_eq!(s.check_read_revision(ai.as_ref()), want, "{ai:?}");
+        }
+        s.apply(
+            &Caller::Internal,
+            auth_request::Request::Disable(Default::default()),
+            9,
+            &mut Batch::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.check_read_revision(Some(&who(rev))),
+            Err(AuthError::OldRevision),
+            "disabling is an auth change too"
+        );
+        assert_eq!(s.check_read_revision(Some(&who(rev + 1))), Ok(()));
     }
 }
