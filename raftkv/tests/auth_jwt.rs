@@ -470,6 +470,17 @@ async fn script(c: &mut Conn, keys: &Keys) -> (Vec<String>, String) {
             "signed, exp 0",
             c.get("k", Some(&keys.forge("u", rev, 0))).await,
         ),
+        // Writes check only that the token is not older than the store (etcd's apply).
+        (
+            "signed root, future revision, writes",
+            c.put("k", Some(&keys.forge("root", rev + 5, now() + 60)))
+                .await,
+        ),
+        (
+            "signed root, old revision, writes",
+            c.put("k", Some(&keys.forge("root", rev - 1, now() + 60)))
+                .await,
+        ),
     ];
     lines.extend(steps.into_iter().map(|(what, r)| format!("{what}: {r}")));
     let (line, root) = c.authenticate("root", "rootpw").await;
@@ -506,14 +517,12 @@ async fn jwt_answers_match_etcds() {
     // Both stores took the same auth changes, so each accepts the other's tokens: the same
     // claims, signatures either verifies.
     assert_eq!(revision_of(&etcd_token), revision_of(&raftkv_token));
+    let other = "the other server's token";
     etcd.push(format!(
-        "raftkv's token: {}",
+        "{other}: {}",
         e.get("k2", Some(&raftkv_token)).await
     ));
-    raftkv.push(format!(
-        "raftkv's token: {}",
-        r.get("k2", Some(&etcd_token)).await
-    ));
+    raftkv.push(format!("{other}: {}", r.get("k2", Some(&etcd_token)).await));
     for (c, lines, token) in [
         (&mut e, &mut etcd, &etcd_token),
         (&mut r, &mut raftkv, &raftkv_token),
