@@ -508,7 +508,7 @@ async fn jwt_answers_match_etcds() {
     let keys = Keys::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let (etcd_dir, raftkv_dir) = (dir.path().join("etcd"), dir.path().join("raftkv"));
-    let ((_etcd, mut e), (_raftkv, mut r)) = tokio::join!(
+    let ((_etcd, mut e), (raftkv_server, mut r)) = tokio::join!(
         single(Flavor::Etcd, &keys, &etcd_dir),
         single(Flavor::Raftkv, &keys, &raftkv_dir),
     );
@@ -551,6 +551,25 @@ async fn jwt_answers_match_etcds() {
     }
     assert_eq!(etcd, raftkv);
     assert!(etcd.len() > 20, "the script ran: {etcd:?}");
+    let invalid = raftkv
+        .iter()
+        .filter(|l| l.contains("invalid auth token"))
+        .count();
+    let metrics = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "5"])
+        .arg(format!("{}/metrics", raftkv_server.endpoint))
+        .output()
+        .expect("running curl");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.contains(&format!("raftkv_auth_invalid_tokens_total {invalid}")),
+        "{invalid} refused tokens; {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("auth"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

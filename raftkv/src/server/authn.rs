@@ -70,8 +70,9 @@ impl EtcdServer {
                 .map(|username| AuthInfo { username, revision }));
         };
         if let TokenProvider::Jwt(jwt) = &self.token_provider {
-            // The revision is the one the token was issued at: a token older than the auth
-            // store is refused by the permission check, as etcd does.
+            // The revision is the one the token was issued at: a token from before an auth
+            // change is refused by the permission check (and a read by any other revision
+            // than the store's), as etcd does.
             return match jwt.info(token) {
                 Ok(info) => Ok(Some(info)),
                 Err(e) => {
