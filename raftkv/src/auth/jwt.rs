@@ -4,15 +4,17 @@
 //! member holding the verification key accepts it without having seen it issued: nothing
 //! about a token is kept in memory or in the log. A token issued before a later auth change
 //! carries the older revision and is refused by the permission check
-//! ([`super::AuthError::OldRevision`]), which is how etcd retires JWTs early.
+//! ([`super::AuthError::OldRevision`]), which is how etcd retires JWTs early; a read also
+//! refuses a revision the store has not reached (etcd's `doSerialize`).
 //!
 //! # Flag
 //!
 //! `jwt,sign-method=<alg>,pub-key=<path>,priv-key=<path>,ttl=<Go duration>` (etcd's option
 //! names). `ttl` defaults to 5m. An unknown option is logged and ignored, as etcd 3.4 does.
-//! RS*, PS* and ES* need at least one of the keys: with only `pub-key` the member verifies
-//! tokens but cannot issue them (Authenticate answers etcd's verify-only error); with both,
-//! they must be one pair. HS* use the bytes of the `priv-key` file as the shared secret.
+//! `RS*`, `PS*` and `ES*` need at least one of the keys: with only `pub-key` the member
+//! verifies tokens but cannot issue them (Authenticate answers etcd's verify-only error);
+//! with both, they must be one pair. `HS*` use the bytes of the `priv-key` file as the
+//! shared secret.
 //!
 //! # Wire format
 //!
@@ -24,11 +26,12 @@
 //! . base64url(<signature over the first two segments, as ASCII>)
 //! ```
 //!
-//! byte for byte what etcd writes (Go's JSON encoder sorts map keys). The signature is
-//! RSASSA-PKCS1-v1_5 (RS*), RSASSA-PSS with a salt as long as the hash (PS*, as etcd 3.4's
-//! jwt-go signs), ECDSA as fixed-width `r || s` (ES*) or HMAC (HS*). A token is accepted
-//! when its `alg` is the configured method, the signature verifies, and `exp` (and `nbf`,
-//! `iat` if present) hold at the current wall-clock second (`exp` 0 never expires).
+//! byte for byte what etcd writes (Go's JSON encoder sorts map keys; it also escapes `<`,
+//! `>` and `&` in a user name, which raftkv writes as is). The signature is
+//! RSASSA-PKCS1-v1_5 (`RS*`), RSASSA-PSS with a salt as long as the hash (`PS*`, as etcd
+//! 3.4's jwt-go signs), ECDSA as fixed-width `r || s` (`ES*`) or HMAC (`HS*`). A token is
+//! accepted when its `alg` is the configured method, the signature verifies, and `exp` (and
+//! `nbf`, `iat` if present) hold at the current wall-clock second (`exp` 0 never expires).
 //!
 //! # Crypto
 //!
