@@ -116,7 +116,7 @@ pub struct ServerArgs {
     #[arg(long)]
     pub peer_client_cert_auth: bool,
     /// Specify a v3 authentication token type and its options: 'simple', or
-    /// 'jwt,pub-key=<path>,priv-key=<path>,sign-method=<alg>[,ttl=<duration>]'.
+    /// 'jwt,pub-key=PATH,priv-key=PATH,sign-method=ALG[,ttl=DURATION]'.
     #[arg(long, default_value = "simple")]
     pub auth_token: String,
     /// Time (in seconds) of the auth-token-ttl (simple tokens; a JWT's is its ttl option).
