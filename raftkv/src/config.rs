@@ -3,10 +3,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 
+use crate::auth::provider::{ProviderError, TokenProvider};
+use crate::clock::Clock;
 use crate::tls::TlsFiles;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,8 +20,12 @@ pub enum ConfigError {
     Resolve(String, std::io::Error),
     #[error("--heartbeat-interval must be > 0 and at most --election-timeout / 5")]
     Timing,
-    #[error("--auth-token {0:?}: only 'simple' tokens are supported")]
-    AuthToken(String),
+    #[error(
+        "--auth-token {0:?}: {1} (expected simple, or jwt,sign-method=<RS256|RS384|RS512|\
+         PS256|PS384|PS512|ES256|ES384|HS256|HS384|HS512>,pub-key=<path>,priv-key=<path>\
+         [,ttl=<duration>])"
+    )]
+    AuthToken(String, #[source] ProviderError),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -108,10 +115,11 @@ pub struct ServerArgs {
     /// Enable peer client cert authentication.
     #[arg(long)]
     pub peer_client_cert_auth: bool,
-    /// Specify a v3 authentication token type and its options ('simple' only).
+    /// Specify a v3 authentication token type and its options: 'simple', or
+    /// 'jwt,pub-key=PATH,priv-key=PATH,sign-method=ALG[,ttl=DURATION]'.
     #[arg(long, default_value = "simple")]
     pub auth_token: String,
-    /// Time (in seconds) of the auth-token-ttl.
+    /// Time (in seconds) of the auth-token-ttl (simple tokens; a JWT's is its ttl option).
     #[arg(long, default_value_t = 300)]
     pub auth_token_ttl: u64,
     /// Specify the cost / strength of the bcrypt algorithm for hashing auth passwords.
@@ -120,21 +128,70 @@ pub struct ServerArgs {
     pub bcrypt_cost: u32,
 }
 
-/// Parses Go-style durations: a number followed by ms, s, m or h.
+/// Parses Go durations as `time.ParseDuration` does ("1h30m", "1.5s", "300ms", "0"), with
+/// Go's error messages; a negative duration is refused.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .ok_or_else(|| format!("{s:?}: missing unit"))?;
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("{s:?}: bad number"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?}")),
+    let invalid = || format!("time: invalid duration {s:?}");
+    let (negative, mut rest) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
     };
-    Ok(Duration::from_secs_f64(secs))
+    if rest == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if rest.is_empty() {
+        return Err(invalid());
+    }
+    let digits = |r: &str| r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
+    let mut nanos: u128 = 0;
+    while !rest.is_empty() {
+        let (int, r) = rest.split_at(digits(rest));
+        let (frac, r) = match r.strip_prefix('.') {
+            Some(r) => r.split_at(digits(r)),
+            None => ("", r),
+        };
+        if int.is_empty() && frac.is_empty() {
+            return Err(invalid());
+        }
+        let (unit, r) = r.split_at(
+            r.find(|c: char| c == '.' || c.is_ascii_digit())
+                .unwrap_or(r.len()),
+        );
+        let scale: u128 = match unit {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "" => return Err(format!("time: missing unit in duration {s:?}")),
+            _ => return Err(format!("time: unknown unit {unit:?} in duration {s:?}")),
+        };
+        let int: u128 = if int.is_empty() {
+            0
+        } else {
+            int.parse().map_err(|_| invalid())?
+        };
+        // Digits past nanosecond precision cannot matter.
+        let frac = &frac[..frac.len().min(18)];
+        let frac_nanos = if frac.is_empty() {
+            0
+        } else {
+            let f: u128 = frac.parse().map_err(|_| invalid())?;
+            f * scale / 10u128.pow(frac.len() as u32)
+        };
+        nanos = int
+            .checked_mul(scale)
+            .and_then(|n| n.checked_add(frac_nanos))
+            .and_then(|n| n.checked_add(nanos))
+            .filter(|&n| n <= i64::MAX as u128)
+            .ok_or_else(invalid)?;
+        rest = r;
+    }
+    if negative && nanos > 0 {
+        return Err(format!("time: negative duration {s:?} is not supported"));
+    }
+    Ok(Duration::from_nanos(nanos as u64))
 }
 
 impl ServerArgs {
@@ -154,12 +211,10 @@ impl ServerArgs {
         Ok(min_ttl_ms.div_ceil(1000) as i64)
     }
 
-    /// Checks `--auth-token`: etcd's `simple` (JWT is not implemented).
-    pub fn check_auth_token(&self) -> Result<(), ConfigError> {
-        match self.auth_token.split(',').next() {
-            Some("simple") => Ok(()),
-            _ => Err(ConfigError::AuthToken(self.auth_token.clone())),
-        }
+    /// The token provider `--auth-token` asks for (reading and checking JWT keys).
+    pub fn token_provider(&self, clock: Arc<dyn Clock>) -> Result<TokenProvider, ConfigError> {
+        TokenProvider::from_flag(&self.auth_token, clock)
+            .map_err(|e| ConfigError::AuthToken(self.auth_token.clone(), e))
     }
 
     /// The client port's TLS flags.
@@ -222,8 +277,22 @@ mod tests {
             ("500ms", Some(0.5)),
             ("1.5s", Some(1.5)),
             ("2h", Some(7200.0)),
+            ("1h30m", Some(5400.0)),
+            ("1m0.5s", Some(60.5)),
+            (".5s", Some(0.5)),
+            ("+2s", Some(2.0)),
+            ("1500us", Some(0.0015)),
+            ("1500\u{b5}s", Some(0.0015)),
+            ("2000000ns", Some(0.002)),
+            ("0", Some(0.0)),
+            ("-0", Some(0.0)),
             ("5", None),
             ("3d", None),
+            ("", None),
+            ("-1m", None),
+            ("1.s.", None),
+            ("m", None),
+            ("9999999999h", None),
         ];
         for (s, want) in cases {
             assert_eq!(parse_duration(s).ok().map(|d| d.as_secs_f64()), want, "{s}");

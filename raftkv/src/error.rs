@@ -3,6 +3,7 @@
 
 use tonic::{Code, Status};
 
+use crate::auth::jwt::SignError;
 use crate::auth::AuthError;
 use crate::lease::LeaseError;
 use crate::mvcc::{BackendError, MvccError};
@@ -64,6 +65,10 @@ pub enum ServerError {
     LeaderFail,
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// Authenticate could not sign a JWT: etcd answers the `auth` package's error as is,
+    /// with code Unknown.
+    #[error(transparent)]
+    Sign(#[from] SignError),
     #[error("etcdserver: storage failure: {0}")]
     Storage(#[from] BackendError),
     #[error("etcdserver: {0}")]
@@ -151,6 +156,7 @@ impl ServerError {
             Stopped | Timeout | NoLeader | Unreachable | LeaderFail => Code::Unavailable,
             Storage(_) | Internal(_) => Code::Internal,
             Remote { code, .. } => *code,
+            Sign(_) => Code::Unknown,
             Auth(e) => e.code(),
         }
     }
@@ -203,6 +209,11 @@ mod tests {
                 ServerError::DuplicateKey,
                 Code::InvalidArgument,
                 "etcdserver: duplicate key given in txn request",
+            ),
+            (
+                ServerError::Sign(SignError::VerifyOnly),
+                Code::Unknown,
+                "auth: token signing attempted with verify-only key",
             ),
         ];
         for (err, code, msg) in cases {

@@ -144,6 +144,9 @@ async fn fetch_cluster_id(
 }
 
 async fn serve(args: ServerArgs) -> Result<()> {
+    // Before anything is created on disk: a bad --auth-token (or key file) stops the start.
+    let clock = Arc::new(SystemClock);
+    let token_provider = args.token_provider(clock.clone())?;
     let data_dir = args.data_dir();
     let dir = kv_dir(&data_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -174,7 +177,6 @@ async fn serve(args: ServerArgs) -> Result<()> {
         &args.initial_cluster_token,
         joined_cluster_id,
     )?;
-    args.check_auth_token()?;
     let opts = Options {
         identity,
         initial_cluster,
@@ -195,7 +197,8 @@ async fn serve(args: ServerArgs) -> Result<()> {
             bcrypt_cost: args.bcrypt_cost,
             client_cert_auth: args.client_cert_auth,
         },
-        clock: Arc::new(SystemClock),
+        clock,
+        token_provider,
         peer_tls: peer_client_tls.clone(),
     };
     let server = EtcdServer::start(opts, backend).await?;

@@ -12,6 +12,7 @@ pub struct Metrics {
     pub apply_duration: Histogram,
     pub leases_expired: IntCounter,
     pub auth_failures: IntCounter,
+    pub auth_invalid_tokens: IntCounter,
     pub grpc_requests: IntCounterVec,
     pub db_size: IntGauge,
     pub current_revision: IntGauge,
@@ -59,6 +60,10 @@ impl Metrics {
             auth_failures: counter(
                 "raftkv_auth_failures_total",
                 "Authenticate requests refused for a wrong user name or password.",
+            ),
+            auth_invalid_tokens: counter(
+                "raftkv_auth_invalid_tokens_total",
+                "Requests refused for their token: malformed, unknown, expired or badly signed.",
             ),
             apply_duration: reg(
                 &registry,

@@ -208,7 +208,9 @@ impl StateMachine {
             mvcc: &st.mvcc,
             backend: &self.backend,
         };
-        Ok(range(&view, req)?)
+        let resp = range(&view, req);
+        st.auth.check_read_revision(who)?;
+        Ok(resp?)
     }
 
     /// Serves a Range outside the log for the server itself: no permission check.
@@ -240,7 +242,9 @@ impl StateMachine {
         let path = compare_to_path(&view, rt);
         check_requests(rt, &path, &mut 0, &mut |op| check_range(&view, op))?;
         let mut exec = ReadOnly(&view);
-        let mut resp = apply_txn(&mut exec, rt, &path, &mut 0)?;
+        let resp = apply_txn(&mut exec, rt, &path, &mut 0);
+        st.auth.check_read_revision(who)?;
+        let mut resp = resp?;
         resp.header = header(view.rev());
         Ok(resp)
     }

@@ -1,17 +1,22 @@
 //! Authentication and authorization, after etcd 3.4's `auth` package: the replicated auth
 //! store (users, roles, key-range permissions, the enabled flag and the auth revision; see
 //! [`store`]), the permission intervals a user holds ([`perms`], etcd's
-//! `range_perm_cache.go`) and the simple-token table ([`tokens`]).
+//! `range_perm_cache.go`) and the tokens Authenticate hands out: which kind the member was
+//! configured with ([`provider`], etcd's `--auth-token`), the simple-token table
+//! ([`tokens`]) and signed JWTs ([`jwt`]).
 //!
 //! The store changes only by applying log entries, so every member decides a permission
 //! check the same way: a request carries the user name and the auth revision at which its
 //! token was looked up (etcd's request header), and apply refuses it when the store has
 //! moved on since ([`AuthError::OldRevision`]).
 
+pub mod jwt;
 pub mod perms;
+pub mod provider;
 pub mod store;
 pub mod tokens;
 
+pub use provider::TokenProvider;
 pub use store::{AuthStore, Caller};
 pub use tokens::TokenStore;
 

@@ -158,6 +158,20 @@ impl AuthStore {
         }
     }
 
+    /// The last check of a read served outside the log (etcd's `doSerialize`, after the
+    /// permission check and the read): the auth revision `who` was resolved at must be the
+    /// store's, whether or not auth is enabled. It matters for JWTs, whose revision is the
+    /// one they were issued at: a token from before an auth change, or one claiming a
+    /// revision the store has not reached, cannot read.
+    pub fn check_read_revision(&self, who: Option<&AuthInfo>) -> Result<(), AuthError> {
+        match who {
+            Some(ai) if ai.revision != 0 && ai.revision != self.revision => {
+                Err(AuthError::OldRevision)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// etcd's `IsAdminPermitted`: is `caller` a user holding the root role?
     pub fn check_admin(&self, caller: &Caller) -> Result<(), AuthError> {
         let ai = match caller {
@@ -219,8 +233,15 @@ impl AuthStore {
                 if user.options.as_ref().is_some_and(|o| o.no_password) {
                     return Err(AuthError::AuthFailed);
                 }
-                let token = format!("{}.{index}", a.simple_token);
-                self.tokens.assign(token.clone(), &a.name);
+                // No prefix: the member that took the request signs a JWT once this is
+                // applied (`server::authn`); there is nothing to register.
+                let token = if a.simple_token.is_empty() {
+                    String::new()
+                } else {
+                    let token = format!("{}.{index}", a.simple_token);
+                    self.tokens.assign(token.clone(), &a.name);
+                    token
+                };
                 A::Authenticate(AuthenticateResponse {
                     header: None,
                     token,
@@ -631,5 +652,89 @@ mod tests {
         assert_eq!(s.revision(), rev + 2);
         assert!(!s.is_enabled());
         assert_eq!(s.check(&client("", 0), b"a", &[], true), Ok(()));
+    }
+
+    #[test]
+    fn jwt_authenticate_registers_nothing_and_its_token_goes_stale() {
+        use crate::auth::jwt::{JwtProvider, OPT_PRIVATE_KEY, OPT_SIGN_METHOD};
+        use proto::raftkvpb::InternalAuthenticateRequest;
+
+        let mut s = sample();
+        let authenticate = |prefix: &str| {
+            auth_request::Request::Authenticate(InternalAuthenticateRequest {
+                name: "alice".into(),
+                simple_token: prefix.into(),
+            })
+        };
+        let token = |r: Result<AuthResponse, AuthError>| match r.unwrap().response {
+            Some(auth_response::Response::Authenticate(a)) => a.token,
+            other => panic!("{other:?}"),
+        };
+        let mut batch = Batch::default();
+        let simple = token(s.apply(&Caller::Internal, authenticate("abc"), 5, &mut batch));
+        assert_eq!(simple, "abc.5");
+        assert!(s.info_from_token("abc.5").is_some());
+        let none = token(s.apply(&Caller::Internal, authenticate(""), 6, &mut batch));
+        assert_eq!(none, "", "no prefix: the proposer signs a JWT");
+        assert!(s.info_from_token(".6").is_none());
+
+        // The JWT the proposer signs at the revision the entry applied at.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hs.key"), "secret").unwrap();
+        let opts = [
+            (OPT_SIGN_METHOD.to_string(), "HS256".to_string()),
+            (
+                OPT_PRIVATE_KEY.to_string(),
+                dir.path().join("hs.key").display().to_string(),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let jwt = JwtProvider::new(&opts, Arc::new(SystemClock)).unwrap();
+        let info = jwt
+            .info(&jwt.assign("alice", s.revision()).unwrap())
+            .unwrap();
+        let alice = Caller::Client(info);
+        assert_eq!(s.check(&alice, b"a", &[], false), Ok(()));
+        apply(&mut s, user("bob")).unwrap();
+        assert_eq!(
+            s.check(&alice, b"a", &[], false),
+            Err(AuthError::OldRevision),
+            "a JWT issued before an auth change"
+        );
+    }
+
+    #[test]
+    fn reads_need_the_exact_revision_as_etcds_do_serialize() {
+        let mut s = sample();
+        let rev = s.revision();
+        let who = |revision| AuthInfo {
+            username: "alice".into(),
+            revision,
+        };
+        // (who, expected)
+        let cases = [
+            (None, Ok(())),
+            (Some(who(0)), Ok(())),
+            (Some(who(rev)), Ok(())),
+            (Some(who(rev - 1)), Err(AuthError::OldRevision)),
+            (Some(who(rev + 1)), Err(AuthError::OldRevision)),
+        ];
+        for (ai, want) in cases {
+            assert_eq!(s.check_read_revision(ai.as_ref()), want, "{ai:?}");
+        }
+        s.apply(
+            &Caller::Internal,
+            auth_request::Request::Disable(Default::default()),
+            9,
+            &mut Batch::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.check_read_revision(Some(&who(rev))),
+            Err(AuthError::OldRevision),
+            "disabling is an auth change too"
+        );
+        assert_eq!(s.check_read_revision(Some(&who(rev + 1))), Ok(()));
     }
 }

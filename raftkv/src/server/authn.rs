@@ -1,8 +1,10 @@
 //! The server side of authentication: resolving a request's token to the user it runs as
-//! (etcd's `AuthInfoFromCtx`), proposing as that user, and the parts of the Auth RPCs that
-//! run before the log: password checks and hashing (bcrypt at `--bcrypt-cost`). Hashing
-//! happens once, on the member that takes the request, so the log carries only hashes and
-//! every member stores the same bytes.
+//! (etcd's `AuthInfoFromCtx`, by the configured [`TokenProvider`]), proposing as that user,
+//! and the parts of the Auth RPCs that run outside the log: password checks and hashing
+//! (bcrypt at `--bcrypt-cost`) and signing JWTs. Hashing happens once, on the member that
+//! takes the request, so the log carries only hashes and every member stores the same bytes.
+//! A JWT is signed by that member too, after the Authenticate entry applied, so a member
+//! given only the public key refuses to issue tokens whoever leads.
 
 use axum::extract::ConnectInfo;
 use proto::etcdserverpb::AuthenticateResponse;
@@ -12,7 +14,7 @@ use proto::raftkvpb::{
 };
 
 use super::EtcdServer;
-use crate::auth::{tokens, AuthError, AuthInfo, Caller};
+use crate::auth::{tokens, AuthError, AuthInfo, Caller, TokenProvider};
 use crate::error::ServerError;
 use crate::tls::ClientIdentity;
 
@@ -51,6 +53,14 @@ impl EtcdServer {
     /// while auth is disabled, as etcd does. Without one, under `--client-cert-auth`, the
     /// client certificate's CN is the user; otherwise `None`.
     pub async fn auth_info(&self, creds: &Credentials) -> Result<Option<AuthInfo>, ServerError> {
+        let info = self.token_info(creds).await;
+        if let Err(ServerError::Auth(AuthError::InvalidToken)) = info {
+            self.metrics.auth_invalid_tokens.inc();
+        }
+        info
+    }
+
+    async fn token_info(&self, creds: &Credentials) -> Result<Option<AuthInfo>, ServerError> {
         let Some(token) = creds.token.as_deref() else {
             let revision = self.sm.read().auth.revision();
             return Ok(creds
@@ -59,6 +69,18 @@ impl EtcdServer {
                 .filter(|_| self.limits.client_cert_auth)
                 .map(|username| AuthInfo { username, revision }));
         };
+        if let TokenProvider::Jwt(jwt) = &self.token_provider {
+            // The revision is the one the token was issued at: a token from before an auth
+            // change is refused by the permission check (and a read by any other revision
+            // than the store's), as etcd does.
+            return match jwt.info(token) {
+                Ok(info) => Ok(Some(info)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "invalid JWT");
+                    Err(AuthError::InvalidToken.into())
+                }
+            };
+        }
         let index = tokens::token_index(token).ok_or(AuthError::InvalidToken)?;
         // The token was registered by the Authenticate entry at `index`: a member that has
         // not applied that far does not know it yet.
@@ -145,11 +167,15 @@ impl EtcdServer {
             if !ok {
                 return Err(failed(AuthError::AuthFailed));
             }
+            let simple_token = match self.token_provider {
+                TokenProvider::Simple => tokens::gen_prefix(),
+                TokenProvider::Jwt(_) => String::new(),
+            };
             let req = auth_request::Request::Authenticate(InternalAuthenticateRequest {
                 name: name.clone(),
-                simple_token: tokens::gen_prefix(),
+                simple_token,
             });
-            let resp = match self.propose_auth(None, req).await? {
+            let mut resp = match self.propose_auth(None, req).await? {
                 auth_response::Response::Authenticate(r) => r,
                 other => {
                     return Err(ServerError::Internal(format!(
@@ -158,6 +184,11 @@ impl EtcdServer {
                 }
             };
             if checked == self.sm.read().auth.revision() {
+                // The entry applied here (a proposal returns only then) while the store
+                // stayed at `checked`: that is the revision it applied at.
+                if let TokenProvider::Jwt(jwt) = &self.token_provider {
+                    resp.token = jwt.assign(&name, checked)?;
+                }
                 return Ok(resp);
             }
             tracing::info!("auth store changed while checking a password; checking again");

@@ -25,7 +25,7 @@ use proto::raftkvpb::{
 };
 use tokio::sync::Notify;
 
-use crate::auth::AuthInfo;
+use crate::auth::{AuthInfo, TokenProvider};
 use crate::clock::Clock;
 use crate::error::ServerError;
 use crate::lease::LeaseError;
@@ -91,6 +91,8 @@ pub struct Options {
     pub snapshot_count: u64,
     pub limits: Limits,
     pub clock: Arc<dyn Clock>,
+    /// `--auth-token`: the tokens Authenticate hands out.
+    pub token_provider: TokenProvider,
     /// How to dial `https://` peers (see [`crate::tls`]).
     pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
 }
@@ -124,6 +126,8 @@ pub struct EtcdServer {
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
     pub raft: Raft<TypeConfig>,
+    /// `--auth-token` (see [`authn`]).
+    token_provider: TokenProvider,
     peers: Peers,
     request_timeout: Duration,
     /// `--election-timeout`, for leadership transfer.
@@ -205,6 +209,7 @@ impl EtcdServer {
             limits: opts.limits,
             metrics: Arc::new(Metrics::new()),
             raft,
+            token_provider: opts.token_provider,
             peers,
             request_timeout: Duration::from_secs(5) + 2 * opts.election_timeout,
             election_timeout: opts.election_timeout,

@@ -95,7 +95,8 @@ struct Launch {
     /// `--initial-cluster`.
     initial_cluster: String,
     /// Flags only cluster members get (token, state, Raft timing). A single member gets
-    /// none, so its command line stays the minimal one the other suites were written for.
+    /// none unless a test asks for some, so its command line stays the minimal one the
+    /// other suites were written for.
     cluster_args: Vec<String>,
 }
 
@@ -150,9 +151,21 @@ impl Server {
     /// Spawns `flavor` serving clients on a fresh port, storing its data in `data_dir` and
     /// its combined stdout/stderr in `log_path`.
     pub fn spawn(flavor: Flavor, data_dir: &Path, log_path: &Path) -> Server {
+        Self::spawn_with_args(flavor, data_dir, log_path, Vec::new())
+    }
+
+    /// [`Server::spawn`] with more flags (e.g. `--auth-token`).
+    pub fn spawn_with_args(
+        flavor: Flavor,
+        data_dir: &Path,
+        log_path: &Path,
+        args: Vec<String>,
+    ) -> Server {
         let ports = free_ports(2);
         let url = |port: u16| format!("http://127.0.0.1:{port}");
-        Self::start_single(flavor, data_dir, log_path, url(ports[0]), url(ports[1]))
+        let mut launch = Self::single(flavor, data_dir, log_path, url(ports[0]), url(ports[1]));
+        launch.cluster_args = args;
+        Self::start(launch)
     }
 
     /// [`Server::spawn`] with a given peer URL: a data dir made by `etcdctl snapshot restore`
@@ -174,7 +187,19 @@ impl Server {
         client_url: String,
         peer_url: String,
     ) -> Server {
-        Self::start(Launch {
+        Self::start(Self::single(
+            flavor, data_dir, log_path, client_url, peer_url,
+        ))
+    }
+
+    fn single(
+        flavor: Flavor,
+        data_dir: &Path,
+        log_path: &Path,
+        client_url: String,
+        peer_url: String,
+    ) -> Launch {
+        Launch {
             flavor,
             name: MEMBER_NAME.to_string(),
             data_dir: data_dir.to_path_buf(),
@@ -183,7 +208,7 @@ impl Server {
             initial_cluster: format!("{MEMBER_NAME}={peer_url}"),
             peer_url,
             cluster_args: Vec::new(),
-        })
+        }
     }
 
     fn start(launch: Launch) -> Server {
@@ -361,6 +386,17 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
 impl Cluster {
     /// Starts `size` members; they elect a leader on their own. Call [`Cluster::wait_ready`].
     pub fn spawn(flavor: Flavor, size: usize, dir: &Path, timing: Timing) -> Cluster {
+        Self::spawn_with_args(flavor, size, dir, timing, |_| Vec::new())
+    }
+
+    /// [`Cluster::spawn`] with more flags for member `i` (0-based): `extra(i)`.
+    pub fn spawn_with_args(
+        flavor: Flavor,
+        size: usize,
+        dir: &Path,
+        timing: Timing,
+        extra: impl Fn(usize) -> Vec<String>,
+    ) -> Cluster {
         let names: Vec<String> = (1..=size).map(|i| format!("n{i}")).collect();
         // Peer ports, then client ports, then one for the token.
         let ports = free_ports(2 * size + 1);
@@ -393,7 +429,8 @@ impl Cluster {
             .iter()
             .zip(peer_urls)
             .zip(client_urls)
-            .map(|((name, peer_url), client_url)| {
+            .enumerate()
+            .map(|(i, ((name, peer_url), client_url))| {
                 Server::start(Launch {
                     flavor,
                     name: name.clone(),
@@ -402,7 +439,7 @@ impl Cluster {
                     client_url,
                     peer_url,
                     initial_cluster: initial_cluster.clone(),
-                    cluster_args: cluster_args.clone(),
+                    cluster_args: [cluster_args.clone(), extra(i)].concat(),
                 })
             })
             .collect();
