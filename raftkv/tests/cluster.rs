@@ -107,7 +107,7 @@ async fn watch_from_next_revision(
     c: &mut Client,
     endpoint: &str,
     prefix: &str,
-) -> (i64, (etcd_client::Watcher, etcd_client::WatchStream)) {
+) -> (i64, etcd_client::WatchStream) {
     let start = c
         .get(prefix, None)
         .await
