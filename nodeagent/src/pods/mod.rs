@@ -407,7 +407,7 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
         let net = self
             .shared
             .network
-            .setup(&self.uid)
+            .setup(&self.uid, spec.host_network.unwrap_or(false))
             .map_err(SyncError::Network)?;
         let hosts = store.pod_dir(&self.uid).join("hosts");
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
@@ -419,8 +419,7 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
             ),
         )
         .map_err(SyncError::PodState)?;
-        // Pods share the node's network, so they resolve names as the node does (there is
-        // no cluster DNS yet).
+        // There is no cluster DNS: pods resolve names as the node does.
         let resolv = store.pod_dir(&self.uid).join("resolv.conf");
         let host_resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
         std::fs::write(&resolv, host_resolv).map_err(SyncError::PodState)?;
