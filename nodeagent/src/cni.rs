@@ -172,6 +172,9 @@ impl<E: CniExec> CniNetwork<E> {
             "bridge": bridge_name(&self.node_name),
             "isGateway": true,
             "ipMasq": true,
+            // A pod reaching itself through a Service: the DNATed packet leaves by the
+            // bridge port it came in on (bridged traffic meets netfilter with br_netfilter).
+            "hairpinMode": true,
             "ipam": {
                 "type": "host-local",
                 "ranges": [[{"subnet": cidr}]],
