@@ -443,7 +443,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 node_ip: args.node_ip.to_string(),
             };
             let nft = NftBinary { nft: args.nft.clone() };
-            tokio::spawn(proxy::run(api.clone(), cfg, nft, stop.clone()));
+            tokio::spawn(proxy::run(api.clone(), cfg, nft, metrics.clone(), stop.clone()));
         }
         agent::run(shared, node_cfg, intervals, metrics, stop).await?;
         Ok(())

@@ -30,6 +30,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use controlplane::client::watcher::{watcher, Event};
@@ -37,6 +38,8 @@ use controlplane::client::{key_of, Api, ListParams};
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
 
 /// The mark of connections to masquerade (kube-proxy's 0x4000).
 const MASQ_MARK: u64 = 0x4000;
@@ -480,7 +483,13 @@ pub struct ProxyConfig {
 }
 
 /// Watches Services and Endpoints and reprograms the table on every change until `stop`.
-pub async fn run<C: Api, N: Nft>(api: C, cfg: ProxyConfig, nft: N, stop: CancellationToken) {
+pub async fn run<C: Api, N: Nft>(
+    api: C,
+    cfg: ProxyConfig,
+    nft: N,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
     let mut svc_events = watcher::<C, Service>(api.clone(), None, ListParams::default());
     let mut ep_events = watcher::<C, Endpoints>(api, None, ListParams::default());
     let mut services: BTreeMap<String, Service> = BTreeMap::new();
@@ -519,6 +528,10 @@ pub async fn run<C: Api, N: Nft>(api: C, cfg: ProxyConfig, nft: N, stop: Cancell
         let json = serde_json::to_vec(&rs).unwrap_or_default();
         match nft.apply(&json) {
             Ok(()) => {
+                metrics.proxy_syncs.inc();
+                metrics
+                    .proxy_endpoints
+                    .set(ports.iter().map(|p| p.endpoints.len() as i64).sum());
                 tracing::info!(
                     services = ports.len(),
                     endpoints = ports.iter().map(|p| p.endpoints.len()).sum::<usize>(),
@@ -527,6 +540,7 @@ pub async fn run<C: Api, N: Nft>(api: C, cfg: ProxyConfig, nft: N, stop: Cancell
                 applied = Some(ports);
             }
             Err(e) => {
+                metrics.proxy_sync_errors.inc();
                 tracing::warn!(error = %e, "applying proxy rules");
                 applied = None;
             }
@@ -761,6 +775,109 @@ mod tests {
         assert_eq!(
             chain["add"]["chain"],
             json!({"family": "ip", "table": "t", "name": "prerouting", "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"})
+        );
+    }
+
+    /// Records every ruleset applied.
+    #[derive(Clone, Default)]
+    struct FakeNft(Arc<std::sync::Mutex<Vec<serde_json::Value>>>);
+
+    impl Nft for FakeNft {
+        fn apply(&self, ruleset: &[u8]) -> Result<(), ProxyError> {
+            self.0
+                .lock()
+                .unwrap()
+                .push(serde_json::from_slice(ruleset).unwrap());
+            Ok(())
+        }
+    }
+
+    /// The DNAT targets of the last applied ruleset.
+    fn dnat_targets(nft: &FakeNft) -> Vec<String> {
+        let last = nft.0.lock().unwrap().last().cloned().unwrap_or_default();
+        let mut out: Vec<String> = last["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| {
+                c["add"]["rule"]["expr"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter_map(|e| {
+                Some(format!(
+                    "{}:{}",
+                    e["dnat"]["addr"].as_str()?,
+                    e["dnat"]["port"]
+                ))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    async fn wait_targets(nft: &FakeNft, want: &[&str]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while dnat_targets(nft) != want {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "rules {:?}, want {want:?}",
+                dnat_targets(nft)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn follows_services_and_endpoints() {
+        use controlplane::client::fake::FakeApi;
+        let api = FakeApi::new();
+        let nft = FakeNft::default();
+        let stop = CancellationToken::new();
+        let cfg = ProxyConfig {
+            table: "t".into(),
+            node_ip: "192.168.1.2".into(),
+        };
+        let task = tokio::spawn(run(
+            api.clone(),
+            cfg,
+            nft.clone(),
+            Arc::default(),
+            stop.clone(),
+        ));
+        let ports = json!([{"name": "http", "port": 80, "targetPort": 8080}]);
+        api.create(Some("default"), &svc("web", "10.96.0.10", ports, None))
+            .await
+            .unwrap();
+        let subsets = |ips: &[&str]| {
+            json!([{
+                "addresses": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
+                "ports": [{"name": "http", "port": 8080}],
+            }])
+        };
+        let created = api
+            .create(
+                Some("default"),
+                &eps("web", subsets(&["10.244.1.3", "10.244.2.2"])),
+            )
+            .await
+            .unwrap();
+        wait_targets(&nft, &["10.244.1.3:8080", "10.244.2.2:8080"]).await;
+        // An endpoint that goes unready leaves the rules.
+        let mut e = created;
+        e.subsets = eps("web", subsets(&["10.244.2.2"])).subsets;
+        api.update(Some("default"), &e).await.unwrap();
+        wait_targets(&nft, &["10.244.2.2:8080"]).await;
+        // A deleted service leaves no rules.
+        api.delete::<Service>(Some("default"), "web").await.unwrap();
+        wait_targets(&nft, &[]).await;
+        let applies = nft.0.lock().unwrap().len();
+        stop.cancel();
+        task.await.unwrap();
+        assert!(
+            applies <= 4,
+            "{applies} applies for 3 changes and the initial sync"
         );
     }
 }
