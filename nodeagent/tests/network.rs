@@ -233,28 +233,12 @@ impl Cluster {
                 pod_cidr(i)
             ));
             let root = c.dir.path().join(format!("agent-{i}"));
-            let log = c.dir.path().join(format!("agent-{i}.log"));
-            let proc = Proc::spawn(
-                Command::new("nsenter")
-                    .arg(format!("--net=/var/run/netns/{}", c.topo.netns[i]))
-                    .arg(env!("CARGO_BIN_EXE_nodeagent"))
-                    .arg("--kubeconfig")
-                    .arg(&c.kubeconfig)
-                    .args(["--node-name", &node, "--node-ip", &c.topo.node_ip(i)])
-                    .args(["--port", "10250", "--network", "cni", "--proxy"])
-                    // 2 pods per node: the client and 3 web pods must spread over both.
-                    .args(["--max-pods", "2"])
-                    .arg("--root-dir")
-                    .arg(&root)
-                    .args(["--lease-renew-interval", "1s"])
-                    .env("RUST_LOG", "nodeagent=debug"),
-                &log,
-            );
             c.agents.push(Agent {
-                proc: Some(proc),
+                proc: None,
                 node,
                 root,
             });
+            c.start_agent(i);
         }
         for a in &c.agents {
             wait_for(60, "the node to be Ready", || {
@@ -267,6 +251,36 @@ impl Cluster {
             });
         }
         c
+    }
+
+    /// Starts (or restarts) agent `i` inside its node namespace.
+    fn start_agent(&mut self, i: usize) {
+        let a = &self.agents[i];
+        let log = self.dir.path().join(format!("agent-{i}.log"));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("agent log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.topo.netns[i]))
+            .arg(env!("CARGO_BIN_EXE_nodeagent"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["--node-name", &a.node, "--node-ip", &self.topo.node_ip(i)])
+            .args(["--port", "10250", "--network", "cni", "--proxy"])
+            // 2 pods per node: the client and 3 web pods must spread over both.
+            .args(["--max-pods", "2"])
+            .arg("--root-dir")
+            .arg(&a.root)
+            .args(["--lease-renew-interval", "1s"])
+            .env("RUST_LOG", "nodeagent=debug")
+            .stdin(std::process::Stdio::null())
+            .stdout(log_file.try_clone().expect("dup"))
+            .stderr(log_file)
+            .spawn()
+            .expect("spawning the agent");
+        self.agents[i].proc = Some(Proc { child, log });
     }
 
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
@@ -459,7 +473,7 @@ fn client_pod(node: &str) -> String {
 
 #[test]
 fn service_spreads_converges_and_nodeport() {
-    let c = Cluster::start();
+    let mut c = Cluster::start();
     let t0 = Instant::now();
     c.apply(&client_pod(&c.agents[0].node));
     c.apply(
@@ -586,8 +600,14 @@ fn service_spreads_converges_and_nodeport() {
         .iter()
         .filter(|l| l.at > deleted_at + 5.0 && l.pod.as_deref() == Some(victim.as_str()))
         .count();
+    let last_victim = after
+        .iter()
+        .filter(|l| l.pod.as_deref() == Some(victim.as_str()))
+        .map(|l| l.at - deleted_at)
+        .fold(0.0, f64::max);
     eprintln!(
-        "after deleting {victim}: {} requests, {} failed, last failure {convergence:.2}s after the delete",
+        "after deleting {victim}: {} requests, {} failed, last failure {convergence:.2}s and \
+         last answer from it {last_victim:.2}s after the delete",
         after.len(),
         fails.len()
     );
@@ -598,4 +618,47 @@ fn service_spreads_converges_and_nodeport() {
     );
     assert_eq!(late_victim, 0, "the deleted pod still answers after 5 s");
     assert!(after.iter().rev().take(20).all(|l| l.pod.is_some()));
+
+    // A restarted agent re-adopts the pod networks: same IPs, no second CNI ADD, and
+    // requests keep flowing.
+    let client_ip = |c: &Cluster| {
+        c.get(&["pod", "client"]).expect("client")["status"]["podIP"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let ip_before = client_ip(&c);
+    let adds = |c: &Cluster| {
+        std::fs::read_to_string(c.dir.path().join("agent-0.log"))
+            .unwrap_or_default()
+            .matches("pod network added")
+            .count()
+    };
+    let adds_before = adds(&c);
+    if let Some(mut p) = c.agents[0].proc.take() {
+        p.kill();
+    }
+    let restarted_at = uptime();
+    c.start_agent(0);
+    wait_for(60, "the restarted agent to sync", || {
+        let log = std::fs::read_to_string(c.dir.path().join("agent-0.log")).ok()?;
+        (log.matches("node agent running").count() == 2).then_some(())
+    });
+    let after_restart = wait_for(60, "10 s of requests after the restart", || {
+        let l: Vec<Line> = parse(&c.client_log())
+            .into_iter()
+            .filter(|l| l.at >= restarted_at)
+            .collect();
+        l.last()
+            .is_some_and(|l| l.at > restarted_at + 10.0)
+            .then_some(l)
+    });
+    assert_eq!(client_ip(&c), ip_before);
+    assert_eq!(adds(&c), adds_before, "a second CNI ADD after the restart");
+    let failed = after_restart.iter().filter(|l| l.pod.is_none()).count();
+    eprintln!(
+        "agent restart: {} requests, {failed} failed",
+        after_restart.len()
+    );
+    assert_eq!(failed, 0, "{}", c.diagnostics());
 }
