@@ -348,6 +348,9 @@ fn spawn_agent(dir: &Path, kubeconfig: &Path, node: &str, port: u16, root: &Path
         .args(["--node-name", node, "--port", &port.to_string()])
         .arg("--root-dir")
         .arg(root)
+        // These tests are about containers, not networks (tests/network.rs is): keep pods
+        // on the host network even if node IPAM gives the node a podCIDR.
+        .args(["--network", "host"])
         .args([
             "--lease-renew-interval",
             "1s",
