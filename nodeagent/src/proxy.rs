@@ -22,10 +22,11 @@
 //! chain svc-...     [ip saddr @aff-<ep> goto ep-<ep> ...]  numgen random mod N vmap { i : goto ep-i }
 //! chain ep-...      meta mark set meta mark | 0x4000; [update @aff-<ep> { ip saddr }]; dnat to ip:port
 //! set aff-...       ipv4_addr, timeout <sessionAffinityConfig.clientIP.timeoutSeconds>
+//! chain filter-input, filter-forward, filter-output (filter, -110)  jump no-endpoints
+//! chain no-endpoints ip daddr <clusterIP|nodeIP> <proto> dport <port> reject  (ports without a ready endpoint)
 //! ```
 //!
-//! Services without ready endpoints get no rules (connections to them are not answered
-//! rather than rejected). Affinity entries start empty after each table replacement.
+//! Affinity entries start empty after each table replacement.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -174,6 +175,12 @@ pub enum Stmt {
     Dnat {
         addr: String,
         port: u16,
+    },
+    /// `reject with icmp type <expr>`.
+    Reject {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        expr: &'static str,
     },
     Mangle {
         key: Val,
@@ -383,6 +390,20 @@ pub fn ruleset(table: &str, node_ip: &str, ports: &[ServicePort]) -> Ruleset {
     let goto = |target: &str| Stmt::Goto {
         target: target.into(),
     };
+    cmds.push(chain("no-endpoints", None));
+    for hook in ["input", "forward", "output"] {
+        let name = format!("filter-{hook}");
+        cmds.push(chain(
+            &name,
+            Some(BaseChain {
+                kind: "filter",
+                hook,
+                prio: -110,
+                policy: "accept",
+            }),
+        ));
+        cmds.push(rule(&name, vec![jump("no-endpoints")]));
+    }
     cmds.push(rule("prerouting", vec![jump("services")]));
     cmds.push(rule("output", vec![jump("services")]));
     cmds.push(rule(
@@ -395,6 +416,24 @@ pub fn ruleset(table: &str, node_ip: &str, ports: &[ServicePort]) -> Ruleset {
             Stmt::Masquerade(None),
         ],
     ));
+    // Without a ready endpoint a connection is refused at once, as kube-proxy does,
+    // rather than left to time out.
+    for sp in ports.iter().filter(|sp| sp.endpoints.is_empty()) {
+        let reject = |ip: &str, port: u16| {
+            vec![
+                eq(payload("ip", "daddr"), Val::Str(ip.into())),
+                eq(payload(sp.protocol, "dport"), Val::Num(port.into())),
+                Stmt::Reject {
+                    kind: "icmp",
+                    expr: "port-unreachable",
+                },
+            ]
+        };
+        cmds.push(rule("no-endpoints", reject(&sp.cluster_ip, sp.port)));
+        if let Some(np) = sp.node_port {
+            cmds.push(rule("no-endpoints", reject(node_ip, np)));
+        }
+    }
     for sp in ports.iter().filter(|sp| !sp.endpoints.is_empty()) {
         let svc = format!("svc-{}", sp.id);
         let ep_chain = |(ip, port): &(String, u16)| format!("ep-{}-{ip}:{port}", sp.id);
@@ -709,7 +748,10 @@ mod tests {
             endpoints: vec![("10.244.1.3".into(), 8080), ("10.244.2.2".into(), 8080)],
         };
         let empty = ServicePort {
-            id: "default/none/80".into(),
+            id: "default/none/81".into(),
+            cluster_ip: "10.96.0.11".into(),
+            port: 81,
+            node_port: Some(30081),
             endpoints: vec![],
             ..sp.clone()
         };
@@ -738,8 +780,27 @@ mod tests {
                 {"goto": {"target": "svc-default/web/http"}},
             ])
         );
-        // The service without endpoints has no rules.
+        // The service without endpoints is rejected, on its ClusterIP and NodePort.
         assert_eq!(rules("services").len(), 2);
+        assert_eq!(
+            rules("no-endpoints"),
+            vec![
+                json!([
+                    {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "10.96.0.11"}},
+                    {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 81}},
+                    {"reject": {"type": "icmp", "expr": "port-unreachable"}},
+                ]),
+                json!([
+                    {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "192.168.1.2"}},
+                    {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 30081}},
+                    {"reject": {"type": "icmp", "expr": "port-unreachable"}},
+                ]),
+            ]
+        );
+        assert_eq!(
+            rules("filter-forward"),
+            vec![json!([{"jump": {"target": "no-endpoints"}}])]
+        );
         let svc = rules("svc-default/web/http");
         assert_eq!(svc.len(), 3, "two affinity rules and the random pick");
         assert_eq!(

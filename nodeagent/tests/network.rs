@@ -24,6 +24,7 @@ use serde_json::Value;
 
 const CLUSTER_IP: &str = "10.96.0.100";
 const STICKY_IP: &str = "10.96.0.101";
+const EMPTY_IP: &str = "10.96.0.102";
 const NODE_PORT: u16 = 30080;
 
 /// `ip ARGS`, which must succeed.
@@ -450,6 +451,14 @@ spec:
   selector: {app: web}
   sessionAffinity: ClientIP
   ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty}
+spec:
+  clusterIP: EMPTY_IP
+  selector: {app: nothing}
+  ports: [{port: 80}]
 "#;
 
 fn client_pod(node: &str) -> String {
@@ -478,6 +487,7 @@ fn service_spreads_converges_and_nodeport() {
     c.apply(&client_pod(&c.agents[0].node));
     c.apply(
         &WEB.replace("STICKY_IP", STICKY_IP)
+            .replace("EMPTY_IP", EMPTY_IP)
             .replace("CLUSTER_IP", CLUSTER_IP)
             .replace("NODE_PORT", &NODE_PORT.to_string()),
     );
@@ -571,6 +581,25 @@ fn service_spreads_converges_and_nodeport() {
             );
         }
     }
+
+    // A Service without endpoints refuses connections at once (ICMP port unreachable).
+    // The host routes Service addresses to node 0; without the reject rule the packet
+    // would loop between node and host until its TTL runs out.
+    ip(&["route", "add", "10.96.0.0/12", "via", &c.topo.node_ip(0)]);
+    let sock = (EMPTY_IP.parse::<std::net::IpAddr>().unwrap(), 80).into();
+    // (The first SYN's ICMP error is sometimes lost; the retransmit 1 s later is refused.)
+    let refused = wait_for(
+        10,
+        "a refused connection to a service without endpoints",
+        || {
+            let err = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2))
+                .expect_err("a service without endpoints answered");
+            (err.kind() == std::io::ErrorKind::ConnectionRefused).then_some(err)
+        },
+    );
+    eprintln!("service without endpoints: {refused}");
+    // ... and the same route reaches a Service with endpoints.
+    assert!(http_get(CLUSTER_IP, 80).is_some_and(|b| pods.contains_key(&b)));
 
     // Delete a pod on the other node: requests keep working after a short convergence.
     let victim = pods
