@@ -7,7 +7,7 @@
 //! podCIDR makes `eth0`, `loopback` brings up `lo`.
 //!
 //! What a pod got is recorded in `<root>/pods/<uid>/network.json`
-//! (`{"mode":"cni","ip":"10.244.1.5","netns":"/var/run/netns/na-<uid>"}` or
+//! (`{"mode":"cni","ip":"10.244.1.5","netns":"/var/run/netns/na-<uid>","cidr":"10.244.1.0/24"}` or
 //! `{"mode":"host","ip":"<node ip>"}`), so a restarted agent re-adopts it instead of
 //! running ADD again, and a pod keeps the mode it started with.
 
@@ -105,8 +105,15 @@ impl CniExec for PluginExec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "lowercase")]
 enum Record {
-    Cni { ip: String, netns: PathBuf },
-    Host { ip: String },
+    /// `cidr` is the podCIDR the address came from: DEL must name the same IPAM range.
+    Cni {
+        ip: String,
+        netns: PathBuf,
+        cidr: String,
+    },
+    Host {
+        ip: String,
+    },
 }
 
 /// The node's podCIDR, filled in once the Node has one (the controller manager's node IPAM
@@ -224,21 +231,24 @@ impl<E: CniExec> CniNetwork<E> {
             .and_then(|_| self.run("ADD", uid, &netns, "eth0", &self.bridge_config(cidr)))
             .and_then(|out| pod_ip(&out));
         match result {
-            Ok(ip) => Ok(Record::Cni { ip, netns }),
+            Ok(ip) => Ok(Record::Cni {
+                ip,
+                netns,
+                cidr: cidr.to_string(),
+            }),
             Err(e) => {
-                self.del(uid, &netns);
+                self.del(uid, &netns, cidr);
                 Err(e)
             }
         }
     }
 
-    /// CNI DEL of both plugins and the namespace; failures are logged (DEL of what is gone
-    /// succeeds by the CNI spec, so a failure is worth a warning, not a stuck pod).
-    fn del(&self, uid: &str, netns: &Path) {
-        if let Some(cidr) = self.pod_cidr.get() {
-            if let Err(e) = self.run("DEL", uid, netns, "eth0", &self.bridge_config(&cidr)) {
-                tracing::warn!(%uid, error = %e, "CNI DEL");
-            }
+    /// CNI DEL of the bridge (loopback has nothing to release) and the namespace; failures
+    /// are logged (DEL of what is gone succeeds by the CNI spec, so a failure is worth a
+    /// warning, not a stuck pod).
+    fn del(&self, uid: &str, netns: &Path, cidr: &str) {
+        if let Err(e) = self.run("DEL", uid, netns, "eth0", &self.bridge_config(cidr)) {
+            tracing::warn!(%uid, error = %e, "CNI DEL");
         }
         if let Err(e) = self.remove_netns(netns) {
             tracing::warn!(%uid, error = %e, "removing the network namespace");
@@ -328,7 +338,7 @@ impl<E: CniExec> PodNetwork for CniNetwork<E> {
     fn setup(&self, uid: &str, host_network: bool) -> std::io::Result<PodNetworkStatus> {
         match self.read_record(uid) {
             Some(Record::Host { .. }) => return Ok(self.host()),
-            Some(Record::Cni { ip, netns }) if netns.exists() => {
+            Some(Record::Cni { ip, netns, .. }) if netns.exists() => {
                 return Ok(PodNetworkStatus {
                     ip,
                     netns: Some(netns),
@@ -351,7 +361,7 @@ impl<E: CniExec> PodNetwork for CniNetwork<E> {
         self.write_record(uid, &rec)?;
         Ok(match rec {
             Record::Host { .. } => self.host(),
-            Record::Cni { ip, netns } => {
+            Record::Cni { ip, netns, .. } => {
                 tracing::info!(%uid, %ip, "pod network added");
                 PodNetworkStatus {
                     ip,
@@ -362,8 +372,8 @@ impl<E: CniExec> PodNetwork for CniNetwork<E> {
     }
 
     fn teardown(&self, uid: &str) -> std::io::Result<()> {
-        if let Some(Record::Cni { netns, .. }) = self.read_record(uid) {
-            self.del(uid, &netns);
+        if let Some(Record::Cni { netns, cidr, .. }) = self.read_record(uid) {
+            self.del(uid, &netns, &cidr);
         }
         match std::fs::remove_file(self.record_path(uid)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
