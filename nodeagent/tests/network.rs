@@ -607,6 +607,22 @@ fn service_spreads_converges_and_nodeport() {
         .find(|(_, n)| *n == &c.agents[1].node)
         .map(|(p, _)| p.clone())
         .expect("a pod on node 1");
+    let victim_pod = c.get(&["pod", &victim]).expect("victim");
+    let victim_uid = victim_pod["metadata"]["uid"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let victim_ip = victim_pod["status"]["podIP"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let victim_netns = PathBuf::from(format!("/var/run/netns/na-{victim_uid}"));
+    // host-local's lease file of the address.
+    let victim_lease = c.agents[1]
+        .root
+        .join("cni/networks/nodeagent")
+        .join(&victim_ip);
+    assert!(victim_netns.exists() && victim_lease.exists());
     let deleted_at = uptime();
     let out = c.kubectl(&["delete", "pod", &victim, "--wait=false"], None);
     assert!(out.status.success());
@@ -647,6 +663,10 @@ fn service_spreads_converges_and_nodeport() {
     );
     assert_eq!(late_victim, 0, "the deleted pod still answers after 5 s");
     assert!(after.iter().rev().take(20).all(|l| l.pod.is_some()));
+    // CNI DEL released the address and the namespace is gone.
+    wait_for(30, "the deleted pod's network to be torn down", || {
+        (!victim_netns.exists() && !victim_lease.exists()).then_some(())
+    });
 
     // A restarted agent re-adopts the pod networks: same IPs, no second CNI ADD, and
     // requests keep flowing.
