@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod cni;
 pub mod env;
 pub mod events;
 pub mod images;
@@ -16,6 +17,7 @@ pub mod network;
 pub mod node;
 pub mod pods;
 pub mod probes;
+pub mod proxy;
 pub mod runtime;
 pub mod server;
 pub mod shim;

@@ -14,11 +14,13 @@ use controlplane::client::http::HttpClient;
 use controlplane::clock::SystemClock;
 use controlplane::scheduler::resources::parse_quantity;
 use nodeagent::agent::{self, Intervals};
+use nodeagent::cni::{CniNetwork, PluginExec, PodCidr};
 use nodeagent::images::{build_busybox, ImageStore};
 use nodeagent::metrics::Metrics;
-use nodeagent::network::HostNetwork;
+use nodeagent::network::{HostNetwork, PodNetwork};
 use nodeagent::node::{host_capacity, parse_taint, NodeConfig};
 use nodeagent::pods::{Config, Shared};
+use nodeagent::proxy::{self, NftBinary, ProxyConfig};
 use nodeagent::runtime::Runc;
 use nodeagent::server::{router, ServerState};
 use nodeagent::shim::{self, ShimArgs};
@@ -40,7 +42,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Manage the local image store.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -155,6 +157,32 @@ struct RunArgs {
     /// (empty: don't).
     #[arg(long, default_value = "/bin/busybox")]
     busybox: PathBuf,
+    /// Pod network: `host` (pods share the node's), `cni` (a namespace per pod on a
+    /// bridge, addresses from the node's podCIDR), `auto` (cni when root with the CNI
+    /// plugins installed; pods started before the node has a podCIDR use the host's).
+    #[arg(long, value_enum, default_value_t = NetworkMode::Auto)]
+    network: NetworkMode,
+    /// The node's podCIDR (default: the Node's spec.podCIDR, as node IPAM assigns it).
+    #[arg(long)]
+    pod_cidr: Option<String>,
+    /// The CNI plugin binaries.
+    #[arg(long, default_value = "/usr/lib/cni")]
+    cni_bin_dir: PathBuf,
+    /// Where pods' network namespaces are bind-mounted.
+    #[arg(long, default_value = "/var/run/netns")]
+    netns_dir: PathBuf,
+    /// Run the service proxy (nftables table `nodeagent-proxy-<node>`).
+    #[arg(long)]
+    proxy: bool,
+    #[arg(long, default_value = "nft")]
+    nft: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum NetworkMode {
+    Auto,
+    Host,
+    Cni,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -181,7 +209,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Some(Command::Image(cmd)) => image(cmd),
-        Some(Command::Run(args)) => run(args),
+        Some(Command::Run(args)) => run(*args),
         None => run(cli.run),
         Some(Command::Shim(_)) => unreachable!("handled above"),
     }
@@ -324,12 +352,41 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         root: store.runc_root(),
         shim_exe: std::env::current_exe()?,
     };
-    let shared = Arc::new(Shared {
-        api,
-        runtime,
-        network: HostNetwork {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let use_cni = match args.network {
+        NetworkMode::Host => false,
+        NetworkMode::Cni => true,
+        NetworkMode::Auto => root && args.cni_bin_dir.join("bridge").exists(),
+    };
+    let pod_cidr = PodCidr::default();
+    if let Some(c) = &args.pod_cidr {
+        pod_cidr.set(c.clone());
+    }
+    let network: Box<dyn PodNetwork> = if use_cni {
+        Box::new(CniNetwork {
+            exec: PluginExec {
+                bin_dir: args.cni_bin_dir.clone(),
+            },
+            bin_dir: args.cni_bin_dir.clone(),
+            store: store.clone(),
+            netns_dir: args.netns_dir.clone(),
+            node_name: node_name.clone(),
             node_ip: args.node_ip.to_string(),
-        },
+            pod_cidr: pod_cidr.clone(),
+            host_until_cidr: args.network == NetworkMode::Auto,
+            real_netns: true,
+        })
+    } else {
+        Box::new(HostNetwork {
+            node_ip: args.node_ip.to_string(),
+        })
+    };
+    tracing::info!(cni = use_cni, "pod network");
+    let shared = Arc::new(Shared {
+        api: api.clone(),
+        runtime,
+        network,
         store: store.clone(),
         images,
         config: Config {
@@ -377,7 +434,39 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             lease_renew: args.lease_renew_interval,
             node_status: args.node_status_update_frequency,
         };
+        if use_cni && pod_cidr.get().is_none() {
+            tokio::spawn(watch_pod_cidr(api.clone(), node_name.clone(), pod_cidr, stop.clone()));
+        }
+        if args.proxy {
+            let cfg = ProxyConfig {
+                table: format!("nodeagent-proxy-{node_name}"),
+                node_ip: args.node_ip.to_string(),
+            };
+            let nft = NftBinary { nft: args.nft.clone() };
+            tokio::spawn(proxy::run(api.clone(), cfg, nft, metrics.clone(), stop.clone()));
+        }
         agent::run(shared, node_cfg, intervals, metrics, stop).await?;
         Ok(())
     })
+}
+
+/// Polls the Node until it has a podCIDR (node IPAM assigns it after registration).
+async fn watch_pod_cidr(api: HttpClient, node: String, cidr: PodCidr, stop: CancellationToken) {
+    use controlplane::client::Api;
+    loop {
+        if let Ok(n) = api
+            .get::<k8s_openapi::api::core::v1::Node>(None, &node)
+            .await
+        {
+            if let Some(c) = n.spec.and_then(|s| s.pod_cidr).filter(|c| !c.is_empty()) {
+                tracing::info!(pod_cidr = %c, "node podCIDR");
+                cidr.set(c);
+                return;
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }

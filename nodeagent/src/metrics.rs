@@ -8,6 +8,11 @@ pub struct Metrics {
     pub pods: IntGauge,
     /// Container-log requests served.
     pub log_requests: IntCounter,
+    /// Service proxy table replacements, and failed ones.
+    pub proxy_syncs: IntCounter,
+    pub proxy_sync_errors: IntCounter,
+    /// Service endpoints programmed by the proxy.
+    pub proxy_endpoints: IntGauge,
 }
 
 impl Default for Metrics {
@@ -20,9 +25,27 @@ impl Default for Metrics {
             "Container log requests served",
         )
         .expect("valid metric");
+        let proxy_syncs = IntCounter::new(
+            "nodeagent_proxy_syncs_total",
+            "Service proxy nftables table replacements",
+        )
+        .expect("valid metric");
+        let proxy_sync_errors = IntCounter::new(
+            "nodeagent_proxy_sync_errors_total",
+            "Failed service proxy table replacements",
+        )
+        .expect("valid metric");
+        let proxy_endpoints = IntGauge::new(
+            "nodeagent_proxy_endpoints",
+            "Service port endpoints programmed by the proxy",
+        )
+        .expect("valid metric");
         for m in [
             Box::new(pods.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(log_requests.clone()),
+            Box::new(proxy_syncs.clone()),
+            Box::new(proxy_sync_errors.clone()),
+            Box::new(proxy_endpoints.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -30,6 +53,9 @@ impl Default for Metrics {
             registry,
             pods,
             log_requests,
+            proxy_syncs,
+            proxy_sync_errors,
+            proxy_endpoints,
         }
     }
 }

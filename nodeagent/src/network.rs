@@ -1,7 +1,7 @@
-//! Pod networking behind a trait, the seam where a CNI-like plugin (per-pod network
-//! namespaces, veth pairs, a bridge) plugs in later. Today's [`HostNetwork`] shares the
-//! node's network namespace with every pod, so a pod's IP is the node's IP and probes
-//! reach containers on the node's addresses.
+//! Pod networking behind a trait. [`HostNetwork`] shares the node's network namespace with
+//! every pod (a pod's IP is the node's IP); [`crate::cni::CniNetwork`] gives each pod its
+//! own network namespace wired to a per-node bridge by the standard CNI plugins. Pods with
+//! `hostNetwork: true` get the host's namespace from either.
 
 use std::path::PathBuf;
 
@@ -14,8 +14,9 @@ pub struct PodNetworkStatus {
 }
 
 pub trait PodNetwork: Send + Sync + 'static {
-    /// Sets up (idempotently) the network of the pod with this uid.
-    fn setup(&self, uid: &str) -> std::io::Result<PodNetworkStatus>;
+    /// Sets up (idempotently) the network of the pod with this uid; `host_network` is the
+    /// pod's `spec.hostNetwork`.
+    fn setup(&self, uid: &str, host_network: bool) -> std::io::Result<PodNetworkStatus>;
     /// Releases it; a no-op for a pod without one.
     fn teardown(&self, uid: &str) -> std::io::Result<()>;
 }
@@ -27,7 +28,7 @@ pub struct HostNetwork {
 }
 
 impl PodNetwork for HostNetwork {
-    fn setup(&self, _uid: &str) -> std::io::Result<PodNetworkStatus> {
+    fn setup(&self, _uid: &str, _host_network: bool) -> std::io::Result<PodNetworkStatus> {
         Ok(PodNetworkStatus {
             ip: self.node_ip.clone(),
             netns: None,
@@ -35,5 +36,15 @@ impl PodNetwork for HostNetwork {
     }
     fn teardown(&self, _uid: &str) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// The agent picks its network at start (`--network`).
+impl PodNetwork for Box<dyn PodNetwork> {
+    fn setup(&self, uid: &str, host_network: bool) -> std::io::Result<PodNetworkStatus> {
+        (**self).setup(uid, host_network)
+    }
+    fn teardown(&self, uid: &str) -> std::io::Result<()> {
+        (**self).teardown(uid)
     }
 }

@@ -102,6 +102,8 @@ pub struct Worker<C: Api, R: Runtime, N: PodNetwork> {
     changed: HashSet<String>,
     /// (container, attempt) whose BackOff event was recorded.
     backoff_events: HashSet<(String, u32)>,
+    /// The last pod network error recorded as an event (once per distinct message).
+    network_error: Option<String>,
     gone_since: Option<DateTime<Utc>>,
     last_status: Option<PodStatus>,
     start_time: Option<Time>,
@@ -188,6 +190,7 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
             removed: HashSet::new(),
             terminating: HashSet::new(),
             backoff_events: HashSet::new(),
+            network_error: None,
             changed: HashSet::new(),
             gone_since: None,
             last_status: None,
@@ -404,11 +407,30 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
                 uid: self.uid.clone(),
             })
             .map_err(SyncError::PodState)?;
-        let net = self
+        let net = match self
             .shared
             .network
-            .setup(&self.uid)
-            .map_err(SyncError::Network)?;
+            .setup(&self.uid, spec.host_network.unwrap_or(false))
+        {
+            Ok(net) => {
+                self.network_error = None;
+                net
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if self.network_error.as_deref() != Some(message.as_str()) {
+                    self.network_error = Some(message.clone());
+                    self.event(crate::events::Record {
+                        warning: true,
+                        reason: "FailedCreatePodSandBox",
+                        message: format!("Failed to create pod sandbox: {message}"),
+                        container: None,
+                    })
+                    .await;
+                }
+                return Err(SyncError::Network(e));
+            }
+        };
         let hosts = store.pod_dir(&self.uid).join("hosts");
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         std::fs::write(
@@ -419,8 +441,7 @@ impl<C: Api, R: Runtime, N: PodNetwork> Worker<C, R, N> {
             ),
         )
         .map_err(SyncError::PodState)?;
-        // Pods share the node's network, so they resolve names as the node does (there is
-        // no cluster DNS yet).
+        // There is no cluster DNS: pods resolve names as the node does.
         let resolv = store.pod_dir(&self.uid).join("resolv.conf");
         let host_resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
         std::fs::write(&resolv, host_resolv).map_err(SyncError::PodState)?;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -26,7 +26,7 @@ fn free_port() -> u16 {
 }
 
 /// target/debug/<name> (the test executable is target/debug/deps/<test>).
-fn sibling_binary(name: &str) -> PathBuf {
+pub fn sibling_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
     let path = exe
         .parent()
@@ -48,7 +48,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(cmd: &mut Command, log: &Path) -> Proc {
+    pub fn spawn(cmd: &mut Command, log: &Path) -> Proc {
         let f = std::fs::File::create(log).expect("log file");
         let child = cmd
             .stdin(Stdio::null())
@@ -90,7 +90,7 @@ pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T
 
 /// kubectl 1.20: `$KUBECTL`, else where scripts/setup.sh unpacks Debian's package when
 /// another kubectl owns /usr/bin, else `kubectl` on PATH.
-fn kubectl_program() -> String {
+pub fn kubectl_program() -> String {
     const UNPACKED: &str = "/opt/kubectl-1.20/usr/bin/kubectl";
     std::env::var("KUBECTL").unwrap_or_else(|_| {
         if Path::new(UNPACKED).exists() {
@@ -348,6 +348,9 @@ fn spawn_agent(dir: &Path, kubeconfig: &Path, node: &str, port: u16, root: &Path
         .args(["--node-name", node, "--port", &port.to_string()])
         .arg("--root-dir")
         .arg(root)
+        // These tests are about containers, not networks (tests/network.rs is): keep pods
+        // on the host network even if node IPAM gives the node a podCIDR.
+        .args(["--network", "host"])
         .args([
             "--lease-renew-interval",
             "1s",
@@ -392,7 +395,7 @@ pub fn running_ids(agent_root: &Path) -> Vec<String> {
 }
 
 /// Kills and deletes every runc container of an agent and removes its cgroups.
-fn teardown_agent(agent_root: &Path, node: &str) {
+pub fn teardown_agent(agent_root: &Path, node: &str) {
     let root = agent_root.join("runc");
     for id in runc_ids(agent_root) {
         let _ = Command::new("runc")
