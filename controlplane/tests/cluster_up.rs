@@ -1,9 +1,10 @@
 //! End to end, as a user meets it: `controlplane up` (3 raftkv members, 2 API servers,
-//! 2 schedulers, 2 controller managers, 2 node agents running busybox pods with runc),
-//! a Deployment and a Service applied with kubectl, then — while the Deployment scales
-//! from 2 to 6 — the raftkv leader, the active scheduler and one API server are killed.
-//! All 6 pods must end Running, each bound exactly once; every object written before the
-//! kills must still be there; `controlplane down` must leave no process, container or
+//! 2 schedulers, 2 controller managers, 2 node agents running busybox pods with runc on
+//! CNI pod networks), a Deployment of httpd pods and a Service applied with kubectl, then —
+//! while the Deployment scales from 2 to 6 — the raftkv leader, the active scheduler and
+//! one API server are killed. All 6 pods must end Running, each bound exactly once; every
+//! object written before the kills must still be there; the Service's ClusterIP must
+//! answer from several pods; `controlplane down` must leave no process, container or
 //! mount behind.
 //!
 //! Needs root (runc, cgroups): skipped with a message otherwise.
@@ -42,7 +43,10 @@ spec:
       containers:
       - name: main
         image: busybox
-        command: ["sh", "-c", "echo started; sleep 3600"]
+        command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && echo started && exec httpd -f -p 8080 -h /www"]
+        readinessProbe:
+          tcpSocket: {port: 8080}
+          periodSeconds: 1
 ---
 apiVersion: v1
 kind: Service
@@ -257,14 +261,30 @@ fn up_survives_killing_leaders_while_scaling_and_down_leaves_nothing() {
                 Some(&i.to_string())
             );
         }
-        let out = k.ok(&[
-            "get",
-            "service",
-            "web",
-            "-o",
-            "jsonpath={.spec.ports[0].port}",
-        ]);
-        assert_eq!(out, "80");
+        // The Service answers on its ClusterIP from the host (the node agents' proxies),
+        // spread over the pods.
+        let ip = k.ok(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .no_proxy()
+            .build()
+            .expect("http client");
+        let mut answered_by = std::collections::BTreeSet::new();
+        let mut failures = 0;
+        for _ in 0..60 {
+            match http.get(format!("http://{ip}:80/")).send().await {
+                Ok(r) if r.status().is_success() => {
+                    answered_by.insert(r.text().await.unwrap_or_default().trim().to_string());
+                }
+                _ => failures += 1,
+            }
+        }
+        eprintln!("service {ip}: 60 requests, {failures} failed, answered by {answered_by:?}");
+        assert!(
+            failures <= 3,
+            "{failures} of 60 requests to the ClusterIP failed"
+        );
+        assert!(answered_by.len() >= 3, "only {answered_by:?} answered");
     });
 
     // The launcher restarted what was killed: check those pids too after `down`.

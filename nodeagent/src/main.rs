@@ -46,6 +46,10 @@ enum Command {
     /// Manage the local image store.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Remove what the agent made on the host (runc containers, pod networks, the proxy's
+    /// nftables table, its cgroups), for a node that is gone for good. Takes the agent's
+    /// flags (--root-dir, --node-name, --runc, --cni-bin-dir, --netns-dir, --nft).
+    Teardown(Box<RunArgs>),
     /// Supervise one container (started by the agent).
     #[command(hide = true)]
     Shim(ShimCli),
@@ -210,6 +214,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Image(cmd)) => image(cmd),
         Some(Command::Run(args)) => run(*args),
+        Some(Command::Teardown(args)) => teardown(*args),
         None => run(cli.run),
         Some(Command::Shim(_)) => unreachable!("handled above"),
     }
@@ -274,13 +279,59 @@ fn runc_version(runc: &Path) -> String {
         .unwrap_or_else(|| "runc://unknown".into())
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
-    let node_name = match args.node_name.clone() {
+/// `--node-name`, or the host name.
+fn node_name(args: &RunArgs) -> anyhow::Result<String> {
+    Ok(match args.node_name.clone() {
         Some(n) => n,
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")?
             .trim()
             .to_lowercase(),
+    })
+}
+
+fn teardown(args: RunArgs) -> anyhow::Result<()> {
+    let node_name = node_name(&args)?;
+    let store = Store::new(&args.root_dir);
+    // The records say which pods got a CNI network; the podCIDR each came from is in them.
+    let network = CniNetwork {
+        exec: PluginExec {
+            bin_dir: args.cni_bin_dir.clone(),
+        },
+        bin_dir: args.cni_bin_dir.clone(),
+        store: store.clone(),
+        netns_dir: args.netns_dir.clone(),
+        node_name: node_name.clone(),
+        node_ip: args.node_ip.to_string(),
+        pod_cidr: PodCidr::default(),
+        host_until_cidr: false,
+        real_netns: true,
     };
+    let nft = NftBinary {
+        nft: args.nft.clone(),
+    };
+    let report = nodeagent::teardown::Teardown {
+        store: &store,
+        runc: &args.runc,
+        network: &network,
+        nft: &nft,
+        bridge: nodeagent::cni::bridge_name(&node_name),
+        table: format!("nodeagent-proxy-{node_name}"),
+        cgroup: PathBuf::from(format!("/sys/fs/cgroup/nodeagent-{node_name}")),
+    }
+    .run();
+    println!(
+        "teardown of {node_name}: {} containers, {} pod networks, bridge {}, proxy table {}, {} cgroups removed",
+        report.containers,
+        report.pod_networks,
+        if report.bridge { "removed" } else { "absent" },
+        if report.table { "removed" } else { "absent" },
+        report.cgroups
+    );
+    Ok(())
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let node_name = node_name(&args)?;
     let store = Store::new(&args.root_dir);
     std::fs::create_dir_all(store.pods())
         .with_context(|| format!("creating {}", args.root_dir.display()))?;

@@ -1,8 +1,8 @@
-//! What must not outlive a cluster besides its processes: runc containers (each node agent
-//! keeps its own runc root inside its state folder), mounts below the cluster folder
-//! (container root filesystems, volumes) and network namespaces named after the cluster's
-//! nodes. `up` runs this after stopping the node agents, `down` after killing whatever a
-//! crashed run left.
+//! The launcher's own sweep after `nodeagent teardown` (which removes each node's
+//! containers, pod networks, proxy table and cgroups): runc containers still in a runc
+//! root below the cluster folder (an agent binary that is gone cannot remove its own) and
+//! mounts below it (container root filesystems, volumes). `up` runs this after stopping
+//! the node agents, `down` after killing whatever a crashed run left.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -89,25 +89,6 @@ pub fn unmount_below(dir: &Path) -> usize {
         // SAFETY: a valid NUL-terminated path; umount2 has no other preconditions.
         if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
             n += 1;
-        }
-    }
-    n
-}
-
-/// Deletes the network namespaces whose names start with `prefix`; returns how many.
-pub fn remove_netns(prefix: &str) -> usize {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return 0;
-    };
-    let mut n = 0;
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        if !name.is_empty() && name.starts_with(prefix) {
-            let ok = Command::new("ip")
-                .args(["netns", "delete", name])
-                .status()
-                .is_ok_and(|s| s.success());
-            n += usize::from(ok);
         }
     }
     n

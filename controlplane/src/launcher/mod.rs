@@ -601,8 +601,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// Stops every process, node agents first and raftkv last, then removes containers,
-    /// mounts and network namespaces the node agents left.
+    /// Stops every process, node agents first and raftkv last, then removes what the node
+    /// agents made on the host (containers, pod networks, proxy rules, mounts).
     pub fn stop(&mut self, progress: &dyn Fn(&str)) {
         self.balancer.cancel();
         for role in STOP_ORDER {
@@ -612,7 +612,7 @@ impl Cluster {
                 }
             }
             if role == Role::Nodeagent {
-                clean_node_leftovers(&self.dir, progress);
+                clean_node_leftovers(&self.dir, &self.state, progress);
             }
         }
         self.state.processes.clear();
@@ -631,8 +631,10 @@ const STOP_ORDER: [Role; 5] = [
     Role::Raftkv,
 ];
 
-/// The node agent's command line. Its pods share the host's network (pod networking is
-/// not built yet), so every node agent has its own log-server port.
+/// The node agent's command line: pod networking per node (CNI, addresses from the
+/// podCIDR the controller manager's node IPAM assigns; all nodes' bridges live in the
+/// host's network namespace, so pods reach each other across nodes directly) and the
+/// service proxy, which makes ClusterIPs and NodePorts reachable from the host.
 fn node_agent_spec(
     name: &str,
     program: PathBuf,
@@ -646,23 +648,38 @@ fn node_agent_spec(
         .arg(kubeconfig)
         .args(["--node-name", name, "--root-dir"])
         .arg(state_dir)
-        .args(["--port", &port.to_string()])
+        .args(["--port", &port.to_string(), "--proxy"])
 }
 
-fn clean_node_leftovers(dir: &Path, progress: &dyn Fn(&str)) {
+/// After the node agents stopped: `nodeagent teardown` of each node (its runc containers,
+/// pod networks, proxy table, cgroups), then whatever is still mounted below the folder
+/// and any container a missing agent binary could not remove.
+fn clean_node_leftovers(dir: &Path, state: &ClusterState, progress: &dyn Fn(&str)) {
+    for node in state.of_role(Role::Nodeagent) {
+        let Some(state_dir) = &node.state_dir else {
+            continue;
+        };
+        let out = std::process::Command::new(&node.program)
+            .args(["teardown", "--node-name", &node.name, "--root-dir"])
+            .arg(state_dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                progress(String::from_utf8_lossy(&o.stdout).trim());
+            }
+            Ok(o) => progress(&format!(
+                "teardown of {} failed: {}",
+                node.name,
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => progress(&format!("teardown of {}: {e}", node.name)),
+        }
+    }
     let containers = cleanup::remove_containers(dir);
     let mounts = cleanup::unmount_below(dir);
-    let netns = cleanup::remove_netns(&netns_prefix(dir));
-    if containers + mounts + netns > 0 {
-        progress(&format!(
-            "removed {containers} containers, {mounts} mounts, {netns} network namespaces"
-        ));
+    if containers + mounts > 0 {
+        progress(&format!("removed {containers} containers, {mounts} mounts"));
     }
-}
-
-/// Network namespaces of this cluster's nodes are named `<prefix><node>-...`.
-pub fn netns_prefix(_dir: &Path) -> String {
-    "nodeagent-".into()
 }
 
 /// Stops what a cluster folder's state file lists (a crashed or still running launcher
@@ -673,7 +690,7 @@ pub fn down(dir: &Path, progress: &dyn Fn(&str)) -> Result<(), LaunchError> {
         Err(state::StateError::Io { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound =>
         {
-            clean_node_leftovers(dir, progress);
+            clean_node_leftovers(dir, &ClusterState::default(), progress);
             return Ok(());
         }
         Err(e) => return Err(e.into()),
@@ -694,7 +711,7 @@ pub fn down(dir: &Path, progress: &dyn Fn(&str)) -> Result<(), LaunchError> {
             }
         }
         if role == Role::Nodeagent {
-            clean_node_leftovers(dir, progress);
+            clean_node_leftovers(dir, &state, progress);
         }
     }
     let _ = std::fs::remove_file(state::state_path(dir));
