@@ -717,3 +717,64 @@ pub fn down(dir: &Path, progress: &dyn Fn(&str)) -> Result<(), LaunchError> {
     let _ = std::fs::remove_file(state::state_path(dir));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every spec runs the same shell snippet.
+    struct Sh(&'static str);
+
+    impl Spawner for Sh {
+        fn spawn(&self, _: &Spec) -> std::io::Result<Child> {
+            std::process::Command::new("sh")
+                .args(["-c", self.0])
+                .spawn()
+        }
+    }
+
+    #[test]
+    fn restart_backoff_doubles_to_30s() {
+        let cases = [(0, 1), (1, 2), (2, 4), (4, 16), (5, 30), (40, 30)];
+        for (restarts, secs) in cases {
+            assert_eq!(
+                restart_delay(restarts),
+                Duration::from_secs(secs),
+                "{restarts}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_exited_process_is_restarted_after_its_backoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Cluster {
+            dir: dir.path().to_path_buf(),
+            state: ClusterState::default(),
+            children: Vec::new(),
+            balancer: CancellationToken::new(),
+        };
+        let crashing = Sh("exit 3");
+        let spec = Spec::new(
+            "s1",
+            Role::Scheduler,
+            "/bin/sh".into(),
+            dir.path().join("s1.log"),
+        );
+        c.start(&crashing, spec, None, None).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let quiet = |_: &str| {};
+        // Seen exited, but the first restart waits 1 s.
+        assert!(c.supervise(&crashing, &quiet).is_empty());
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(c.supervise(&crashing, &quiet), ["s1"]);
+        let saved = ClusterState::load(dir.path()).unwrap();
+        assert_eq!(saved.processes[0].restarts, 1);
+        assert_eq!(saved.processes[0].pid, c.children[0].child.id());
+        // The second restart waits 2 s.
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(c.supervise(&crashing, &quiet).is_empty());
+        c.stop(&quiet);
+        assert!(!state::state_path(dir.path()).exists());
+    }
+}
