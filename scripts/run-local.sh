@@ -14,6 +14,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/raftkv/target}"
 profile=debug
 flags=()
 if [ "${RELEASE:-}" = 1 ]; then profile=release; flags=(--release); fi
-echo "building raftkv, controlplane and nodeagent ($profile; the first build compiles RocksDB and takes a while)..."
-cargo build "${flags[@]}" --locked -p raftkv -p controlplane -p nodeagent
+echo "building the workspace ($profile; the first build compiles RocksDB and takes a while)..."
+# The whole workspace, all targets: the same feature set as `scripts/test.sh` builds, so
+# the two share one cached RocksDB build (a `-p` subset resolves features differently).
+cargo build "${flags[@]}" --locked --workspace --all-targets
 exec "$CARGO_TARGET_DIR/$profile/controlplane" up "$@"
