@@ -306,7 +306,10 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
 
     let exe = std::env::current_exe().context("locating the controlplane binary")?;
     let bin_dir = exe.parent().context("binary folder")?.to_path_buf();
-    let mut opts = UpOptions::new(a.dir.clone(), bin_dir);
+    // Absolute: the folder's paths are handed to other processes (runc resolves a relative
+    // rootfs against the bundle, not our working directory).
+    let dir = std::path::absolute(&a.dir).context("the cluster folder")?;
+    let mut opts = UpOptions::new(dir, bin_dir);
     opts.topology = Topology {
         members: a.members,
         apiservers: a.apiservers,

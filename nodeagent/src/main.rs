@@ -289,7 +289,15 @@ fn node_name(args: &RunArgs) -> anyhow::Result<String> {
     })
 }
 
+/// The arguments with `--root-dir` made absolute: its paths end up in OCI bundles, which
+/// runc resolves relative to the bundle.
+fn absolute_root(mut args: RunArgs) -> anyhow::Result<RunArgs> {
+    args.root_dir = std::path::absolute(&args.root_dir).context("--root-dir")?;
+    Ok(args)
+}
+
 fn teardown(args: RunArgs) -> anyhow::Result<()> {
+    let args = absolute_root(args)?;
     let node_name = node_name(&args)?;
     let store = Store::new(&args.root_dir);
     // The records say which pods got a CNI network; the podCIDR each came from is in them.
@@ -331,6 +339,7 @@ fn teardown(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    let args = absolute_root(args)?;
     let node_name = node_name(&args)?;
     let store = Store::new(&args.root_dir);
     std::fs::create_dir_all(store.pods())

@@ -95,7 +95,7 @@ pub async fn render(dir: &Path, state: &ClusterState) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "RAFTKV MEMBER  ENDPOINT                 PID      LEADER  TERM  INDEX     DB SIZE"
+        "RAFTKV MEMBER  ENDPOINT                 PID      RESTARTS  LEADER  TERM  INDEX     DB SIZE"
     );
     for p in state.of_role(Role::Raftkv) {
         let ep = p.endpoint.clone().unwrap_or_default();
@@ -126,17 +126,18 @@ pub async fn render(dir: &Path, state: &ClusterState) -> String {
     let http = https_client(dir);
     let _ = writeln!(
         out,
-        "\nAPISERVER      ENDPOINT                 PID      HEALTHY"
+        "\nAPISERVER      ENDPOINT                 PID      RESTARTS  HEALTHY"
     );
     for p in state.of_role(Role::Apiserver) {
         let ep = p.endpoint.clone().unwrap_or_default();
         let ok = healthz(&http, &ep).await;
         let _ = writeln!(
             out,
-            "{:<14} {:<24} {:<8} {}",
+            "{:<14} {:<24} {:<8} {:<9} {}",
             p.name,
             ep,
             p.pid,
+            p.restarts,
             if ok { "yes" } else { "NO" }
         );
     }
@@ -146,7 +147,7 @@ pub async fn render(dir: &Path, state: &ClusterState) -> String {
     };
     let _ = writeln!(
         out,
-        "\nCOMPONENT           REPLICAS  RUNNING  LEADER (Lease holder)"
+        "\nCOMPONENT           REPLICAS  RUNNING  RESTARTS  LEADER (Lease holder)"
     );
     for (role, lease) in [
         (Role::Scheduler, "kube-scheduler"),
@@ -154,15 +155,17 @@ pub async fn render(dir: &Path, state: &ClusterState) -> String {
     ] {
         let all: Vec<_> = state.of_role(role).collect();
         let running = all.iter().filter(|p| is_ours(p.pid, &p.program)).count();
+        let restarts: u32 = all.iter().map(|p| p.restarts).sum();
         let holder = lease_holder(&api, lease)
             .await
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             out,
-            "{:<19} {:<9} {:<8} {}",
+            "{:<19} {:<9} {:<8} {:<9} {}",
             role.as_str(),
             all.len(),
             running,
+            restarts,
             holder
         );
     }
