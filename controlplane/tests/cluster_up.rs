@@ -234,6 +234,13 @@ fn up_survives_killing_leaders_while_scaling_and_down_leaves_nothing() {
                 .then_some(())
         })
         .await;
+        // Each pod has its own address, from its node's podCIDR.
+        let ips: std::collections::BTreeSet<String> = web_pods(&api)
+            .await
+            .iter()
+            .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+            .collect();
+        assert_eq!(ips.len(), 6, "pod IPs are not distinct: {ips:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
         recorder.abort();
         let seen = std::mem::take(&mut *seen.lock().unwrap());

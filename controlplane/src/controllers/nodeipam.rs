@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Node;
 
@@ -71,6 +71,9 @@ pub struct NodeIpamController<C: Api> {
     api: C,
     opts: Options,
     nodes: Arc<Store<Node>>,
+    /// Subnets handed out by this process, so two nodes reconciled at once (by two
+    /// workers, before either update is back in the store) never get the same one.
+    handed_out: Mutex<HashSet<String>>,
 }
 
 impl<C: Api> NodeIpamController<C> {
@@ -86,6 +89,7 @@ impl<C: Api> NodeIpamController<C> {
             api,
             opts,
             nodes: nodes.store.clone(),
+            handed_out: Mutex::default(),
         }
     }
 }
@@ -103,25 +107,38 @@ impl<C: Api> Reconciler for NodeIpamController<C> {
         {
             return Ok(Action::Done);
         }
-        let used: HashSet<String> = self
-            .nodes
-            .list()
-            .iter()
-            .filter_map(|n| n.spec.as_ref()?.pod_cidr.clone())
-            .collect();
-        let Some(cidr) = self.opts.first_free(&used) else {
-            tracing::warn!(node = key, "the cluster CIDR has no free node subnet");
-            return Ok(Action::Done);
+        let cidr = {
+            let mut handed_out = self.handed_out.lock().unwrap();
+            let mut used: HashSet<String> = self
+                .nodes
+                .list()
+                .iter()
+                .filter_map(|n| n.spec.as_ref()?.pod_cidr.clone())
+                .collect();
+            used.extend(handed_out.iter().cloned());
+            let Some(cidr) = self.opts.first_free(&used) else {
+                tracing::warn!(node = key, "the cluster CIDR has no free node subnet");
+                return Ok(Action::Done);
+            };
+            handed_out.insert(cidr.clone());
+            cidr
         };
         let mut next = (*node).clone();
         let spec = next.spec.get_or_insert_with(Default::default);
         spec.pod_cidr = Some(cidr.clone());
         spec.pod_cidrs = Some(vec![cidr.clone()]);
         tracing::info!(node = key, %cidr, "allocated the node's pod CIDR");
-        // A conflict (the node changed, or another allocation raced) retries from the store.
-        let updated = self.api.update(None, &next).await?;
-        self.nodes.apply(updated);
-        Ok(Action::Done)
+        // A conflict (the node changed meanwhile) retries from the store.
+        match self.api.update(None, &next).await {
+            Ok(updated) => {
+                self.nodes.apply(updated);
+                Ok(Action::Done)
+            }
+            Err(e) => {
+                self.handed_out.lock().unwrap().remove(&cidr);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -142,6 +159,36 @@ mod tests {
         let small = Options::parse("10.1.0.0/23", 24).unwrap();
         let full: HashSet<String> = ["10.1.0.0/24".to_string(), "10.1.1.0/24".to_string()].into();
         assert_eq!(small.first_free(&full), None);
+    }
+
+    #[tokio::test]
+    async fn a_subnet_is_not_handed_out_twice_before_the_store_shows_it() {
+        use crate::client::fake::FakeApi;
+        use crate::clock::SystemClock;
+        let api = FakeApi::new();
+        let nodes = Informer::<Node>::new();
+        let queue = WorkQueue::new("nodeipam", Arc::new(SystemClock));
+        let c = NodeIpamController::new(api.clone(), Options::default(), &nodes, &queue);
+        let mut created = Vec::new();
+        for name in ["a", "b"] {
+            let n = api
+                .create(None, &crate::scheduler::testing::node(name, "1", "1Gi"))
+                .await
+                .unwrap();
+            nodes.store.apply(n.clone());
+            created.push(n);
+        }
+        c.reconcile("a").await.unwrap();
+        // The store has not seen a's update yet (as when two workers race).
+        nodes.store.remove("a");
+        nodes.store.apply(created[0].clone());
+        c.reconcile("b").await.unwrap();
+        let cidrs: HashSet<String> = api
+            .all::<Node>()
+            .iter()
+            .filter_map(|n| n.spec.as_ref()?.pod_cidr.clone())
+            .collect();
+        assert_eq!(cidrs.len(), 2, "{cidrs:?}");
     }
 
     #[test]
