@@ -9,7 +9,7 @@ PACKAGES=(
   etcd-server etcd-client    # the reference etcd 3.4 the differential tests compare against
   runc busybox-static        # the node agent's container runtime and test image
   containernetworking-plugins nftables  # pod networking (CNI bridge, host-local, loopback) and the service proxy
-  iproute2 curl ca-certificates
+  iproute2 curl ca-certificates openssl   # openssl: the JWT test makes its keys with it
 )
 
 missing=()
