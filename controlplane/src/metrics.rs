@@ -3,7 +3,26 @@
 
 use std::net::SocketAddr;
 
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::core::Collector;
+use prometheus::{Encoder, IntGauge, Registry, TextEncoder};
+
+/// A registry holding `collectors` (each registered once; names are static and distinct).
+pub fn registry_of(collectors: Vec<Box<dyn Collector>>) -> Registry {
+    let registry = Registry::new();
+    for c in collectors {
+        registry.register(c).expect("unique metric");
+    }
+    registry
+}
+
+/// `leader_election_master_status`, which every leader-elected component exports.
+pub fn leader_gauge() -> IntGauge {
+    IntGauge::new(
+        "leader_election_master_status",
+        "1 while this replica holds the Lease.",
+    )
+    .expect("valid metric")
+}
 
 /// The registry's metrics in the Prometheus text format.
 pub fn render(registry: &Registry) -> String {

@@ -16,7 +16,6 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let registry = Registry::new();
         let reconciles = IntCounterVec::new(
             Opts::new(
                 "workqueue_reconciles_total",
@@ -33,18 +32,12 @@ impl Metrics {
             &["name"],
         )
         .expect("valid metric");
-        let leader = IntGauge::new(
-            "leader_election_master_status",
-            "1 while this replica holds the Lease.",
-        )
-        .expect("valid metric");
-        for c in [
-            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+        let leader = crate::metrics::leader_gauge();
+        let registry = crate::metrics::registry_of(vec![
+            Box::new(reconciles.clone()),
             Box::new(depth.clone()),
             Box::new(leader.clone()),
-        ] {
-            registry.register(c).expect("unique metric");
-        }
+        ]);
         Metrics {
             registry,
             reconciles,

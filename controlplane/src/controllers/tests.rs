@@ -127,6 +127,14 @@ fn is_ready_pod(p: &Pod) -> bool {
     p.metadata.deletion_timestamp.is_none() && super::podutil::is_ready(p)
 }
 
+/// `d` with its (only) container's image replaced: a new pod template.
+fn with_image(d: &Deployment, image: &str) -> Deployment {
+    let mut d = d.clone();
+    let template = &mut d.spec.as_mut().unwrap().template;
+    template.spec.as_mut().unwrap().containers[0].image = Some(image.into());
+    d
+}
+
 fn image_of(p: &Pod) -> String {
     p.spec.as_ref().unwrap().containers[0]
         .image
@@ -244,17 +252,9 @@ async fn rolling_update_keeps_availability_and_rollback_reuses_the_old_replica_s
         });
         (stop, task)
     };
-    let mut d2 = d.clone();
-    d2.spec
-        .as_mut()
-        .unwrap()
-        .template
-        .spec
-        .as_mut()
-        .unwrap()
-        .containers[0]
-        .image = Some("nginx:2".into());
-    api.update(Some(NS), &d2).await.unwrap();
+    api.update(Some(NS), &with_image(&d, "nginx:2"))
+        .await
+        .unwrap();
     let d = rolled_out(api, "web", 4, "nginx:2").await;
     sampler.0.cancel();
     let min_ready = sampler.1.await.unwrap();
@@ -322,17 +322,7 @@ async fn recreate_removes_every_old_pod_before_starting_new_ones() {
             true
         })
     };
-    let mut d2 = d.clone();
-    d2.spec
-        .as_mut()
-        .unwrap()
-        .template
-        .spec
-        .as_mut()
-        .unwrap()
-        .containers[0]
-        .image = Some("pg:2".into());
-    api.update(Some(NS), &d2).await.unwrap();
+    api.update(Some(NS), &with_image(&d, "pg:2")).await.unwrap();
     rolled_out(api, "db", 3, "pg:2").await;
     sampler.abort();
     if let Ok(Ok(no_overlap)) = tokio::time::timeout(Duration::from_millis(10), sampler).await {

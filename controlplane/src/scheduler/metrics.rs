@@ -18,7 +18,6 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let registry = Registry::new();
         let attempts = IntCounterVec::new(
             Opts::new(
                 "scheduler_schedule_attempts_total",
@@ -40,19 +39,13 @@ impl Metrics {
             "Pods waiting in the scheduling queue.",
         )
         .expect("valid metric");
-        let leader = IntGauge::new(
-            "leader_election_master_status",
-            "1 while this replica holds the Lease.",
-        )
-        .expect("valid metric");
-        for c in [
-            Box::new(attempts.clone()) as Box<dyn prometheus::core::Collector>,
+        let leader = crate::metrics::leader_gauge();
+        let registry = crate::metrics::registry_of(vec![
+            Box::new(attempts.clone()),
             Box::new(algorithm_seconds.clone()),
             Box::new(pending.clone()),
             Box::new(leader.clone()),
-        ] {
-            registry.register(c).expect("unique metric");
-        }
+        ]);
         Metrics {
             registry,
             attempts,
