@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use common::{Cluster, Flavor, Server, Timing};
+use common::{render, with_token, Cluster, Flavor, Server, Timing};
 use proto::authpb::{permission, Permission};
 use proto::etcdserverpb::{
     auth_client::AuthClient, kv_client::KvClient, AuthDisableRequest, AuthEnableRequest,
@@ -26,7 +26,6 @@ use proto::etcdserverpb::{
     AuthUserGrantRoleRequest, AuthenticateRequest, PutRequest, RangeRequest,
 };
 use tonic::transport::Channel;
-use tonic::Request;
 
 const STARTUP: Duration = Duration::from_secs(30);
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,22 +124,6 @@ fn tampered(token: &str) -> String {
     let (signed, sig) = token.rsplit_once('.').expect("a JWT");
     let first = if sig.starts_with('A') { "B" } else { "A" };
     format!("{signed}.{first}{}", &sig[1..])
-}
-
-fn with_token<T>(msg: T, token: Option<&str>) -> Request<T> {
-    let mut req = Request::new(msg);
-    if let Some(t) = token {
-        req.metadata_mut()
-            .insert("token", t.parse().expect("ASCII token"));
-    }
-    req
-}
-
-fn render<T>(r: Result<tonic::Response<T>, tonic::Status>, ok: impl Fn(T) -> String) -> String {
-    match r {
-        Ok(resp) => format!("ok {}", ok(resp.into_inner())),
-        Err(s) => format!("{:?}: {}", s.code(), s.message()),
-    }
 }
 
 /// gRPC clients of one member.

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Flavor, Server};
+use common::{render, with_token, Flavor, Server};
 use proto::authpb::{permission, Permission};
 use proto::etcdserverpb::{
     auth_client::AuthClient, kv_client::KvClient, watch_client::WatchClient, AuthDisableRequest,
@@ -19,25 +19,8 @@ use proto::etcdserverpb::{
     WatchRequest,
 };
 use tonic::transport::Channel;
-use tonic::Request;
 
 const STARTUP: Duration = Duration::from_secs(30);
-
-fn with_token<T>(msg: T, token: Option<&str>) -> Request<T> {
-    let mut req = Request::new(msg);
-    if let Some(t) = token {
-        req.metadata_mut()
-            .insert("token", t.parse().expect("ASCII token"));
-    }
-    req
-}
-
-fn render<T>(r: Result<tonic::Response<T>, tonic::Status>, ok: impl Fn(T) -> String) -> String {
-    match r {
-        Ok(resp) => format!("ok {}", ok(resp.into_inner())),
-        Err(s) => format!("{:?}: {}", s.code(), s.message()),
-    }
-}
 
 struct Side {
     auth: AuthClient<Channel>,

@@ -565,3 +565,21 @@ pub fn subject_flavor() -> Flavor {
         Ok(other) => panic!("DIFF_TARGET={other:?}: expected \"etcd\" or \"raftkv\""),
     }
 }
+
+/// A gRPC request carrying an auth token in the `token` metadata, as etcd clients send it.
+pub fn with_token<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("token", t.parse().expect("ASCII token"));
+    }
+    req
+}
+
+/// A reply as one comparable line: `ok <what ok renders>`, or the status code and message.
+pub fn render<T>(r: Result<tonic::Response<T>, tonic::Status>, ok: impl Fn(T) -> String) -> String {
+    match r {
+        Ok(resp) => format!("ok {}", ok(resp.into_inner())),
+        Err(s) => format!("{:?}: {}", s.code(), s.message()),
+    }
+}
