@@ -78,6 +78,11 @@ struct UpArgs {
     /// How long a node may miss heartbeats before it is marked unreachable.
     #[arg(long, value_parser = humantime_secs, default_value = "20s")]
     node_grace_period: std::time::Duration,
+    /// The node agents' network: `auto` (as root with the CNI plugins, each node in a
+    /// network namespace of its own on 10.100.0.0/24, else the host's), `host`, or the
+    /// CIDR of the nodes' own network.
+    #[arg(long, default_value = "auto")]
+    node_network: controlplane::launcher::nodenet::Mode,
 }
 
 /// Leader election flags (kube-scheduler's and kube-controller-manager's names).
@@ -321,6 +326,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     opts.api_port = a.api_port;
     opts.lease_duration = a.lease_duration;
     opts.node_grace_period = a.node_grace_period;
+    opts.node_network = a.node_network;
     let progress = |m: &str| eprintln!("{m}");
     let started = std::time::Instant::now();
     let mut cluster = Cluster::up(&opts, &OsSpawner, &progress).await?;

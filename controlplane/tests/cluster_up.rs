@@ -4,8 +4,12 @@
 //! while the Deployment scales from 2 to 6 — the raftkv leader, the active scheduler and
 //! one API server are killed. All 6 pods must end Running, each bound exactly once; every
 //! object written before the kills must still be there; the Service's ClusterIP must
-//! answer from several pods; `controlplane down` must leave no process, container or
-//! mount behind.
+//! answer from several pods, and every pod's address from the host; `controlplane down`
+//! must leave no process, container, mount, network namespace, bridge or route behind.
+//!
+//! With the CNI plugins installed (as CI has them) each node agent runs in a network
+//! namespace of its own on the cluster's node network, so the pod traffic between nodes
+//! and from the host crosses the host's routes, as between real machines.
 //!
 //! Needs root (runc, cgroups): skipped with a message otherwise.
 
@@ -59,10 +63,13 @@ spec:
     targetPort: 8080
 "#;
 
+/// A base whose whole range (base .. base+110) is free now. It lies below Linux's
+/// ephemeral range (32768 and up): the node agents bind their ports only after the
+/// control plane is up, and by then an outgoing connection may hold an ephemeral port
+/// (CI once failed so: a node agent could not bind its port and never became Ready).
 fn free_base() -> u16 {
-    // A base whose whole range (base .. base+110) is free now.
     for _ in 0..50 {
-        let base = 34000 + (rand::random::<u16>() % 200) * 120;
+        let base = 20000 + (rand::random::<u16>() % 100) * 120;
         let free = (0..110).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if free {
             return base;
@@ -117,10 +124,30 @@ fn up(dir: &Path, base: u16) -> Up {
         }
         assert!(
             Instant::now() < deadline && !text.contains("start failed"),
-            "controlplane up did not come up:\n{text}"
+            "controlplane up did not come up:\n{text}\n{}",
+            log_tails(&dir.join("cluster/logs"))
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The last lines of every log in `dir`, so a failure in CI says what went wrong.
+fn log_tails(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        out += &format!("--- {} (last 30 lines)\n", f.display());
+        for l in &lines[lines.len().saturating_sub(30)..] {
+            out += l;
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn kill(state: &ClusterState, name: &str) {
@@ -148,6 +175,7 @@ fn up_survives_killing_leaders_while_scaling_and_down_leaves_nothing() {
     let dir = cluster.dir.clone();
     let k = Kubectl::with_kubeconfig(dir.join("kubeconfig"), tmp.path(), "k");
     let state = ClusterState::load(&dir).expect("state file");
+    let node_network = own_namespaces(&state);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -241,6 +269,21 @@ fn up_survives_killing_leaders_while_scaling_and_down_leaves_nothing() {
             .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
             .collect();
         assert_eq!(ips.len(), 6, "pod IPs are not distinct: {ips:?}");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .no_proxy()
+            .build()
+            .expect("http client");
+        // Each pod answers on its own address from the host: through the host's route to
+        // its node's podCIDR when the nodes have namespaces of their own.
+        for ip in &ips {
+            let url = format!("http://{ip}:8080/");
+            let answer = http.get(&url).send().await.map(|r| r.status());
+            assert!(
+                answer.as_ref().is_ok_and(|s| s.is_success()),
+                "{url}: {answer:?}"
+            );
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
         recorder.abort();
         let seen = std::mem::take(&mut *seen.lock().unwrap());
@@ -271,11 +314,6 @@ fn up_survives_killing_leaders_while_scaling_and_down_leaves_nothing() {
         // The Service answers on its ClusterIP from the host (the node agents' proxies),
         // spread over the pods.
         let ip = k.ok(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]);
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .no_proxy()
-            .build()
-            .expect("http client");
         let mut answered_by = std::collections::BTreeSet::new();
         let mut failures = 0;
         for _ in 0..60 {
@@ -335,7 +373,60 @@ fn up_survives_killing_leaders_while_scaling_and_down_leaves_nothing() {
         0,
         "runc containers were left running"
     );
+    if let Some(net) = node_network {
+        let left: Vec<String> = std::fs::read_dir("/var/run/netns")
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&format!("{}-", net.bridge)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "network namespaces left: {left:?}");
+        assert!(
+            !Path::new("/sys/class/net").join(&net.bridge).exists(),
+            "bridge {} left",
+            net.bridge
+        );
+        let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+        assert!(
+            !routes.contains(&net.bridge),
+            "routes via {} left:\n{routes}",
+            net.bridge
+        );
+    }
     drop(cluster);
+}
+
+/// With the CNI plugins, every node agent must run in a network namespace of its own (not
+/// the host's, not another node's); the cluster's node network, if so.
+fn own_namespaces(state: &ClusterState) -> Option<controlplane::launcher::nodenet::NodeNetwork> {
+    if !Path::new("/usr/lib/cni/static").exists() {
+        eprintln!("no CNI static plugin: the node agents share the host's network namespace");
+        return None;
+    }
+    let net = state
+        .node_network
+        .clone()
+        .expect("a node network with the CNI plugins installed");
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("ns link");
+    let mut seen = vec![ns("self")];
+    for p in state
+        .processes
+        .iter()
+        .filter(|p| p.name.starts_with("node-"))
+    {
+        assert!(p.netns.is_some(), "{} has no namespace recorded", p.name);
+        let theirs = ns(&p.pid.to_string());
+        assert!(
+            !seen.contains(&theirs),
+            "{} shares a network namespace ({theirs:?})",
+            p.name
+        );
+        seen.push(theirs);
+    }
+    assert_eq!(seen.len(), 3, "two node agents and the host");
+    Some(net)
 }
 
 async fn web_pods(api: &HttpClient) -> Vec<Pod> {

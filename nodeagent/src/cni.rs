@@ -11,9 +11,7 @@
 //! `{"mode":"host","ip":"<node ip>"}`), so a restarted agent re-adopts it instead of
 //! running ADD again, and a pod keeps the mode it started with.
 
-use std::ffi::CString;
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, RwLock};
@@ -25,7 +23,7 @@ use crate::network::{PodNetwork, PodNetworkStatus};
 use crate::store::{write_json, Store};
 
 /// The CNI spec version of the configurations written here.
-const CNI_VERSION: &str = "1.0.0";
+pub const CNI_VERSION: &str = "1.0.0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
@@ -256,54 +254,21 @@ impl<E: CniExec> CniNetwork<E> {
     }
 
     fn create_netns(&self, path: &Path) -> Result<(), CniError> {
-        let err = |source| CniError::Netns {
+        let made = if self.real_netns {
+            crate::netns::create(path)
+        } else {
+            std::fs::create_dir_all(&self.netns_dir)
+                .and_then(|()| std::fs::File::create(path).map(drop))
+        };
+        made.map_err(|source| CniError::Netns {
             path: path.to_path_buf(),
             source,
-        };
-        std::fs::create_dir_all(&self.netns_dir).map_err(err)?;
-        std::fs::File::create(path).map_err(err)?;
-        if !self.real_netns {
-            return Ok(());
-        }
-        let target =
-            CString::new(path.as_os_str().as_bytes()).map_err(|e| err(std::io::Error::other(e)))?;
-        // A throwaway thread enters a new network namespace and pins it with a bind mount;
-        // the agent's own threads never leave the node's namespace.
-        let made = std::thread::spawn(move || -> std::io::Result<()> {
-            // SAFETY: unshare affects only this thread, which exits right after.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let src = c"/proc/thread-self/ns/net";
-            // SAFETY: both paths are NUL-terminated; a plain bind mount.
-            let rc = unsafe {
-                libc::mount(
-                    src.as_ptr(),
-                    target.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                )
-            };
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
         })
-        .join()
-        .unwrap_or_else(|_| Err(std::io::Error::other("netns thread panicked")));
-        if let Err(e) = made {
-            let _ = std::fs::remove_file(path);
-            return Err(err(e));
-        }
-        Ok(())
     }
 
     fn remove_netns(&self, path: &Path) -> std::io::Result<()> {
         if self.real_netns {
-            let p = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-            // SAFETY: a NUL-terminated path; EINVAL (not a mount point) is fine.
-            unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+            return crate::netns::remove(path);
         }
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),

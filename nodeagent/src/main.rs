@@ -19,6 +19,7 @@ use nodeagent::images::{build_busybox, ImageStore};
 use nodeagent::metrics::Metrics;
 use nodeagent::network::{HostNetwork, PodNetwork};
 use nodeagent::node::{host_capacity, parse_taint, NodeConfig};
+use nodeagent::nodenet::{parse_cidr, KernelRoutes, NodeNetwork, NodeRoutes};
 use nodeagent::pods::{Config, Shared};
 use nodeagent::proxy::{self, NftBinary, ProxyConfig};
 use nodeagent::runtime::Runc;
@@ -50,6 +51,13 @@ enum Command {
     /// nftables table, its cgroups), for a node that is gone for good. Takes the agent's
     /// flags (--root-dir, --node-name, --runc, --cni-bin-dir, --netns-dir, --nft).
     Teardown(Box<RunArgs>),
+    /// A node's own network namespace on a host bridge (as `controlplane up` gives each
+    /// node agent when run as root).
+    #[command(subcommand)]
+    NodeNetwork(NodeNetworkCommand),
+    /// Keep the host's routes to every node's podCIDR (and the service range) pointing at
+    /// the nodes' addresses on the node network, until SIGTERM, then remove them.
+    HostRoutes(HostRoutesArgs),
     /// Supervise one container (started by the agent).
     #[command(hide = true)]
     Shim(ShimCli),
@@ -74,6 +82,58 @@ enum ImageCommand {
         #[arg(long, default_value = "/var/lib/nodeagent")]
         root_dir: PathBuf,
     },
+}
+
+#[derive(Args, Clone)]
+struct NodeNetworkArgs {
+    /// The host bridge (at most 15 bytes), also the namespaces' name prefix.
+    #[arg(long)]
+    bridge: String,
+    /// The node network: the bridge takes its first address, node i the 10+i-th.
+    #[arg(long, default_value = "10.100.0.0/24")]
+    cidr: String,
+    #[arg(long, default_value = "/usr/lib/cni")]
+    cni_bin_dir: PathBuf,
+    #[arg(long, default_value = "/var/run/netns")]
+    netns_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum NodeNetworkCommand {
+    /// Make node INDEX's namespace (replacing a leftover one); prints its path and address.
+    Add {
+        #[command(flatten)]
+        net: NodeNetworkArgs,
+        #[arg(long)]
+        node_name: String,
+        /// The node's number (from 1): its address is the network's 10+INDEX-th.
+        #[arg(long)]
+        index: u32,
+    },
+    /// Remove nodes' namespaces (all of the bridge's without `--node-names`), then the
+    /// bridge if `--bridge-too`.
+    Del {
+        #[command(flatten)]
+        net: NodeNetworkArgs,
+        #[arg(long, value_delimiter = ',')]
+        node_names: Vec<String>,
+        #[arg(long)]
+        bridge_too: bool,
+    },
+}
+
+#[derive(Args)]
+struct HostRoutesArgs {
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Only nodes whose InternalIP is in this network get routes.
+    #[arg(long, default_value = "10.100.0.0/24")]
+    node_network: String,
+    /// Routed to a Ready node, whose service proxy answers ClusterIPs.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: String,
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    interval: Duration,
 }
 
 #[derive(Args)]
@@ -175,6 +235,10 @@ struct RunArgs {
     /// Where pods' network namespaces are bind-mounted.
     #[arg(long, default_value = "/var/run/netns")]
     netns_dir: PathBuf,
+    /// A network namespace to run in (a bind-mounted namespace file, as `nodeagent
+    /// node-network add` makes): the agent, its pods' bridge and its proxy rules live there.
+    #[arg(long)]
+    netns: Option<PathBuf>,
     /// Run the service proxy (nftables table `nodeagent-proxy-<node>`).
     #[arg(long)]
     proxy: bool,
@@ -215,6 +279,8 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Image(cmd)) => image(cmd),
         Some(Command::Run(args)) => run(*args),
         Some(Command::Teardown(args)) => teardown(*args),
+        Some(Command::NodeNetwork(cmd)) => node_network(cmd),
+        Some(Command::HostRoutes(args)) => host_routes(args),
         None => run(cli.run),
         Some(Command::Shim(_)) => unreachable!("handled above"),
     }
@@ -290,13 +356,94 @@ fn node_name(args: &RunArgs) -> anyhow::Result<String> {
 }
 
 /// The arguments with `--root-dir` made absolute: its paths end up in OCI bundles, which
-/// runc resolves relative to the bundle.
+/// runc resolves relative to the bundle. Enters `--netns` first: it must happen while
+/// this is the process's only thread, so every thread started later is in it.
 fn absolute_root(mut args: RunArgs) -> anyhow::Result<RunArgs> {
+    if let Some(ns) = &args.netns {
+        nodeagent::netns::enter(ns).with_context(|| format!("entering {}", ns.display()))?;
+    }
     args.root_dir = std::path::absolute(&args.root_dir).context("--root-dir")?;
     Ok(args)
 }
 
-fn teardown(args: RunArgs) -> anyhow::Result<()> {
+fn node_network(cmd: NodeNetworkCommand) -> anyhow::Result<()> {
+    let open =
+        |a: &NodeNetworkArgs| NodeNetwork::new(&a.cni_bin_dir, &a.bridge, &a.cidr, &a.netns_dir);
+    match cmd {
+        NodeNetworkCommand::Add {
+            net,
+            node_name,
+            index,
+        } => {
+            let net = open(&net)?;
+            let ip = net.node_ip(index)?;
+            net.add(&node_name, ip)?;
+            println!("{} {ip}", net.netns_path(&node_name).display());
+        }
+        NodeNetworkCommand::Del {
+            net,
+            node_names,
+            bridge_too,
+        } => {
+            let net = open(&net)?;
+            let node_names = if node_names.is_empty() {
+                net.nodes()
+            } else {
+                node_names
+            };
+            for n in &node_names {
+                net.del(n);
+            }
+            if bridge_too {
+                net.remove_bridge()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn host_routes(args: HostRoutesArgs) -> anyhow::Result<()> {
+    use controlplane::client::{Api, ListParams};
+    let network = parse_cidr(&args.node_network)
+        .with_context(|| format!("invalid --node-network {:?}", args.node_network))?;
+    let services = parse_cidr(&args.service_cidr)
+        .with_context(|| format!("invalid --service-cidr {:?}", args.service_cidr))?;
+    let api = HttpClient::from_kubeconfig(&args.kubeconfig)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let mut routes = NodeRoutes::new(KernelRoutes);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            match api
+                .list::<k8s_openapi::api::core::v1::Node>(None, &ListParams::default())
+                .await
+            {
+                Ok(list) => {
+                    for change in routes.sync(&nodeagent::nodenet::wanted_routes(
+                        &list.items,
+                        network,
+                        services,
+                    )) {
+                        tracing::info!(route = %change, "host route");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "listing nodes"),
+            }
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = tokio::time::sleep(args.interval) => {}
+            }
+        }
+        routes.clear();
+        tracing::info!("host routes removed");
+        Ok(())
+    })
+}
+
+fn teardown(mut args: RunArgs) -> anyhow::Result<()> {
+    // A node whose namespace is already gone has nothing left in it.
+    args.netns = args.netns.filter(|ns| nodeagent::netns::is_mounted(ns));
     let args = absolute_root(args)?;
     let node_name = node_name(&args)?;
     let store = Store::new(&args.root_dir);

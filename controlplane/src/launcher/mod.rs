@@ -4,7 +4,8 @@
 //! `up` starts, in order, and waits for each layer to be healthy before the next:
 //! raftkv members → API server replicas (one shared serving certificate and token file)
 //! behind the launcher's TCP [`balancer`] → schedulers and controller managers (leader
-//! elected) → node agents. It writes `kubeconfig` and `etcdctl.env` into the cluster
+//! elected) → node agents, as root each in a network namespace of its own on the cluster's
+//! node network ([`nodenet`]). It writes `kubeconfig` and `etcdctl.env` into the cluster
 //! folder, records every process in the [`state`] file, restarts a process that exits
 //! (after 1 s, doubling to 30 s, as systemd's `Restart=always` or a kubelet's static pods
 //! would: a scheduler that loses its Lease exits by design), and on Ctrl-C / SIGTERM stops
@@ -18,6 +19,7 @@
 
 pub mod balancer;
 pub mod cleanup;
+pub mod nodenet;
 pub mod pki;
 pub mod process;
 pub mod state;
@@ -73,6 +75,8 @@ pub struct UpOptions {
     pub node_grace_period: Duration,
     /// How long each layer may take to become healthy.
     pub timeout: Duration,
+    /// Where the node agents' network is: own namespaces or the host's.
+    pub node_network: nodenet::Mode,
 }
 
 impl UpOptions {
@@ -86,6 +90,7 @@ impl UpOptions {
             lease_duration: Duration::from_secs(6),
             node_grace_period: Duration::from_secs(20),
             timeout: Duration::from_secs(90),
+            node_network: nodenet::Mode::Auto,
         }
     }
 }
@@ -109,6 +114,8 @@ pub enum LaunchError {
     },
     #[error("node agents run containers with runc and need root: run as root, or pass --nodes 0")]
     NotRoot,
+    #[error("the node network of {node}: {message}")]
+    NodeNetwork { node: String, message: String },
     #[error(transparent)]
     State(#[from] state::StateError),
     #[error(transparent)]
@@ -207,6 +214,7 @@ impl Cluster {
         spec: Spec,
         endpoint: Option<String>,
         state_dir: Option<PathBuf>,
+        netns: Option<PathBuf>,
     ) -> Result<(), LaunchError> {
         let child = spawner.spawn(&spec).map_err(|source| LaunchError::Spawn {
             name: spec.name.clone(),
@@ -219,6 +227,7 @@ impl Cluster {
             program: spec.program.clone(),
             endpoint,
             state_dir,
+            netns,
             restarts: 0,
         });
         self.children.push(Supervised {
@@ -300,7 +309,8 @@ impl Cluster {
         };
         let (raftkv, controlplane) = (bin("raftkv")?, bin("controlplane")?);
         // SAFETY: geteuid has no preconditions.
-        if opts.topology.nodes > 0 && unsafe { libc::geteuid() } != 0 {
+        let root = unsafe { libc::geteuid() } == 0;
+        if opts.topology.nodes > 0 && !root {
             return Err(LaunchError::NotRoot);
         }
         let nodeagent = if opts.topology.nodes > 0 {
@@ -308,12 +318,26 @@ impl Cluster {
         } else {
             None
         };
-        pki::ensure(dir)?;
+        let node_network = match opts
+            .node_network
+            .resolve(root, Path::new(nodenet::CNI_BIN_DIR))
+        {
+            nodenet::Mode::Namespaces { network, prefix } if opts.topology.nodes > 0 => {
+                Some(nodenet::NodeNetwork::new(dir, network, prefix))
+            }
+            _ => None,
+        };
+        let extra_names: Vec<String> = node_network
+            .iter()
+            .map(|n| n.gateway().to_string())
+            .collect();
+        pki::ensure(dir, &extra_names)?;
         let mut cluster = Cluster {
             dir: dir.clone(),
             state: ClusterState {
                 launcher_pid: std::process::id(),
                 api_endpoint: format!("https://127.0.0.1:{}", opts.api_port),
+                node_network,
                 processes: Vec::new(),
             },
             children: Vec::new(),
@@ -346,6 +370,35 @@ impl Cluster {
         let log = |name: &str| logs.join(format!("{name}.log"));
         let t = &opts.topology;
         let base = opts.port_base;
+
+        // The nodes' namespaces first: the load balancer listens on their gateway too.
+        let mut node_nets = Vec::new();
+        if let (Some(net), Some(nodeagent)) = (&self.state.node_network, &nodeagent) {
+            // Recorded before anything is made, so `down` finds it after a crash.
+            self.state.save(&dir)?;
+            for i in 1..=t.nodes {
+                let name = format!("node-{i}");
+                let made =
+                    net.add(nodeagent, &name, i)
+                        .map_err(|message| LaunchError::NodeNetwork {
+                            node: name.clone(),
+                            message,
+                        })?;
+                node_nets.push(made);
+            }
+            let addrs: Vec<String> = node_nets
+                .iter()
+                .zip(1..)
+                .map(|((_, ip), i)| format!("node-{i} {ip}"))
+                .collect();
+            progress(&format!(
+                "node network {} on bridge {} (gateway {}): {}",
+                net.cidr,
+                net.bridge,
+                net.gateway(),
+                addrs.join(", ")
+            ));
+        }
 
         // raftkv members.
         let member_ports: Vec<(u16, u16)> = (0..t.members as u16)
@@ -381,7 +434,7 @@ impl Cluster {
                     "--initial-cluster-state",
                     "new",
                 ]);
-            self.start(spawner, spec, Some(url(*client)), None)?;
+            self.start(spawner, spec, Some(url(*client)), None, None)?;
         }
         let endpoints: Vec<String> = member_ports.iter().map(|(c, _)| url(*c)).collect();
         wait_until(
@@ -447,17 +500,28 @@ impl Cluster {
                 spec,
                 Some(format!("https://127.0.0.1:{port}")),
                 None,
+                None,
             )?;
             backends.push(SocketAddr::from(([127, 0, 0, 1], port)));
         }
         let lb_addr = SocketAddr::from(([127, 0, 0, 1], opts.api_port));
-        let listener = tokio::net::TcpListener::bind(lb_addr)
-            .await
-            .map_err(|source| LaunchError::Spawn {
-                name: format!("the load balancer on {lb_addr}"),
-                source,
-            })?;
-        tokio::spawn(balancer::serve(listener, backends, self.balancer.clone()));
+        let mut lb_addrs = vec![lb_addr];
+        if let Some(net) = &self.state.node_network {
+            lb_addrs.push(SocketAddr::from((net.gateway(), opts.api_port)));
+        }
+        for addr in lb_addrs {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| LaunchError::Spawn {
+                    name: format!("the load balancer on {addr}"),
+                    source,
+                })?;
+            tokio::spawn(balancer::serve(
+                listener,
+                backends.clone(),
+                self.balancer.clone(),
+            ));
+        }
         let kubeconfig = dir.join("kubeconfig");
         crate::apiserver::write_kubeconfig(
             &kubeconfig,
@@ -469,6 +533,24 @@ impl Cluster {
             path: kubeconfig.clone(),
             source: std::io::Error::other(e.to_string()),
         })?;
+        // Node agents in their own namespaces reach the API at the gateway.
+        let node_kubeconfig = match &self.state.node_network {
+            Some(net) => {
+                let path = dir.join("node-kubeconfig");
+                crate::apiserver::write_kubeconfig(
+                    &path,
+                    &format!("https://{}:{}", net.gateway(), opts.api_port),
+                    Some(&pki::cert_path(&dir)),
+                    Some(&pki::tokens_path(&dir)),
+                )
+                .map_err(|e| LaunchError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                path
+            }
+            None => kubeconfig.clone(),
+        };
         let http = status::https_client(&dir);
         let api_endpoints: Vec<String> = self
             .state
@@ -519,7 +601,7 @@ impl Cluster {
                     .arg("scheduler"),
                 &name,
             );
-            self.start(spawner, spec, None, None)?;
+            self.start(spawner, spec, None, None, None)?;
         }
         for i in 0..t.controller_managers {
             let name = format!("controller-manager-{}", i + 1);
@@ -535,7 +617,7 @@ impl Cluster {
             )
             .arg("--node-monitor-grace-period")
             .arg(format!("{}ms", opts.node_grace_period.as_millis()));
-            self.start(spawner, spec, None, None)?;
+            self.start(spawner, spec, None, None, None)?;
         }
         wait_until(
             "leaders (scheduler, controller manager)",
@@ -562,15 +644,35 @@ impl Cluster {
             for i in 0..t.nodes as u16 {
                 let name = format!("node-{}", i + 1);
                 let state_dir = dir.join(&name);
-                let spec = node_agent_spec(
+                let mut spec = node_agent_spec(
                     &name,
                     nodeagent.clone(),
                     log(&name),
-                    &kubeconfig,
+                    &node_kubeconfig,
                     &state_dir,
                     base + 70 + i,
                 );
-                self.start(spawner, spec, None, Some(state_dir))?;
+                let own = node_nets.get(usize::from(i));
+                if let Some((netns, ip)) = own {
+                    spec = spec
+                        .arg("--netns")
+                        .arg(netns)
+                        .args(["--node-ip", &ip.to_string()]);
+                }
+                let netns = own.map(|(netns, _)| netns.clone());
+                self.start(spawner, spec, None, Some(state_dir), netns)?;
+            }
+            if let Some(net) = &self.state.node_network {
+                let spec = Spec::new(
+                    "host-routes",
+                    Role::HostRoutes,
+                    nodeagent.clone(),
+                    log("host-routes"),
+                )
+                .args(["host-routes", "--kubeconfig"])
+                .arg(&kubeconfig)
+                .args(["--node-network", &net.cidr]);
+                self.start(spawner, spec, None, None, None)?;
             }
             wait_until("nodes Ready", opts.timeout, &logs, progress, || {
                 let api = api.clone();
@@ -623,7 +725,8 @@ impl Cluster {
 }
 
 /// Stop order: what depends on the API goes first, the store last.
-const STOP_ORDER: [Role; 5] = [
+const STOP_ORDER: [Role; 6] = [
+    Role::HostRoutes,
     Role::Nodeagent,
     Role::ControllerManager,
     Role::Scheduler,
@@ -632,9 +735,8 @@ const STOP_ORDER: [Role; 5] = [
 ];
 
 /// The node agent's command line: pod networking per node (CNI, addresses from the
-/// podCIDR the controller manager's node IPAM assigns; all nodes' bridges live in the
-/// host's network namespace, so pods reach each other across nodes directly) and the
-/// service proxy, which makes ClusterIPs and NodePorts reachable from the host.
+/// podCIDR the controller manager's node IPAM assigns) and the service proxy, which
+/// makes ClusterIPs and NodePorts reachable from the host.
 fn node_agent_spec(
     name: &str,
     program: PathBuf,
@@ -659,10 +761,14 @@ fn clean_node_leftovers(dir: &Path, state: &ClusterState, progress: &dyn Fn(&str
         let Some(state_dir) = &node.state_dir else {
             continue;
         };
-        let out = std::process::Command::new(&node.program)
+        let mut teardown = std::process::Command::new(&node.program);
+        teardown
             .args(["teardown", "--node-name", &node.name, "--root-dir"])
-            .arg(state_dir)
-            .output();
+            .arg(state_dir);
+        if let Some(netns) = &node.netns {
+            teardown.arg("--netns").arg(netns);
+        }
+        let out = teardown.output();
         match out {
             Ok(o) if o.status.success() => {
                 progress(String::from_utf8_lossy(&o.stdout).trim());
@@ -673,6 +779,17 @@ fn clean_node_leftovers(dir: &Path, state: &ClusterState, progress: &dyn Fn(&str
                 String::from_utf8_lossy(&o.stderr).trim()
             )),
             Err(e) => progress(&format!("teardown of {}: {e}", node.name)),
+        }
+    }
+    // The nodes' namespaces (whatever the agents made in them goes too) and the bridge.
+    let agent = state
+        .of_role(Role::Nodeagent)
+        .next()
+        .map(|n| n.program.clone());
+    if let (Some(net), Some(agent)) = (&state.node_network, agent) {
+        match net.remove(&agent) {
+            Ok(()) => progress(&format!("node network removed (bridge {})", net.bridge)),
+            Err(e) => progress(&format!("removing the node network: {e}")),
         }
     }
     let containers = cleanup::remove_containers(dir);
@@ -761,7 +878,7 @@ mod tests {
             "/bin/sh".into(),
             dir.path().join("s1.log"),
         );
-        c.start(&crashing, spec, None, None).unwrap();
+        c.start(&crashing, spec, None, None, None).unwrap();
         std::thread::sleep(Duration::from_millis(200));
         let quiet = |_: &str| {};
         // Seen exited, but the first restart waits 1 s.

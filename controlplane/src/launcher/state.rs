@@ -13,8 +13,9 @@
 //! ```
 //!
 //! `cluster.json`: `{"launcher_pid": u32, "api_endpoint": "https://127.0.0.1:P",
-//! "processes": [{"name", "role", "pid", "program", "endpoint"?, "state_dir"?, "restarts"}]}`
-//! where `role` is one of raftkv, apiserver, scheduler, controller-manager, nodeagent.
+//! "node_network"?: {"bridge", "cidr"}, "processes": [{"name", "role", "pid", "program",
+//! "endpoint"?, "state_dir"?, "netns"?, "restarts"}]}` where `role` is one of raftkv,
+//! apiserver, scheduler, controller-manager, nodeagent, host-routes.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +29,8 @@ pub enum Role {
     Scheduler,
     ControllerManager,
     Nodeagent,
+    /// `nodeagent host-routes`: the host's routes to the nodes' podCIDRs.
+    HostRoutes,
 }
 
 impl Role {
@@ -38,6 +41,7 @@ impl Role {
             Role::Scheduler => "scheduler",
             Role::ControllerManager => "controller-manager",
             Role::Nodeagent => "nodeagent",
+            Role::HostRoutes => "host-routes",
         }
     }
 }
@@ -56,6 +60,9 @@ pub struct ProcessRecord {
     /// A node agent's state folder (its runc root and mounts live below it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
+    /// A node agent's own network namespace (a bind-mounted file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
     /// How often the launcher restarted it after it exited.
     #[serde(default)]
     pub restarts: u32,
@@ -65,6 +72,9 @@ pub struct ProcessRecord {
 pub struct ClusterState {
     pub launcher_pid: u32,
     pub api_endpoint: String,
+    /// The nodes' network when they have namespaces of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_network: Option<super::nodenet::NodeNetwork>,
     pub processes: Vec<ProcessRecord>,
 }
 
@@ -136,6 +146,7 @@ mod tests {
         let s = ClusterState {
             launcher_pid: std::process::id(),
             api_endpoint: "https://127.0.0.1:1".into(),
+            node_network: None,
             processes: vec![ProcessRecord {
                 name: "m1".into(),
                 role: Role::Raftkv,
@@ -143,6 +154,7 @@ mod tests {
                 program: me.clone(),
                 endpoint: Some("http://127.0.0.1:2379".into()),
                 state_dir: None,
+                netns: None,
                 restarts: 0,
             }],
         };

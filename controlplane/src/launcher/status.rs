@@ -170,7 +170,10 @@ pub async fn render(dir: &Path, state: &ClusterState) -> String {
         );
     }
     if let Ok(nodes) = api.list::<Node>(None, &ListParams::default()).await {
-        let _ = writeln!(out, "\nNODE           READY    TAINTS");
+        let _ = writeln!(
+            out,
+            "\nNODE           READY    INTERNAL-IP     POD-CIDR         TAINTS"
+        );
         for n in nodes.items {
             let ready = n
                 .status
@@ -187,11 +190,25 @@ pub async fn render(dir: &Path, state: &ClusterState) -> String {
                 .iter()
                 .map(|t| format!("{}:{}", t.key, t.effect))
                 .collect();
+            let ip = n
+                .status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+                .map(|a| a.address.clone())
+                .unwrap_or_else(|| "-".into());
+            let cidr = n
+                .spec
+                .as_ref()
+                .and_then(|s| s.pod_cidr.clone())
+                .unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 out,
-                "{:<14} {:<8} {}",
+                "{:<14} {:<8} {:<15} {:<16} {}",
                 n.metadata.name.unwrap_or_default(),
                 ready,
+                ip,
+                cidr,
                 taints.join(",")
             );
         }
