@@ -2,6 +2,17 @@
 //! acknowledged to openraft only after the write batch holding it is fsynced, because a vote
 //! or an entry that a member forgets after a crash can elect two leaders or lose a commit.
 //!
+//! **Group commit.** openraft hands the log one append per client proposal. Syncing each on
+//! its own would cap a leader at one proposal per fsync, so appends are queued to one writer
+//! thread, which takes everything queued since its last sync, writes it as one RocksDB batch
+//! and syncs once, then tells openraft (the `LogFlushed` callbacks) — etcd's raft does the
+//! same with all entries of a `Ready`. Until then appended entries are served from memory
+//! ([`Pending`]): openraft requires them readable as soon as `append` returns, and replicates
+//! them to followers while the leader's own fsync runs. Truncation, purge and votes go
+//! through the same queue, so the batch applies every change in the order openraft made it,
+//! and they return only once synced. The committed index rides along unsynced (openraft
+//! treats it as a hint it can rebuild).
+//!
 //! Layout (values are bincode 2 "standard" encodings of openraft's serde types; an entry's
 //! request payload inside is its protobuf bytes, see [`super::types::Request`]):
 //!
@@ -14,10 +25,11 @@
 //!
 //! Big-endian indexes make RocksDB's key order the log order, so ranges are plain iterations.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, StorageError, StorageIOError, Vote};
@@ -25,7 +37,6 @@ use rocksdb::{
     ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use super::codec::{decode, encode};
 use super::types::TypeConfig;
@@ -36,18 +47,133 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
 
+/// Most operations one sync covers, so a flood of appends still gets acknowledged in steps.
+const MAX_GROUP: usize = 4096;
+
 type StorageResult<T> = Result<T, StorageError<u64>>;
 
 fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
-/// The Raft log. Cloning shares the database, which is how openraft gets its log readers.
+fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name)
+        .expect("column families are created at open")
+}
+
+/// Called once appended entries are synced (openraft's `LogFlushed`).
+type Flushed = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
+
+/// Entries appended but not yet in RocksDB, by index.
+type Pending = Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>;
+
+/// What the writer thread is asked to do, in openraft's order.
+enum Op {
+    Append(Vec<Entry<TypeConfig>>, Flushed),
+    /// `done`, if any, hears once the change is synced.
+    Change(
+        Change,
+        Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    ),
+}
+
+enum Change {
+    Vote(Vote<u64>),
+    Committed(Option<LogId<u64>>),
+    /// Deletes the entries from this index on.
+    Truncate(u64),
+    /// Records the purge point and deletes the entries up to it, in one batch: after a
+    /// crash either both happened or neither.
+    Purge(LogId<u64>),
+}
+
+/// The writer thread: it ends, and is joined, when the last [`LogStore`] clone is dropped.
+struct Writer {
+    tx: Option<mpsc::Sender<Op>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Writes queued operations in groups, one sync per group.
+fn write_loop(db: Arc<DB>, pending: Pending, fsync: bool, rx: mpsc::Receiver<Op>) {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(fsync);
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        // One batch, in queue order: RocksDB applies a batch's records in order.
+        let mut batch = WriteBatch::default();
+        let (log, state) = (cf(&db, CF_LOG), cf(&db, CF_STATE));
+        for op in &group {
+            match op {
+                Op::Append(entries, _) => {
+                    for e in entries {
+                        batch.put_cf(log, index_key(e.log_id.index), encode(e));
+                    }
+                }
+                Op::Change(Change::Vote(v), _) => batch.put_cf(state, KEY_VOTE, encode(v)),
+                Op::Change(Change::Committed(c), _) => {
+                    batch.put_cf(state, KEY_COMMITTED, encode(c))
+                }
+                // delete_range excludes its end; u64::MAX itself is never a real index.
+                Op::Change(Change::Truncate(from), _) => {
+                    batch.delete_range_cf(log, index_key(*from), index_key(u64::MAX))
+                }
+                Op::Change(Change::Purge(upto), _) => {
+                    batch.put_cf(state, KEY_LAST_PURGED, encode(upto));
+                    batch.delete_range_cf(log, index_key(0), index_key(upto.index + 1));
+                }
+            }
+        }
+        let result = db.write_opt(batch, &opts).map_err(|e| e.to_string());
+        // Written (or failed): from now on readers find the entries in RocksDB. An entry
+        // replaced meanwhile (truncated, appended again) stays pending.
+        {
+            let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+            for op in &group {
+                if let Op::Append(entries, _) = op {
+                    for e in entries {
+                        if result.is_ok()
+                            && p.get(&e.log_id.index).is_some_and(|x| x.log_id == e.log_id)
+                        {
+                            p.remove(&e.log_id.index);
+                        }
+                    }
+                }
+            }
+        }
+        for op in group {
+            match op {
+                Op::Append(_, flushed) => flushed(result.clone().map_err(std::io::Error::other)),
+                Op::Change(_, Some(done)) => {
+                    let _ = done.send(result.clone());
+                }
+                Op::Change(_, None) => {}
+            }
+        }
+    }
+}
+
+/// The Raft log. Cloning shares the database, the pending entries and the writer, which
+/// is how openraft gets its log readers.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    /// `false` only under the test-only `--experimental-unsafe-no-fsync`.
-    fsync: bool,
+    pending: Pending,
+    writer: Arc<Writer>,
 }
 
 impl LogStore {
@@ -59,22 +185,48 @@ impl LogStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         let cfs = [CF_LOG, CF_STATE].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
+        let pending = Pending::default();
+        let (tx, rx) = mpsc::channel();
+        let thread = {
+            let (db, pending) = (db.clone(), pending.clone());
+            std::thread::Builder::new()
+                .name("raft-log-writer".into())
+                .spawn(move || write_loop(db, pending, fsync, rx))
+                .expect("spawning the log writer")
+        };
         Ok(Self {
-            db: Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?),
-            fsync,
+            db,
+            pending,
+            writer: Arc::new(Writer {
+                tx: Some(tx),
+                thread: Some(thread),
+            }),
         })
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(name)
-            .expect("column families are created at open")
+        cf(&self.db, name)
     }
 
-    fn sync_opts(&self) -> WriteOptions {
-        let mut wo = WriteOptions::default();
-        wo.set_sync(self.fsync);
-        wo
+    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, op: Op) -> Result<(), String> {
+        self.writer
+            .tx
+            .as_ref()
+            .and_then(|tx| tx.send(op).ok())
+            .ok_or_else(|| "the log writer stopped".to_string())
+    }
+
+    /// Queues `change` and waits until it is synced.
+    async fn write_synced(&self, change: Change) -> Result<(), String> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.send(Op::Change(change, Some(done)))?;
+        wait.await
+            .unwrap_or_else(|_| Err("the log writer stopped".into()))
     }
 
     fn get_state<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, String> {
@@ -90,25 +242,26 @@ impl LogStore {
         }
     }
 
-    fn put_state<T: Serialize>(&self, key: &[u8], v: &T) -> Result<(), rocksdb::Error> {
-        self.db
-            .put_cf_opt(self.cf(CF_STATE), key, encode(v), &self.sync_opts())
-    }
-
-    /// Writes entries and fsyncs them; what [`RaftLogStorage::append`] acknowledges.
+    /// Queues entries; `flushed` hears when they are synced.
     fn append_entries(
         &self,
         entries: impl IntoIterator<Item = Entry<TypeConfig>>,
-    ) -> Result<(), rocksdb::Error> {
-        let mut batch = WriteBatch::default();
-        let cf = self.cf(CF_LOG);
-        for entry in entries {
-            batch.put_cf(cf, index_key(entry.log_id.index), encode(&entry));
+        flushed: Flushed,
+    ) -> Result<(), String> {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        {
+            let mut p = self.pending();
+            for e in &entries {
+                p.insert(e.log_id.index, e.clone());
+            }
         }
-        self.db.write_opt(batch, &self.sync_opts())
+        self.send(Op::Append(entries, flushed))
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId<u64>>, String> {
+        if let Some((_, e)) = self.pending().last_key_value() {
+            return Ok(Some(e.log_id));
+        }
         let mut it = self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::End);
         match it.next() {
             None => Ok(None),
@@ -131,7 +284,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => i + 1,
             Bound::Unbounded => 0,
         };
-        let mut out = Vec::new();
+        // Pending first: the writer removes an entry from it only after it is in RocksDB,
+        // so every entry is seen in one place or the other.
+        let mut out: BTreeMap<u64, Entry<TypeConfig>> = self
+            .pending()
+            .range(range.clone())
+            .map(|(i, e)| (*i, e.clone()))
+            .collect();
         let key = index_key(start);
         for item in self.db.iterator_cf(
             self.cf(CF_LOG),
@@ -144,9 +303,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
             if !range.contains(&index) {
                 break;
             }
-            out.push(decode(&v).map_err(|e| StorageIOError::read_log_at_index(index, &e))?);
+            if let std::collections::btree_map::Entry::Vacant(slot) = out.entry(index) {
+                slot.insert(decode(&v).map_err(|e| StorageIOError::read_log_at_index(index, &e))?);
+            }
         }
-        Ok(out)
+        Ok(out.into_values().collect())
     }
 }
 
@@ -176,8 +337,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> StorageResult<()> {
-        self.put_state(KEY_VOTE, vote)
-            .map_err(|e| StorageIOError::write_vote(&e))?;
+        self.write_synced(Change::Vote(*vote))
+            .await
+            .map_err(|e| StorageIOError::write_vote(&std::io::Error::other(e)))?;
         Ok(())
     }
 
@@ -188,8 +350,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StorageResult<()> {
-        self.put_state(KEY_COMMITTED, &committed)
-            .map_err(|e| StorageIOError::write(&e))?;
+        self.send(Op::Change(Change::Committed(committed), None))
+            .map_err(|e| StorageIOError::write(&std::io::Error::other(e)))?;
         Ok(())
     }
 
@@ -205,43 +367,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // fsync before openraft may count this member towards a quorum.
-        let res = self.append_entries(entries).map_err(std::io::Error::other);
-        let failed = res
-            .as_ref()
-            .err()
-            .map(|e| StorageIOError::write_logs(&std::io::Error::other(e.to_string())));
-        callback.log_io_completed(res);
-        match failed {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        // Acknowledged (the callback) only once synced: openraft may count this member
+        // towards a quorum only then.
+        self.append_entries(entries, Box::new(move |r| callback.log_io_completed(r)))
+            .map_err(|e| StorageIOError::write_logs(&std::io::Error::other(e)).into())
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(
-            self.cf(CF_LOG),
-            index_key(log_id.index),
-            index_key(u64::MAX),
-        );
-        // delete_range excludes its end; u64::MAX itself is never a real index.
-        self.db
-            .write_opt(batch, &self.sync_opts())
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        // Readers stop seeing the entries now; the deletion is ordered after every append
+        // queued before it.
+        self.pending().retain(|i, _| *i < log_id.index);
+        self.write_synced(Change::Truncate(log_id.index))
+            .await
+            .map_err(|e| StorageIOError::write_logs(&std::io::Error::other(e)))?;
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
-        // Record the purge point first: after a crash in between, entries at or below it are
-        // ignored by the next purge rather than mistaken for live log.
-        self.put_state(KEY_LAST_PURGED, &log_id)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(self.cf(CF_LOG), index_key(0), index_key(log_id.index + 1));
-        self.db
-            .write_opt(batch, &self.sync_opts())
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.write_synced(Change::Purge(log_id))
+            .await
+            .map_err(|e| StorageIOError::write_logs(&std::io::Error::other(e)))?;
         Ok(())
     }
 }
@@ -277,6 +422,52 @@ mod tests {
             .collect()
     }
 
+    /// Appends and waits until synced.
+    async fn append(s: &LogStore, entries: impl IntoIterator<Item = Entry<TypeConfig>>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        s.append_entries(entries, Box::new(move |r| drop(tx.send(r))))
+            .unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn appends_are_readable_before_they_are_synced_and_grouped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = LogStore::open(dir.path(), true).unwrap();
+        // Many appends queued at once (as concurrent proposals are) all become durable,
+        // in order, and each is readable as soon as it is queued.
+        let mut waits = Vec::new();
+        for i in 1..=200 {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            s.append_entries([entry(1, i)], Box::new(move |r| drop(tx.send(r))))
+                .unwrap();
+            assert_eq!(
+                s.get_log_state().await.unwrap().last_log_id,
+                Some(log_id(1, i))
+            );
+            assert_eq!(indexes(&mut s, i..=i).await, vec![i]);
+            waits.push(rx);
+        }
+        for w in waits {
+            w.await.unwrap().unwrap();
+        }
+        assert!(s.pending().is_empty(), "synced entries leave memory");
+        // A truncation queued behind appends: the appends land first, then the deletion.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        s.append_entries([entry(1, 201)], Box::new(move |r| drop(tx.send(r))))
+            .unwrap();
+        s.truncate(log_id(1, 150)).await.unwrap();
+        rx.await.unwrap().unwrap();
+        append(&s, [entry(2, 150)]).await;
+        drop(s);
+        let mut s = LogStore::open(dir.path(), true).unwrap();
+        let mut want: Vec<u64> = (1..150).collect();
+        want.push(150);
+        assert_eq!(indexes(&mut s, ..).await, want);
+        let last = s.try_get_log_entries(150..).await.unwrap();
+        assert_eq!(last[0].log_id, log_id(2, 150));
+    }
+
     #[tokio::test]
     async fn append_read_truncate_purge_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -284,7 +475,7 @@ mod tests {
         let state = s.get_log_state().await.unwrap();
         assert_eq!((state.last_purged_log_id, state.last_log_id), (None, None));
 
-        s.append_entries((1..=10).map(|i| entry(1, i))).unwrap();
+        append(&s, (1..=10).map(|i| entry(1, i))).await;
         // (range, expected indexes)
         let cases: Vec<(Bound<u64>, Bound<u64>, Vec<u64>)> = vec![
             (Bound::Unbounded, Bound::Unbounded, (1..=10).collect()),
@@ -302,7 +493,7 @@ mod tests {
 
         s.truncate(log_id(1, 8)).await.unwrap();
         assert_eq!(indexes(&mut s, ..).await, (1..=7).collect::<Vec<_>>());
-        s.append_entries([entry(2, 8)]).unwrap();
+        append(&s, [entry(2, 8)]).await;
 
         s.purge(log_id(1, 3)).await.unwrap();
         assert_eq!(indexes(&mut s, ..).await, vec![4, 5, 6, 7, 8]);

@@ -6,6 +6,7 @@
 
 pub mod authn;
 pub mod identity;
+pub mod read_index;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -138,6 +139,8 @@ pub struct EtcdServer {
     /// never); see [`EtcdServer::lead_leases`]. A mutex, not an atomic: a renewal in a new
     /// term must wait until the restart is done.
     lease_term: std::sync::Mutex<u64>,
+    /// Linearizable reads wait here for a shared read index.
+    reads: Arc<read_index::ReadBatcher>,
 }
 
 /// Waits between attempts while no leader is known.
@@ -216,6 +219,18 @@ impl EtcdServer {
             next_request_id: AtomicU64::new(1),
             watch_sync: Notify::new(),
             lease_term: std::sync::Mutex::new(0),
+            reads: Arc::default(),
+        });
+        // The read loop holds the server only while a round runs, so dropping the server
+        // ends it.
+        let (reads, weak) = (server.reads.clone(), Arc::downgrade(&server));
+        tokio::spawn(async move {
+            reads
+                .run(|| {
+                    let server = weak.upgrade();
+                    async move { Some(server?.fetch_read_index().await) }
+                })
+                .await
         });
         Ok(server)
     }
@@ -405,11 +420,24 @@ impl EtcdServer {
     }
 
     /// Blocks until this member has applied everything committed before the call (etcd's
-    /// linearizable read: the leader confirms it still leads, followers ask the leader).
+    /// linearizable read: the leader confirms it still leads, followers ask the leader),
+    /// sharing one read index with the reads waiting at the same time ([`read_index`]).
     pub async fn read_barrier(&self) -> Result<(), ServerError> {
         if self.limits.unsafe_stale_reads {
             return Ok(());
         }
+        let index = self.reads.read_index().await?;
+        self.raft
+            .wait(Some(self.request_timeout))
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map(|_| ())
+            .map_err(|_| ServerError::Timeout)
+    }
+
+    /// One read index: the leader's commit index once it has confirmed it still leads (and
+    /// applied up to it), or, on a follower, the leader's answer.
+    async fn fetch_read_index(&self) -> Result<u64, ServerError> {
         let deadline = Instant::now() + self.request_timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -417,20 +445,12 @@ impl EtcdServer {
                 return Err(ServerError::Timeout);
             }
             match self.raft.ensure_linearizable().await {
-                Ok(_) => return Ok(()),
+                Ok(log_id) => return Ok(log_id.map_or(0, |l| l.index)),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
                     match self.leader_node() {
                         Some((id, node)) if id != self.identity.member_id => {
                             match self.peers.read_index(&node, left).await {
-                                Ok(index) => {
-                                    return self
-                                        .raft
-                                        .wait(Some(left))
-                                        .applied_index_at_least(Some(index), "read index")
-                                        .await
-                                        .map(|_| ())
-                                        .map_err(|_| ServerError::Timeout);
-                                }
+                                Ok(index) => return Ok(index),
                                 // A read index is safe to ask for again, whatever
                                 // happened to the first request.
                                 Err(
@@ -796,17 +816,12 @@ impl PeerHandler for EtcdServer {
         }
     }
 
+    /// A follower's read: batched with this leader's own reads.
     async fn read_index(&self) -> Result<u64, ServerError> {
-        match self.raft.ensure_linearizable().await {
-            Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-                Err(ServerError::NotLeader)
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
-                Err(ServerError::Timeout)
-            }
-            Err(RaftError::Fatal(_)) => Err(ServerError::Stopped),
+        if self.leader() != Some(self.identity.member_id) {
+            return Err(ServerError::NotLeader);
         }
+        self.reads.read_index().await
     }
 
     async fn lease_renew(
