@@ -522,33 +522,14 @@ impl Cluster {
                 self.balancer.clone(),
             ));
         }
-        let kubeconfig = dir.join("kubeconfig");
-        crate::apiserver::write_kubeconfig(
-            &kubeconfig,
-            &self.state.api_endpoint,
-            Some(&pki::cert_path(&dir)),
-            Some(&pki::tokens_path(&dir)),
-        )
-        .map_err(|e| LaunchError::Io {
-            path: kubeconfig.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        let kubeconfig = write_kubeconfig(&dir, "kubeconfig", &self.state.api_endpoint)?;
         // Node agents in their own namespaces reach the API at the gateway.
         let node_kubeconfig = match &self.state.node_network {
-            Some(net) => {
-                let path = dir.join("node-kubeconfig");
-                crate::apiserver::write_kubeconfig(
-                    &path,
-                    &format!("https://{}:{}", net.gateway(), opts.api_port),
-                    Some(&pki::cert_path(&dir)),
-                    Some(&pki::tokens_path(&dir)),
-                )
-                .map_err(|e| LaunchError::Io {
-                    path: path.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
-                path
-            }
+            Some(net) => write_kubeconfig(
+                &dir,
+                "node-kubeconfig",
+                &format!("https://{}:{}", net.gateway(), opts.api_port),
+            )?,
             None => kubeconfig.clone(),
         };
         let http = status::https_client(&dir);
@@ -722,6 +703,23 @@ impl Cluster {
         let _ = std::fs::remove_file(state::state_path(&self.dir));
         progress("stopped");
     }
+}
+
+/// Writes `<dir>/<name>`, an admin kubeconfig for `server` that trusts the cluster's
+/// serving certificate.
+fn write_kubeconfig(dir: &Path, name: &str, server: &str) -> Result<PathBuf, LaunchError> {
+    let path = dir.join(name);
+    crate::apiserver::write_kubeconfig(
+        &path,
+        server,
+        Some(&pki::cert_path(dir)),
+        Some(&pki::tokens_path(dir)),
+    )
+    .map_err(|e| LaunchError::Io {
+        path: path.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(path)
 }
 
 /// Stop order: what depends on the API goes first, the store last.

@@ -6,6 +6,8 @@
 //! ```text
 //! <dir>/cluster.json         this state (JSON, below)
 //! <dir>/kubeconfig           admin kubeconfig for the load-balanced API endpoint
+//! <dir>/node-kubeconfig      the same endpoint at the node network's gateway (node agents
+//!                            in namespaces of their own)
 //! <dir>/etcdctl.env          ETCDCTL_API / ETCDCTL_ENDPOINTS for the raftkv members
 //! <dir>/pki/                 serving certificate + key of the API servers, token file
 //! <dir>/logs/<name>.log      stdout+stderr of every process
