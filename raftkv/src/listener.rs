@@ -6,10 +6,14 @@
 //! `endpoint status` and `endpoint hashkv` with `--endpoints=http://...`), so its requests
 //! carry `:authority: http://host:port`. grpc-go servers ignore that; the `h2` crate rejects
 //! it as a malformed authority and resets the stream (hyperium/h2#525, declined upstream).
-//! The shim sits between the socket and hyper, decodes every request header block (HPACK is
-//! stateful, so once one block is rewritten all must be), replaces an `:authority` that does
-//! not parse with its `host:port` part (or drops it), and re-encodes the block as literals
-//! without indexing, which keeps hyper's decoder table empty and always in step.
+//! The shim sits between the socket and hyper and decodes the connection's first request
+//! header block. If its `:authority` parses (every client but the one above), the
+//! connection passes through untouched from then on: grpc-go sends one authority per
+//! connection, and decoding every block would cost each request a full HPACK decode. If not,
+//! the shim rewrites that block and every later one (HPACK is stateful, so once one block
+//! is rewritten all must be): it replaces an `:authority` that does not parse with its
+//! `host:port` part (or drops it), and re-encodes the block as literals without indexing,
+//! which keeps hyper's decoder table empty and always in step.
 //!
 //! Only the client-to-server direction is touched, and only HEADERS/CONTINUATION frames;
 //! HTTP/1.1 connections (`/health`, `/metrics`) pass through byte for byte.
@@ -59,6 +63,8 @@ struct PendingHeaders {
     flags: u8,
     priority: Option<[u8; 5]>,
     block: Vec<u8>,
+    /// The block's frames as they came, to pass on unchanged.
+    raw: Vec<u8>,
 }
 
 /// Rewrites the client-to-server bytes of one connection.
@@ -67,6 +73,8 @@ pub struct Rewriter {
     input: Vec<u8>,
     decoder: loona_hpack::Decoder<'static>,
     pending: Option<PendingHeaders>,
+    /// A block was rewritten: every later one must be too.
+    rewriting: bool,
 }
 
 impl Default for Rewriter {
@@ -76,6 +84,7 @@ impl Default for Rewriter {
             input: Vec::new(),
             decoder: loona_hpack::Decoder::new(),
             pending: None,
+            rewriting: false,
         }
     }
 }
@@ -201,6 +210,7 @@ impl Rewriter {
                     flags,
                     priority,
                     block: p.to_vec(),
+                    raw: frame.to_vec(),
                 });
             }
             TYPE_CONTINUATION => {
@@ -212,6 +222,7 @@ impl Rewriter {
                     return Err(RewriteError::Frame("CONTINUATION on another stream"));
                 }
                 pending.block.extend_from_slice(payload);
+                pending.raw.extend_from_slice(frame);
                 if pending.block.len() > MAX_HEADER_BLOCK {
                     return Err(RewriteError::Frame("header block too large"));
                 }
@@ -236,6 +247,16 @@ impl Rewriter {
             .decoder
             .decode(&h.block)
             .map_err(|e| RewriteError::Hpack(format!("{e:?}")))?;
+        let sound = headers.iter().all(|(name, value)| {
+            name != b":authority" || repair_authority(value).as_ref() == Some(value)
+        });
+        if sound && !self.rewriting {
+            // The first block is fine: hyper sees this connection exactly as sent.
+            out.extend_from_slice(&h.raw);
+            self.mode = Mode::Passthrough;
+            return Ok(());
+        }
+        self.rewriting = true;
         let mut block = Vec::with_capacity(h.block.len() * 2);
         for (name, value) in headers {
             if name == b":authority" {
@@ -505,6 +526,14 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_whose_first_authority_parses_passes_through_untouched() {
+        let input = client_bytes("127.0.0.1:2379");
+        for chunk in [1, 7, 4096] {
+            assert_eq!(run(&input, chunk), input, "chunk {chunk}");
+        }
+    }
+
+    #[test]
     fn http1_passes_through_untouched() {
         let req = b"GET /health HTTP/1.1\r\nHost: http://x\r\n\r\n";
         for chunk in [1, 3, 100] {
@@ -516,9 +545,11 @@ mod tests {
     fn big_header_blocks_are_split_into_continuations() {
         let mut enc = loona_hpack::Encoder::new();
         let big = vec![b'x'; 40_000];
+        // The bad authority makes the shim re-encode the block.
         let block = enc.encode(vec![
             (&b":path"[..], &b"/a"[..]),
             (&b"x-big"[..], big.as_slice()),
+            (&b":authority"[..], &b"http://h:1"[..]),
         ]);
         let mut input = PREFACE.to_vec();
         let (a, b) = block.split_at(10_000);

@@ -418,6 +418,8 @@ fn apply_one(
             };
             Rs::Auth(auth.apply(&caller, a, index, batch)?)
         }
+        // The Raft layer unpacks batches before they get here (`raft::state_machine`).
+        Rq::Batch(_) => return Err(ServerError::Internal("nested request batch".into())),
     };
     Ok(InternalResponse {
         response: Some(response),

@@ -21,7 +21,7 @@ use openraft::{
     StoredMembership,
 };
 use prost::Message;
-use proto::raftkvpb::InternalRequest;
+use proto::raftkvpb::{internal_request, InternalRequest};
 use serde::de::DeserializeOwned;
 
 use super::codec::{decode, encode};
@@ -51,6 +51,7 @@ pub fn to_response(res: Option<ApplyResult>) -> Response {
             r.map(|ok| ok.encode_to_vec())
                 .map_err(|e| (e.code() as i32, e.to_string()))
         }),
+        batch: Vec::new(),
     }
 }
 
@@ -115,19 +116,31 @@ impl openraft::storage::RaftStateMachine<TypeConfig> for RaftStateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut batch: Vec<(u64, Option<InternalRequest>)> = Vec::new();
+        // Per entry: None for one request, Some(n) for a batch of n (unpacked into `batch`).
+        let mut shape: Vec<Option<usize>> = Vec::new();
         let mut last = None;
         let mut membership = None;
         for entry in entries {
             last = Some(entry.log_id);
+            let index = entry.log_id.index;
             let request = match entry.payload {
                 EntryPayload::Blank => None,
+                EntryPayload::Normal(Request(InternalRequest {
+                    request: Some(internal_request::Request::Batch(b)),
+                    ..
+                })) => {
+                    shape.push(Some(b.requests.len()));
+                    batch.extend(b.requests.into_iter().map(|r| (index, Some(r))));
+                    continue;
+                }
                 EntryPayload::Normal(Request(r)) => Some(r),
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m));
                     None
                 }
             };
-            batch.push((entry.log_id.index, request));
+            shape.push(None);
+            batch.push((index, request));
         }
         let Some(last) = last else {
             return Ok(Vec::new());
@@ -141,7 +154,18 @@ impl openraft::storage::RaftStateMachine<TypeConfig> for RaftStateMachine {
             .await
             .map_err(|e| StorageIOError::apply(last, &io_error(e)))?
             .map_err(|e| StorageIOError::apply(last, &io_error(e)))?;
-        Ok(results.into_iter().map(to_response).collect())
+        let mut results = results.into_iter();
+        let mut next = || to_response(results.next().flatten());
+        Ok(shape
+            .into_iter()
+            .map(|n| match n {
+                None => next(),
+                Some(n) => Response {
+                    result: None,
+                    batch: (0..n).map(|_| next()).collect(),
+                },
+            })
+            .collect())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

@@ -54,10 +54,13 @@ impl<'de> Deserialize<'de> for Request {
 
 /// What applying an entry answers, as openraft hands it back to the proposer: the encoded
 /// `raftkvpb.InternalResponse`, or the gRPC code and etcd message of a request that failed;
-/// `None` for entries that carry no request.
+/// `None` for entries that carry no request. An `InternalBatch` entry answers in `batch`,
+/// one response per request, in order.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Response {
     pub result: Option<Result<Vec<u8>, (i32, String)>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batch: Vec<Response>,
 }
 
 openraft::declare_raft_types!(

@@ -6,6 +6,7 @@
 
 pub mod authn;
 pub mod identity;
+pub mod propose;
 pub mod read_index;
 
 use std::collections::BTreeMap;
@@ -141,6 +142,8 @@ pub struct EtcdServer {
     lease_term: std::sync::Mutex<u64>,
     /// Linearizable reads wait here for a shared read index.
     reads: Arc<read_index::ReadBatcher>,
+    /// KV writes wait here for a shared log entry.
+    proposals: Arc<propose::ProposalBatcher>,
 }
 
 /// Waits between attempts while no leader is known.
@@ -206,6 +209,7 @@ impl EtcdServer {
                 Err(e) => return Err(StartError::Raft(e.to_string())),
             }
         }
+        let max_request_bytes = opts.limits.max_request_bytes;
         let server = Arc::new(Self {
             sm,
             identity: opts.identity,
@@ -220,6 +224,7 @@ impl EtcdServer {
             watch_sync: Notify::new(),
             lease_term: std::sync::Mutex::new(0),
             reads: Arc::default(),
+            proposals: Arc::new(propose::ProposalBatcher::new(max_request_bytes)),
         });
         // The read loop holds the server only while a round runs, so dropping the server
         // ends it.
@@ -229,6 +234,15 @@ impl EtcdServer {
                 .run(|| {
                     let server = weak.upgrade();
                     async move { Some(server?.fetch_read_index().await) }
+                })
+                .await
+        });
+        let (proposals, weak) = (server.proposals.clone(), Arc::downgrade(&server));
+        tokio::spawn(async move {
+            proposals
+                .run(|reqs| {
+                    let server = weak.upgrade();
+                    async move { Some(server?.write_entry(reqs).await) }
                 })
                 .await
         });
@@ -380,13 +394,13 @@ impl EtcdServer {
             }
             // Bounded: a leader cut off from its quorum would wait for the commit forever,
             // where etcd answers "request timed out" (the entry may still commit later).
-            let write = tokio::time::timeout(left, self.raft.client_write(Request(req.clone())));
+            let write = tokio::time::timeout(left, self.write_local(req.clone()));
             let Ok(written) = write.await else {
                 return Err(ServerError::Timeout);
             };
             match written {
-                Ok(resp) => return from_response(resp.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Ok((resp, _)) => return Ok(resp),
+                Err(ServerError::NotLeader) => {
                     match self.leader_node() {
                         Some((id, node)) if id != self.identity.member_id => {
                             match self.peers.forward(&node, req.clone(), left).await {
@@ -413,9 +427,59 @@ impl EtcdServer {
                         _ => tokio::time::sleep(LEADER_POLL).await,
                     }
                 }
-                Err(RaftError::APIError(e)) => return Err(ServerError::Internal(e.to_string())),
-                Err(RaftError::Fatal(_)) => return Err(ServerError::Stopped),
+                Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Proposes `req` to this member's Raft: in a shared entry if it may ([`propose`]).
+    /// `NotLeader` when another member leads.
+    async fn write_local(&self, req: InternalRequest) -> propose::Proposed {
+        if propose::ProposalBatcher::batchable(&req) {
+            self.proposals.propose(req).await
+        } else {
+            let mut one = self.write_entry(vec![req]).await;
+            one.pop()
+                .unwrap_or_else(|| Err(ServerError::Internal("no result".into())))
+        }
+    }
+
+    /// Proposes one entry carrying `reqs` (as it is if it is one, as an `InternalBatch`
+    /// otherwise) and waits until it is applied: one result per request, in order.
+    async fn write_entry(&self, mut reqs: Vec<InternalRequest>) -> Vec<propose::Proposed> {
+        let n = reqs.len();
+        let entry = match reqs.pop() {
+            Some(only) if reqs.is_empty() => only,
+            last => {
+                reqs.extend(last);
+                InternalRequest {
+                    header: None,
+                    request: Some(internal_request::Request::Batch(
+                        proto::raftkvpb::InternalBatch { requests: reqs },
+                    )),
+                }
+            }
+        };
+        match self.raft.client_write(Request(entry)).await {
+            Ok(resp) => {
+                let index = resp.log_id.index;
+                if n == 1 {
+                    vec![from_response(resp.data).map(|r| (r, index))]
+                } else {
+                    resp.data
+                        .batch
+                        .into_iter()
+                        .map(|r| from_response(r).map(|r| (r, index)))
+                        .collect()
+                }
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                (0..n).map(|_| Err(ServerError::NotLeader)).collect()
+            }
+            Err(RaftError::APIError(e)) => (0..n)
+                .map(|_| Err(ServerError::Internal(e.to_string())))
+                .collect(),
+            Err(RaftError::Fatal(_)) => (0..n).map(|_| Err(ServerError::Stopped)).collect(),
         }
     }
 
@@ -802,18 +866,12 @@ impl PeerHandler for EtcdServer {
         &self.raft
     }
 
+    /// A follower's write: batched with this leader's own.
     async fn forwarded_write(
         &self,
         req: InternalRequest,
     ) -> Result<(InternalResponse, u64), ServerError> {
-        match self.raft.client_write(Request(req)).await {
-            Ok(resp) => from_response(resp.data).map(|r| (r, resp.log_id.index)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(ServerError::NotLeader)
-            }
-            Err(RaftError::APIError(e)) => Err(ServerError::Internal(e.to_string())),
-            Err(RaftError::Fatal(_)) => Err(ServerError::Stopped),
-        }
+        self.write_local(req).await
     }
 
     /// A follower's read: batched with this leader's own reads.
