@@ -62,6 +62,47 @@ pub trait CniExec: Send + Sync + 'static {
     fn exec(&self, plugin: &str, env: &[(&str, String)], config: &[u8]) -> Result<Vec<u8>, String>;
 }
 
+/// One variable of a plugin call's environment (`""` if unset); what test fakes read.
+#[cfg(test)]
+pub(crate) fn env_of(env: &[(&str, String)], key: &str) -> String {
+    env.iter()
+        .find(|(n, _)| *n == key)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+/// The `loopback` plugin's configuration: brings up `lo`.
+pub fn loopback_config() -> serde_json::Value {
+    json!({"cniVersion": CNI_VERSION, "name": "lo", "type": "loopback"})
+}
+
+/// Runs the plugin `config["type"]` the CNI way for container `id` in `netns`.
+pub fn invoke<E: CniExec>(
+    exec: &E,
+    bin_dir: &Path,
+    command: &'static str,
+    id: &str,
+    netns: &Path,
+    ifname: &str,
+    config: &serde_json::Value,
+) -> Result<Vec<u8>, CniError> {
+    let plugin = config["type"].as_str().unwrap_or_default().to_string();
+    let env = [
+        ("CNI_COMMAND", command.to_string()),
+        ("CNI_CONTAINERID", id.to_string()),
+        ("CNI_NETNS", netns.display().to_string()),
+        ("CNI_IFNAME", ifname.to_string()),
+        ("CNI_PATH", bin_dir.display().to_string()),
+    ];
+    let stdin = serde_json::to_vec(config).unwrap_or_default();
+    exec.exec(&plugin, &env, &stdin)
+        .map_err(|message| CniError::Plugin {
+            plugin,
+            command,
+            message,
+        })
+}
+
 /// Runs the plugin binaries from `bin_dir`.
 #[derive(Clone, Debug)]
 pub struct PluginExec {
@@ -189,10 +230,6 @@ impl<E: CniExec> CniNetwork<E> {
         })
     }
 
-    fn loopback_config() -> serde_json::Value {
-        json!({"cniVersion": CNI_VERSION, "name": "lo", "type": "loopback"})
-    }
-
     fn run(
         &self,
         command: &'static str,
@@ -201,22 +238,15 @@ impl<E: CniExec> CniNetwork<E> {
         ifname: &str,
         config: &serde_json::Value,
     ) -> Result<Vec<u8>, CniError> {
-        let plugin = config["type"].as_str().unwrap_or_default().to_string();
-        let env = [
-            ("CNI_COMMAND", command.to_string()),
-            ("CNI_CONTAINERID", uid.to_string()),
-            ("CNI_NETNS", netns.display().to_string()),
-            ("CNI_IFNAME", ifname.to_string()),
-            ("CNI_PATH", self.bin_dir.display().to_string()),
-        ];
-        let stdin = serde_json::to_vec(config).unwrap_or_default();
-        self.exec
-            .exec(&plugin, &env, &stdin)
-            .map_err(|message| CniError::Plugin {
-                plugin,
-                command,
-                message,
-            })
+        invoke(
+            &self.exec,
+            &self.bin_dir,
+            command,
+            uid,
+            netns,
+            ifname,
+            config,
+        )
     }
 
     fn add(&self, uid: &str, cidr: &str) -> Result<Record, CniError> {
@@ -225,7 +255,7 @@ impl<E: CniExec> CniNetwork<E> {
             self.create_netns(&netns)?;
         }
         let result = self
-            .run("ADD", uid, &netns, "lo", &Self::loopback_config())
+            .run("ADD", uid, &netns, "lo", &loopback_config())
             .and_then(|_| self.run("ADD", uid, &netns, "eth0", &self.bridge_config(cidr)))
             .and_then(|out| pod_ip(&out));
         match result {
@@ -366,12 +396,7 @@ mod tests {
             env: &[(&str, String)],
             _config: &[u8],
         ) -> Result<Vec<u8>, String> {
-            let get = |k: &str| {
-                env.iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default()
-            };
+            let get = |k: &str| env_of(env, k);
             self.calls
                 .lock()
                 .unwrap()

@@ -152,22 +152,17 @@ impl<E: CniExec> NodeNetwork<E> {
         ifname: &str,
         config: &serde_json::Value,
     ) -> Result<Vec<u8>, CniError> {
-        let plugin = config["type"].as_str().unwrap_or_default().to_string();
-        let env = [
-            ("CNI_COMMAND", command.to_string()),
-            ("CNI_CONTAINERID", format!("{}-{node}", self.bridge)),
-            ("CNI_NETNS", self.netns_path(node).display().to_string()),
-            ("CNI_IFNAME", ifname.to_string()),
-            ("CNI_PATH", self.bin_dir.display().to_string()),
-        ];
-        let stdin = serde_json::to_vec(config).unwrap_or_default();
-        self.exec
-            .exec(&plugin, &env, &stdin)
-            .map_err(|message| CniError::Plugin {
-                plugin,
-                command,
-                message,
-            })
+        let id = format!("{}-{node}", self.bridge);
+        let netns = self.netns_path(node);
+        crate::cni::invoke(
+            &self.exec,
+            &self.bin_dir,
+            command,
+            &id,
+            &netns,
+            ifname,
+            config,
+        )
     }
 
     /// Makes node `node`'s namespace with address `ip`, replacing one left by an
@@ -183,9 +178,8 @@ impl<E: CniExec> NodeNetwork<E> {
             std::fs::create_dir_all(&self.netns_dir)?;
             std::fs::File::create(&path)?;
         }
-        let lo = json!({"cniVersion": crate::cni::CNI_VERSION, "name": "lo", "type": "loopback"});
         let wired = self
-            .run("ADD", node, "lo", &lo)
+            .run("ADD", node, "lo", &crate::cni::loopback_config())
             .and_then(|_| self.run("ADD", node, "eth0", &self.bridge_config(ip)));
         if let Err(e) = wired {
             self.del(node);
@@ -377,12 +371,7 @@ mod tests {
             env: &[(&str, String)],
             config: &[u8],
         ) -> Result<Vec<u8>, String> {
-            let get = |k: &str| {
-                env.iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default()
-            };
+            let get = |k: &str| crate::cni::env_of(env, k);
             let cfg: serde_json::Value = serde_json::from_slice(config).unwrap();
             self.0.lock().unwrap().push(format!(
                 "{plugin} {} {} {} {}",
