@@ -1,8 +1,8 @@
 //! Prometheus metrics, named after etcd's where one exists so existing dashboards apply.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -10,6 +10,13 @@ pub struct Metrics {
     pub proposals_applied: IntCounter,
     pub proposals_failed: IntCounter,
     pub apply_duration: Histogram,
+    /// Where a write's time goes, by `stage`: per write, `queued` (waiting for the next
+    /// entry or forward call) and `catch_up` (a follower applying up to the entry after the
+    /// leader answered); per batch, `entry` (an entry proposed, committed and applied on the
+    /// leader) and `forward` (a follower's call to the leader).
+    pub proposal_stage: HistogramVec,
+    /// Requests per entry (`path="entry"`) or per forward call (`path="forward"`).
+    pub proposal_batch: HistogramVec,
     pub leases_expired: IntCounter,
     pub auth_failures: IntCounter,
     pub auth_invalid_tokens: IntCounter,
@@ -75,6 +82,34 @@ impl Metrics {
                     .buckets(
                         prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets"),
                     ),
+                )
+                .expect("valid metric"),
+            ),
+            proposal_stage: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "raftkv_proposal_stage_duration_seconds",
+                        "Time writes spend in each stage of their way through the log (queued and catch_up per write, entry and forward per batch).",
+                    )
+                    .buckets(
+                        prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets"),
+                    ),
+                    &["stage"],
+                )
+                .expect("valid metric"),
+            ),
+            proposal_batch: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "raftkv_proposal_batch_size",
+                        "Client writes carried by one log entry or one forward call.",
+                    )
+                    .buckets(
+                        prometheus::exponential_buckets(1.0, 2.0, 10).expect("valid buckets"),
+                    ),
+                    &["path"],
                 )
                 .expect("valid metric"),
             ),

@@ -20,8 +20,8 @@ use proto::etcdserverpb::{
 };
 use proto::raftkvpb::raft_client::RaftClient;
 use proto::raftkvpb::{
-    forward_response, CampaignRequest, ClusterInfoRequest, InternalRequest, InternalResponse,
-    RaftPayload, ReadIndexRequest,
+    forward_response, CampaignRequest, ClusterInfoRequest, InternalBatch, InternalRequest,
+    InternalResponse, RaftPayload, ReadIndexRequest,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -82,28 +82,41 @@ impl Peers {
             .max_encoding_message_size(usize::MAX))
     }
 
-    /// Hands a write to the leader and returns its result, with the entry's log index.
+    /// Hands writes to the leader in one call. The outer error is the call's (the leader
+    /// is gone or no longer leads: nothing was proposed); inside, one result per request, in
+    /// order, each with the log index of the entry that carried it.
     pub async fn forward(
         &self,
         leader: &MemberNode,
-        req: InternalRequest,
+        requests: Vec<InternalRequest>,
         timeout: Duration,
-    ) -> Result<(InternalResponse, u64), ServerError> {
+    ) -> Result<Vec<Result<(InternalResponse, u64), ServerError>>, ServerError> {
+        let n = requests.len();
         let mut client = self.client(leader)?;
-        let mut request = tonic::Request::new(req);
+        let mut request = tonic::Request::new(InternalBatch { requests });
         request.set_timeout(timeout);
         let resp = client
             .forward(request)
             .await
             .map_err(status_error)?
             .into_inner();
-        match resp.result {
-            Some(forward_response::Result::Response(r)) => Ok((r, resp.index)),
-            Some(forward_response::Result::Error(e)) => {
-                Err(ServerError::from_wire(e.code, e.message))
-            }
-            None => Err(ServerError::Internal("empty forward response".into())),
+        if resp.results.len() != n {
+            return Err(ServerError::Internal(format!(
+                "the leader answered {} results to {n} forwarded writes",
+                resp.results.len()
+            )));
         }
+        Ok(resp
+            .results
+            .into_iter()
+            .map(|r| match r.result {
+                Some(forward_response::Result::Response(resp)) => Ok((resp, r.index)),
+                Some(forward_response::Result::Error(e)) => {
+                    Err(ServerError::from_wire(e.code, e.message))
+                }
+                None => Err(ServerError::Internal("empty forward response".into())),
+            })
+            .collect())
     }
 
     /// Asks the leader for a read index.

@@ -11,8 +11,8 @@ use proto::etcdserverpb::{
 use proto::raftkvpb::raft_server;
 use proto::raftkvpb::{
     forward_response, CampaignRequest, CampaignResponse, ClusterInfoRequest, ClusterInfoResponse,
-    ForwardError, ForwardResponse, InternalRequest, InternalResponse, RaftPayload,
-    ReadIndexRequest, ReadIndexResponse,
+    ForwardBatchResponse, ForwardError, ForwardResponse, InternalBatch, InternalRequest,
+    InternalResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -27,12 +27,13 @@ use crate::error::ServerError;
 #[tonic::async_trait]
 pub trait PeerHandler: Send + Sync + 'static {
     fn raft(&self) -> &Raft<TypeConfig>;
-    /// Proposes a write forwarded by another member; fails if this member does not lead.
-    /// Returns the result with the log index of the entry.
-    async fn forwarded_write(
+    /// Proposes writes forwarded by another member: one result per request, in order, each
+    /// with the log index of its entry. A request fails if this member does not lead; it is
+    /// never sent on.
+    async fn forwarded_writes(
         &self,
-        req: InternalRequest,
-    ) -> Result<(InternalResponse, u64), ServerError>;
+        reqs: Vec<InternalRequest>,
+    ) -> Vec<Result<(InternalResponse, u64), ServerError>>;
     /// Confirms leadership and returns the index a linearizable read must wait for.
     async fn read_index(&self) -> Result<u64, ServerError>;
     async fn lease_renew(
@@ -91,22 +92,31 @@ impl<H: PeerHandler> raft_server::Raft for PeerService<H> {
 
     async fn forward(
         &self,
-        req: Request<InternalRequest>,
-    ) -> Result<Response<ForwardResponse>, Status> {
-        let (result, index) = match self.0.forwarded_write(req.into_inner()).await {
-            Ok((r, index)) => (forward_response::Result::Response(r), index),
-            Err(e) => (
-                forward_response::Result::Error(ForwardError {
-                    code: e.code() as i32,
-                    message: e.to_string(),
-                }),
-                0,
-            ),
-        };
-        Ok(Response::new(ForwardResponse {
-            result: Some(result),
-            index,
-        }))
+        req: Request<InternalBatch>,
+    ) -> Result<Response<ForwardBatchResponse>, Status> {
+        let results = self
+            .0
+            .forwarded_writes(req.into_inner().requests)
+            .await
+            .into_iter()
+            .map(|r| {
+                let (result, index) = match r {
+                    Ok((r, index)) => (forward_response::Result::Response(r), index),
+                    Err(e) => (
+                        forward_response::Result::Error(ForwardError {
+                            code: e.code() as i32,
+                            message: e.to_string(),
+                        }),
+                        0,
+                    ),
+                };
+                ForwardResponse {
+                    result: Some(result),
+                    index,
+                }
+            })
+            .collect();
+        Ok(Response::new(ForwardBatchResponse { results }))
     }
 
     async fn read_index(

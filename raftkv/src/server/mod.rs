@@ -209,12 +209,16 @@ impl EtcdServer {
                 Err(e) => return Err(StartError::Raft(e.to_string())),
             }
         }
-        let max_request_bytes = opts.limits.max_request_bytes;
+        let metrics = Arc::new(Metrics::new());
+        let proposals = propose::ProposalBatcher::new(
+            opts.limits.max_request_bytes,
+            metrics.proposal_stage.with_label_values(&["queued"]),
+        );
         let server = Arc::new(Self {
             sm,
             identity: opts.identity,
             limits: opts.limits,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             raft,
             token_provider: opts.token_provider,
             peers,
@@ -224,7 +228,7 @@ impl EtcdServer {
             watch_sync: Notify::new(),
             lease_term: std::sync::Mutex::new(0),
             reads: Arc::default(),
-            proposals: Arc::new(propose::ProposalBatcher::new(max_request_bytes)),
+            proposals: Arc::new(proposals),
         });
         // The read loop holds the server only while a round runs, so dropping the server
         // ends it.
@@ -240,10 +244,13 @@ impl EtcdServer {
         let (proposals, weak) = (server.proposals.clone(), Arc::downgrade(&server));
         tokio::spawn(async move {
             proposals
-                .run(|reqs| {
-                    let server = weak.upgrade();
-                    async move { Some(server?.write_entry(reqs).await) }
-                })
+                .run(
+                    || weak.upgrade().map_or(propose::Route::Here, |s| s.route()),
+                    |route, reqs| {
+                        let server = weak.upgrade();
+                        async move { Some(server?.write_batch(route, reqs).await) }
+                    },
+                )
                 .await
         });
         Ok(server)
@@ -276,6 +283,15 @@ impl EtcdServer {
         let id = m.current_leader?;
         let node = m.membership_config.membership().get_node(&id)?.clone();
         Some((id, node))
+    }
+
+    /// Where this member's writes go: to the leader when that is another member, into the
+    /// local log otherwise (whose Raft answers `NotLeader` while no leader is known).
+    fn route(&self) -> propose::Route<MemberNode> {
+        match self.leader_node() {
+            Some((id, node)) if id != self.identity.member_id => propose::Route::Leader(node),
+            _ => propose::Route::Here,
+        }
     }
 
     /// (last log index, last applied index), for Status.
@@ -394,54 +410,132 @@ impl EtcdServer {
             }
             // Bounded: a leader cut off from its quorum would wait for the commit forever,
             // where etcd answers "request timed out" (the entry may still commit later).
-            let write = tokio::time::timeout(left, self.write_local(req.clone()));
+            let write = tokio::time::timeout(left, self.write(req.clone()));
             let Ok(written) = write.await else {
                 return Err(ServerError::Timeout);
             };
             match written {
-                Ok((resp, _)) => return Ok(resp),
-                Err(ServerError::NotLeader) => {
-                    match self.leader_node() {
-                        Some((id, node)) if id != self.identity.member_id => {
-                            match self.peers.forward(&node, req.clone(), left).await {
-                                // The leader moved on or died between our look and its answer: a
-                                // new one is elected within the deadline, ask again.
-                                Err(ServerError::NotLeader | ServerError::Unreachable) => {
-                                    tokio::time::sleep(LEADER_POLL).await
-                                }
-                                // Answer once the entry is applied here too, as etcd does: a
-                                // client reading from this member (serializable, or a watch
-                                // opened after the answer) then sees its own write.
-                                Ok((resp, index)) => {
-                                    let left = deadline.saturating_duration_since(Instant::now());
-                                    self.raft
-                                        .wait(Some(left))
-                                        .applied_index_at_least(Some(index), "forwarded write")
-                                        .await
-                                        .map_err(|_| ServerError::Timeout)?;
-                                    return Ok(resp);
-                                }
-                                Err(e) => return Err(e),
-                            }
-                        }
-                        _ => tokio::time::sleep(LEADER_POLL).await,
+                // Answer once the entry is applied here too, as etcd does: after a write
+                // forwarded to the leader, a client reading from this member (serializable, or
+                // a watch opened after the answer) then sees its own write.
+                Ok((resp, index)) => {
+                    if self.applied_index() < index {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        let _timer = self.stage_timer("catch_up");
+                        self.raft
+                            .wait(Some(left))
+                            .applied_index_at_least(Some(index), "forwarded write")
+                            .await
+                            .map_err(|_| ServerError::Timeout)?;
                     }
+                    return Ok(resp);
+                }
+                // No leader yet, or it moved on or died between our look and its answer:
+                // one is elected within the deadline, ask again. Nothing was proposed.
+                Err(ServerError::NotLeader | ServerError::Unreachable) => {
+                    tokio::time::sleep(LEADER_POLL).await
                 }
                 Err(e) => return Err(e),
             }
         }
     }
 
-    /// Proposes `req` to this member's Raft: in a shared entry if it may ([`propose`]).
-    /// `NotLeader` when another member leads.
-    async fn write_local(&self, req: InternalRequest) -> propose::Proposed {
-        if propose::ProposalBatcher::batchable(&req) {
-            self.proposals.propose(req).await
+    /// Observes the time until it is dropped as `stage` of [`Metrics::proposal_stage`].
+    fn stage_timer(&self, stage: &str) -> prometheus::HistogramTimer {
+        self.metrics
+            .proposal_stage
+            .with_label_values(&[stage])
+            .start_timer()
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index)
+    }
+
+    /// Proposes a client's `req`, in a shared entry if it may ([`propose`]), through the
+    /// leader when this member does not lead.
+    async fn write(&self, req: InternalRequest) -> propose::Proposed {
+        self.submit(propose::Proposal {
+            req,
+            forwarded: false,
+        })
+        .await
+    }
+
+    async fn submit(&self, proposal: propose::Proposal) -> propose::Proposed {
+        if propose::ProposalBatcher::batchable(&proposal.req) {
+            self.proposals.propose(proposal).await
         } else {
-            let mut one = self.write_entry(vec![req]).await;
+            let mut one = self.write_batch(self.route(), vec![proposal]).await;
             one.pop()
                 .unwrap_or_else(|| Err(ServerError::Internal("no result".into())))
         }
+    }
+
+    /// Proposes `batch` as one entry, or forwards it to the leader in one call ([`Self::route`]).
+    /// A request another member forwarded here is not sent on: it fails with `NotLeader`,
+    /// and that member asks again.
+    async fn write_batch(
+        &self,
+        route: propose::Route<MemberNode>,
+        batch: Vec<propose::Proposal>,
+    ) -> Vec<propose::Proposed> {
+        let leader = match route {
+            propose::Route::Leader(node) => node,
+            propose::Route::Here => {
+                let _timer = self.stage_timer("entry");
+                self.metrics
+                    .proposal_batch
+                    .with_label_values(&["entry"])
+                    .observe(batch.len() as f64);
+                return self
+                    .write_entry(batch.into_iter().map(|p| p.req).collect())
+                    .await;
+            }
+        };
+        let mut results: Vec<Option<propose::Proposed>> = Vec::with_capacity(batch.len());
+        let mut onward = Vec::with_capacity(batch.len());
+        for p in batch {
+            if p.forwarded {
+                results.push(Some(Err(ServerError::NotLeader)));
+            } else {
+                results.push(None);
+                onward.push(p.req);
+            }
+        }
+        let n = onward.len();
+        let answered = if n == 0 {
+            Vec::new()
+        } else {
+            let _timer = self.stage_timer("forward");
+            self.metrics
+                .proposal_batch
+                .with_label_values(&["forward"])
+                .observe(n as f64);
+            match self
+                .peers
+                .forward(&leader, onward, self.request_timeout)
+                .await
+            {
+                Ok(answered) => answered,
+                // The same error for each request: its kind survives the wire's round trip.
+                Err(e) => (0..n)
+                    .map(|_| Err(ServerError::from_wire(e.code() as i32, e.to_string())))
+                    .collect(),
+            }
+        };
+        let mut answered = answered.into_iter();
+        results
+            .into_iter()
+            .map(|r| {
+                r.or_else(|| answered.next())
+                    .unwrap_or_else(|| Err(ServerError::Internal("no result".into())))
+            })
+            .collect()
     }
 
     /// Proposes one entry carrying `reqs` (as it is if it is one, as an `InternalBatch`
@@ -866,12 +960,15 @@ impl PeerHandler for EtcdServer {
         &self.raft
     }
 
-    /// A follower's write: batched with this leader's own.
-    async fn forwarded_write(
-        &self,
-        req: InternalRequest,
-    ) -> Result<(InternalResponse, u64), ServerError> {
-        self.write_local(req).await
+    /// A follower's writes: batched with this leader's own.
+    async fn forwarded_writes(&self, reqs: Vec<InternalRequest>) -> Vec<propose::Proposed> {
+        futures::future::join_all(reqs.into_iter().map(|req| {
+            self.submit(propose::Proposal {
+                req,
+                forwarded: true,
+            })
+        }))
+        .await
     }
 
     /// A follower's read: batched with this leader's own reads.

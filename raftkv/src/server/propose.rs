@@ -6,10 +6,17 @@
 //! `InternalBatch`, applied request by request, each with its own revision). An idle leader
 //! proposes a lone request at once, as it is, so batching adds no latency; under load the
 //! entries grow with the queue, as etcd's raft groups a `Ready`'s entries into one sync.
+//!
+//! A follower queues its clients' writes the same way and hands each batch to the leader in
+//! one peer call ([`Route::Leader`], up to [`MAX_FORWARDS`] calls at once), where they join
+//! the leader's queue; etcd likewise forwards proposals inside its Raft messages rather than
+//! one call per write.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use prometheus::Histogram;
 use prost::Message;
 use proto::raftkvpb::{internal_request, InternalRequest, InternalResponse};
 use tokio::sync::{oneshot, Notify, Semaphore};
@@ -21,30 +28,48 @@ use crate::error::ServerError;
 /// 6.9k and 13.4k/s with 2 and 5.2k and 9.1k/s with 4): the longer requests wait, the more
 /// share an entry, and the leader's core appends one entry per disk sync anyway.
 pub const MAX_IN_FLIGHT: usize = 1;
+/// Forward calls from a follower to its leader at once. More than one: a call spans the
+/// leader's queue and a whole entry, and requests queued behind it here would wait all that
+/// time again; the leader still puts everything that reaches it meanwhile in one entry.
+pub const MAX_FORWARDS: usize = 4;
 /// Most requests one entry carries.
 pub const MAX_BATCH: usize = 512;
 
 /// A committed and applied request's response and the index of the entry that carried it.
 pub type Proposed = Result<(InternalResponse, u64), ServerError>;
 
-type Waiter = (InternalRequest, oneshot::Sender<Proposed>);
+/// A queued request.
+pub struct Proposal {
+    pub req: InternalRequest,
+    /// Another member forwarded it here: it is proposed here or refused, never sent on, so
+    /// two members that each think the other leads cannot pass it back and forth.
+    pub forwarded: bool,
+}
+
+/// A queued proposal, when it was queued, and where its result goes.
+type Waiter = (Proposal, Instant, oneshot::Sender<Proposed>);
 
 pub struct ProposalBatcher {
     queue: Mutex<Vec<Waiter>>,
     wake: Notify,
     in_flight: Arc<Semaphore>,
+    forwards: Arc<Semaphore>,
     /// An entry's requests together stay within this many bytes (`--max-request-bytes`),
     /// unless one request alone is larger.
     max_bytes: usize,
+    /// Observes how long each request waited for its entry.
+    queued: Histogram,
 }
 
 impl ProposalBatcher {
-    pub fn new(max_bytes: usize) -> Self {
+    pub fn new(max_bytes: usize, queued: Histogram) -> Self {
         ProposalBatcher {
             queue: Mutex::default(),
             wake: Notify::new(),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            forwards: Arc::new(Semaphore::new(MAX_FORWARDS)),
             max_bytes,
+            queued,
         }
     }
 
@@ -58,46 +83,55 @@ impl ProposalBatcher {
         )
     }
 
-    /// Queues `req` for the next entry and waits for its result.
-    pub async fn propose(&self, req: InternalRequest) -> Proposed {
+    /// Queues `p` for the next entry and waits for its result.
+    pub async fn propose(&self, p: Proposal) -> Proposed {
         let (tx, rx) = oneshot::channel();
         self.queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((req, tx));
+            .push((p, Instant::now(), tx));
         self.wake.notify_one();
         rx.await.unwrap_or(Err(ServerError::Stopped))
     }
 
     /// The next entry's requests: the oldest queued ones that fit.
-    fn take(&self) -> Vec<Waiter> {
+    fn take(&self) -> Vec<(Proposal, oneshot::Sender<Proposed>)> {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let mut bytes = 0;
         let mut n = 0;
-        for (req, _) in queue.iter() {
-            let len = req.encoded_len();
+        for (p, _, _) in queue.iter() {
+            let len = p.req.encoded_len();
             if n > 0 && (n == MAX_BATCH || bytes + len > self.max_bytes) {
                 break;
             }
             bytes += len;
             n += 1;
         }
-        queue.drain(..n).collect()
+        let now = Instant::now();
+        for (_, at, _) in &queue[..n] {
+            self.queued.observe(now.duration_since(*at).as_secs_f64());
+        }
+        queue.drain(..n).map(|(p, _, tx)| (p, tx)).collect()
     }
 
-    /// Proposes queued requests until `write` says the server is gone (`None`). `write`
-    /// proposes one entry of the given requests and answers one result per request, in
-    /// order.
-    pub async fn run<F, Fut>(&self, write: F)
+    /// Proposes queued requests until `write` says the server is gone (`None`). `route`
+    /// says where the next batch goes; `write` proposes it as one entry or forwards it to
+    /// the leader in one call, and answers one result per request, in order.
+    pub async fn run<L, R, F, Fut>(&self, route: R, write: F)
     where
-        F: Fn(Vec<InternalRequest>) -> Fut,
+        R: Fn() -> Route<L>,
+        F: Fn(Route<L>, Vec<Proposal>) -> Fut,
         Fut: Future<Output = Option<Vec<Proposed>>> + Send + 'static,
     {
         loop {
             self.wake.notified().await;
             loop {
-                let permit = self
-                    .in_flight
+                let to = route();
+                let slots = match to {
+                    Route::Here => &self.in_flight,
+                    Route::Leader(_) => &self.forwards,
+                };
+                let permit = slots
                     .clone()
                     .acquire_owned()
                     .await
@@ -107,7 +141,7 @@ impl ProposalBatcher {
                     break;
                 }
                 let (reqs, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                let written = write(reqs);
+                let written = write(to, reqs);
                 tokio::spawn(async move {
                     let results = written.await;
                     drop(permit);
@@ -132,6 +166,12 @@ impl ProposalBatcher {
     }
 }
 
+/// Where a batch goes: into an entry of this member's log, or to leader `L`.
+pub enum Route<L> {
+    Here,
+    Leader(L),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +186,17 @@ mod tests {
                 value: vec![0; 100],
                 ..Default::default()
             })),
+        }
+    }
+
+    fn histogram() -> Histogram {
+        Histogram::with_opts(prometheus::HistogramOpts::new("queued", "test")).unwrap()
+    }
+
+    fn local(req: InternalRequest) -> Proposal {
+        Proposal {
+            req,
+            forwarded: false,
         }
     }
 
@@ -179,18 +230,24 @@ mod tests {
 
     #[test]
     fn batches_are_bounded_by_bytes_but_never_empty() {
-        let b = ProposalBatcher::new(250);
+        let b = ProposalBatcher::new(250, histogram());
         for k in ["a", "b", "c"] {
             let (tx, _rx) = oneshot::channel();
-            b.queue.lock().unwrap().push((put(k), tx));
+            b.queue
+                .lock()
+                .unwrap()
+                .push((local(put(k)), Instant::now(), tx));
         }
         // Two 100-byte values fit in 250 bytes, three do not.
         assert_eq!(b.take().len(), 2);
         assert_eq!(b.take().len(), 1);
         assert!(b.take().is_empty());
-        let big = ProposalBatcher::new(10);
+        let big = ProposalBatcher::new(10, histogram());
         let (tx, _rx) = oneshot::channel();
-        big.queue.lock().unwrap().push((put("huge"), tx));
+        big.queue
+            .lock()
+            .unwrap()
+            .push((local(put("huge")), Instant::now(), tx));
         assert_eq!(
             big.take().len(),
             1,
@@ -202,39 +259,42 @@ mod tests {
     /// result, in order within each entry, and far fewer entries than requests.
     #[tokio::test]
     async fn concurrent_requests_share_entries_and_get_their_own_results() {
-        let b = Arc::new(ProposalBatcher::new(1 << 20));
+        let b = Arc::new(ProposalBatcher::new(1 << 20, histogram()));
         let entries = Arc::new(AtomicUsize::new(0));
         {
             let (b, entries) = (b.clone(), entries.clone());
             tokio::spawn(async move {
-                b.run(|reqs| {
-                    let index = entries.fetch_add(1, Ordering::SeqCst) as u64 + 1;
-                    async move {
-                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                        Some(
-                            reqs.iter()
-                                .map(|r| {
-                                    let mut resp = InternalResponse::default();
-                                    resp.events.push(proto::mvccpb::Event {
-                                        kv: Some(proto::mvccpb::KeyValue {
-                                            key: key(r).into_bytes(),
+                b.run(
+                    || Route::<()>::Here,
+                    |_, reqs| {
+                        let index = entries.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+                        async move {
+                            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                            Some(
+                                reqs.iter()
+                                    .map(|Proposal { req: r, .. }| {
+                                        let mut resp = InternalResponse::default();
+                                        resp.events.push(proto::mvccpb::Event {
+                                            kv: Some(proto::mvccpb::KeyValue {
+                                                key: key(r).into_bytes(),
+                                                ..Default::default()
+                                            }),
                                             ..Default::default()
-                                        }),
-                                        ..Default::default()
-                                    });
-                                    Ok((resp, index))
-                                })
-                                .collect(),
-                        )
-                    }
-                })
+                                        });
+                                        Ok((resp, index))
+                                    })
+                                    .collect(),
+                            )
+                        }
+                    },
+                )
                 .await
             });
         }
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let b = b.clone();
-                tokio::spawn(async move { (i, b.propose(put(&format!("k{i}"))).await) })
+                tokio::spawn(async move { (i, b.propose(local(put(&format!("k{i}")))).await) })
             })
             .collect();
         for t in tasks {

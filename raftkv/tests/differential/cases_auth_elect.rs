@@ -48,12 +48,12 @@ pub fn cases() -> Vec<Case> {
         login("el-user", "pw"),
         campaign("a", "e", 8101, "va"),
         wins("a"),
-        campaign("b", "e", 8102, "vb"),
-        blocked("b"),
+        // No second, waiting campaign here: etcd 3.4 itself sometimes answers a waiting
+        // campaign under auth with "user name is empty" (its wait runs partly without the
+        // caller's token), so the reference is not deterministic there.
         leader("e"),
         proclaim("a", "va2"),
         resign("a"),
-        wins("b"),
         lock("c", "m", 8103),
         wins("c"),
         // A waiter that goes away: etcd's cleanup runs without the caller's token, so under
