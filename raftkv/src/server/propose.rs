@@ -310,4 +310,60 @@ mod tests {
         let n = entries.load(Ordering::SeqCst);
         assert!(n < 50, "200 concurrent requests took {n} entries");
     }
+
+    /// How many batches are on their way at once, by route: one entry on the leader, up to
+    /// [`MAX_FORWARDS`] forward calls on a follower; every request still answered once.
+    #[tokio::test(start_paused = true)]
+    async fn entries_go_one_at_a_time_and_forward_calls_several() {
+        for (to_leader, want) in [(false, MAX_IN_FLIGHT), (true, MAX_FORWARDS)] {
+            let b = Arc::new(ProposalBatcher::new(1 << 20, histogram()));
+            let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            {
+                let (b, now, most) = (b.clone(), now.clone(), most.clone());
+                tokio::spawn(async move {
+                    b.run(
+                        || {
+                            if to_leader {
+                                Route::Leader(())
+                            } else {
+                                Route::Here
+                            }
+                        },
+                        |_, reqs| {
+                            let (now, most) = (now.clone(), most.clone());
+                            async move {
+                                let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
+                                most.fetch_max(at_once, Ordering::SeqCst);
+                                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                                now.fetch_sub(1, Ordering::SeqCst);
+                                Some(
+                                    reqs.iter()
+                                        .map(|_| Ok((InternalResponse::default(), 1)))
+                                        .collect(),
+                                )
+                            }
+                        },
+                    )
+                    .await
+                });
+            }
+            // One request after another, each while the batches before it are still out.
+            let mut tasks = Vec::new();
+            for i in 0..3 * MAX_FORWARDS {
+                let b = b.clone();
+                tasks.push(tokio::spawn(async move {
+                    b.propose(local(put(&format!("k{i}")))).await
+                }));
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+            assert_eq!(
+                most.load(Ordering::SeqCst),
+                want,
+                "batches at once with to_leader={to_leader}"
+            );
+        }
+    }
 }
