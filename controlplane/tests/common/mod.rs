@@ -86,7 +86,28 @@ pub struct StoreServer {
 }
 
 impl StoreServer {
+    /// Starts the store and waits until it answers. Its ports are picked free but released
+    /// before the store binds them, so another process can take one in between; a store that
+    /// exits at once is started again on other ports.
     pub fn start(flavor: Flavor, dir: &Path) -> StoreServer {
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            // Each attempt has its own data dir: one that got as far as writing its
+            // membership would hold the earlier ports.
+            let (log, data) = match attempt {
+                1 => ("store.log".to_string(), "store-data".to_string()),
+                n => (format!("store.{n}.log"), format!("store-data.{n}")),
+            };
+            match Self::try_start(flavor, &dir.join(data), &dir.join(log)) {
+                Ok(server) => return server,
+                Err(why) if attempt < ATTEMPTS => eprintln!("store attempt {attempt}: {why}"),
+                Err(why) => panic!("{why}"),
+            }
+        }
+        unreachable!("the last attempt panics")
+    }
+
+    fn try_start(flavor: Flavor, data: &Path, log: &Path) -> Result<StoreServer, String> {
         let ports = free_ports(2);
         let client = format!("http://127.0.0.1:{}", ports[0]);
         let peer = format!("http://127.0.0.1:{}", ports[1]);
@@ -96,7 +117,7 @@ impl StoreServer {
         };
         let mut cmd = Command::new(program);
         cmd.args(["--name", "m1", "--data-dir"])
-            .arg(dir.join("store-data"))
+            .arg(data)
             .args([
                 "--listen-client-urls",
                 &client,
@@ -110,8 +131,8 @@ impl StoreServer {
                 &peer,
             ])
             .args(["--initial-cluster", &format!("m1={peer}")]);
-        let proc = spawn_logged(&mut cmd, &dir.join("store.log"));
-        let server = StoreServer {
+        let proc = spawn_logged(&mut cmd, log);
+        let mut server = StoreServer {
             endpoint: client,
             proc,
         };
@@ -128,13 +149,20 @@ impl StoreServer {
                 c.get("probe", None).await.ok()
             });
             if ok.is_some() {
-                return server;
+                return Ok(server);
             }
-            assert!(
-                Instant::now() < deadline,
-                "store did not answer within 30s; log: {}",
-                server.proc.log.display()
-            );
+            let exited = server.proc.child.try_wait().expect("wait").is_some();
+            if exited || Instant::now() >= deadline {
+                let tail = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(20).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Err(format!(
+                    "store {} within 30s; log {}:\n{}",
+                    if exited { "exited" } else { "did not answer" },
+                    log.display(),
+                    tail.join("\n")
+                ));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
