@@ -448,6 +448,16 @@ impl EtcdServer {
             .start_timer()
     }
 
+    /// Counts a batch of `writes` on `path` (`entry` or `forward`) in
+    /// [`Metrics::proposal_batch`] and times it as that stage of [`Metrics::proposal_stage`].
+    fn batch_timer(&self, path: &str, writes: usize) -> prometheus::HistogramTimer {
+        self.metrics
+            .proposal_batch
+            .with_label_values(&[path])
+            .observe(writes as f64);
+        self.stage_timer(path)
+    }
+
     fn applied_index(&self) -> u64 {
         self.raft
             .metrics()
@@ -487,11 +497,7 @@ impl EtcdServer {
         let leader = match route {
             propose::Route::Leader(node) => node,
             propose::Route::Here => {
-                let _timer = self.stage_timer("entry");
-                self.metrics
-                    .proposal_batch
-                    .with_label_values(&["entry"])
-                    .observe(batch.len() as f64);
+                let _timer = self.batch_timer("entry", batch.len());
                 return self
                     .write_entry(batch.into_iter().map(|p| p.req).collect())
                     .await;
@@ -511,11 +517,7 @@ impl EtcdServer {
         let answered = if n == 0 {
             Vec::new()
         } else {
-            let _timer = self.stage_timer("forward");
-            self.metrics
-                .proposal_batch
-                .with_label_values(&["forward"])
-                .observe(n as f64);
+            let _timer = self.batch_timer("forward", n);
             match self
                 .peers
                 .forward(&leader, onward, self.request_timeout)
