@@ -1,5 +1,6 @@
 //! Prometheus metrics, named after etcd's where one exists so existing dashboards apply.
 
+use crate::raft::log_store::LogCounters;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
@@ -29,6 +30,8 @@ pub struct Metrics {
     pub slow_watchers: IntGauge,
     pub leases: IntGauge,
     pub has_leader: IntGauge,
+    /// The Raft log writer's batches and syncs.
+    pub log: LogCounters,
 }
 
 impl Default for Metrics {
@@ -144,6 +147,12 @@ impl Metrics {
                 "etcd_server_has_leader",
                 "Whether a leader exists (1) or not (0).",
             ),
+            log: {
+                let log = LogCounters::default();
+                reg(&registry, log.writes.clone());
+                reg(&registry, log.syncs.clone());
+                log
+            },
             registry,
         }
     }

@@ -35,7 +35,8 @@ mod suite {
             &self,
         ) -> Result<(tempfile::TempDir, LogStore, RaftStateMachine), StorageError<u64>> {
             let dir = tempfile::tempdir().expect("tempdir");
-            let log = LogStore::open(&dir.path().join("raft"), true).expect("open log");
+            let log = LogStore::open(&dir.path().join("raft"), true, Default::default())
+                .expect("open log");
             let backend = Backend::open(&dir.path().join("kv")).expect("open store");
             let sm =
                 StateMachine::open(backend, 2, Arc::new(SystemClock)).expect("open state machine");

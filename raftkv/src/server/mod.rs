@@ -157,7 +157,12 @@ impl EtcdServer {
             opts.min_lease_ttl,
             opts.clock.clone(),
         )?);
-        let log = LogStore::open(&opts.raft_dir, !opts.limits.unsafe_no_fsync)?;
+        let metrics = Arc::new(Metrics::new());
+        let log = LogStore::open(
+            &opts.raft_dir,
+            !opts.limits.unsafe_no_fsync,
+            metrics.log.clone(),
+        )?;
         let election_ms = opts.election_timeout.as_millis() as u64;
         let config = openraft::Config {
             cluster_name: opts.token.clone(),
@@ -209,7 +214,6 @@ impl EtcdServer {
                 Err(e) => return Err(StartError::Raft(e.to_string())),
             }
         }
-        let metrics = Arc::new(Metrics::new());
         let proposals = propose::ProposalBatcher::new(
             opts.limits.max_request_bytes,
             metrics.proposal_stage.with_label_values(&["queued"]),
