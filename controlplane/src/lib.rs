@@ -1,7 +1,8 @@
 //! Kubernetes-style control plane on raftkv: the API server ([`apiserver`]), the typed
 //! client the other components use ([`client`]), Lease-based leader election
 //! ([`leaderelection`]), the scheduler ([`scheduler`]) and the controller manager
-//! ([`controllers`]), and the launcher of a whole local cluster ([`launcher`]).
+//! ([`controllers`]), and the launcher of a whole local cluster ([`launcher`]); [`testing`]
+//! is the process harness of the black-box tests.
 
 pub mod apiserver;
 pub mod client;
@@ -12,3 +13,4 @@ pub mod launcher;
 pub mod leaderelection;
 pub mod metrics;
 pub mod scheduler;
+pub mod testing;

@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_port, kubectl_program, sibling_binary, teardown_agent, wait_for, Proc};
+use common::{
+    free_port, kubectl_program, sibling_binary, teardown_agent, wait_for, Flavor, Proc, StoreServer,
+};
 use serde_json::Value;
 
 const CLUSTER_IP: &str = "10.96.0.100";
@@ -143,11 +145,12 @@ impl Drop for Agent {
     }
 }
 
-/// Processes drop in reverse order of declaration: agents first, then the control plane,
+/// Fields drop in order of declaration: agents first, then the control plane, the store,
 /// then the topology.
 struct Cluster {
     agents: Vec<Agent>,
     _controlplane: Vec<Proc>,
+    _store: StoreServer,
     kubeconfig: PathBuf,
     topo: Topology,
     dir: tempfile::TempDir,
@@ -159,23 +162,9 @@ impl Cluster {
         let topo = Topology::new(2);
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
-        let (client, peer) = (free_port(), free_port());
-        let client_url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let mut cp = vec![Proc::spawn(
-            Command::new(sibling_binary("raftkv"))
-                .args(["--name", "m1", "--data-dir"])
-                .arg(d.join("store"))
-                .args(["--listen-client-urls", &client_url])
-                .args(["--advertise-client-urls", &client_url])
-                .args(["--listen-peer-urls", &peer_url])
-                .args(["--initial-advertise-peer-urls", &peer_url])
-                .args(["--initial-cluster", &format!("m1={peer_url}")]),
-            &d.join("store.log"),
-        )];
-        wait_for(30, "the store", || {
-            std::net::TcpStream::connect(("127.0.0.1", client)).ok()
-        });
+        let store = StoreServer::start(Flavor::Raftkv, d);
+        let client_url = store.endpoint.clone();
+        let mut cp = Vec::new();
         std::fs::write(
             d.join("tokens.csv"),
             "admin-token,admin,1,\"system:masters\"\n",
@@ -218,6 +207,7 @@ impl Cluster {
         let mut c = Cluster {
             agents: Vec::new(),
             _controlplane: cp,
+            _store: store,
             kubeconfig,
             topo,
             dir,

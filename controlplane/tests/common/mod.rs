@@ -1,199 +1,16 @@
-//! Processes for the API server's black-box tests: one store member (raftkv or real etcd),
-//! API server replicas (the `controlplane` binary) and kubectl. Every process is killed
-//! and reaped when its guard drops, so a failing test leaves nothing behind; every wait
-//! is bounded.
-//!
-//! The raftkv binary is found next to the test executable's directory
-//! (`target/debug/raftkv`), as `bench` finds it: `cargo test --workspace` builds it
-//! because raftkv is a workspace member; run `cargo build -p raftkv` first when testing
-//! this crate alone. kubectl is `$KUBECTL`, else `kubectl` on PATH (the tests are written
-//! for 1.20, Debian's kubernetes-client; newer kubectl works too).
+//! Processes for the API server's black-box tests: API server replicas (the `controlplane`
+//! binary), leader-elected components and kubectl, on top of [`controlplane::testing`]
+//! (one store member, raftkv or real etcd; child processes killed and reaped when their
+//! guard drops, so a failing test leaves nothing behind). Every wait is bounded.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The store flavours the same tests run against.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flavor {
-    Raftkv,
-    Etcd,
-}
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    ls.iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
-}
-
-fn raftkv_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/<test> → target/debug/raftkv
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join("raftkv");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build -p raftkv` (cargo test --workspace builds it)",
-        path.display()
-    );
-    path
-}
-
-/// A child process killed on drop.
-pub struct Proc {
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn spawn_logged(cmd: &mut Command, log: &Path) -> Proc {
-    let f = std::fs::File::create(log).expect("creating a log file");
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(f.try_clone().expect("dup log"))
-        .stderr(f)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-    Proc {
-        child,
-        log: log.to_path_buf(),
-    }
-}
-
-/// One store member.
-pub struct StoreServer {
-    pub endpoint: String,
-    pub proc: Proc,
-}
-
-impl StoreServer {
-    /// Starts the store and waits until it answers. Its ports are picked free but released
-    /// before the store binds them, so another process can take one in between; a store that
-    /// exits at once is started again on other ports.
-    pub fn start(flavor: Flavor, dir: &Path) -> StoreServer {
-        const ATTEMPTS: usize = 3;
-        for attempt in 1..=ATTEMPTS {
-            // Each attempt has its own data dir: one that got as far as writing its
-            // membership would hold the earlier ports.
-            let (log, data) = match attempt {
-                1 => ("store.log".to_string(), "store-data".to_string()),
-                n => (format!("store.{n}.log"), format!("store-data.{n}")),
-            };
-            match Self::try_start(flavor, &dir.join(data), &dir.join(log)) {
-                Ok(server) => return server,
-                Err(why) if attempt < ATTEMPTS => eprintln!("store attempt {attempt}: {why}"),
-                Err(why) => panic!("{why}"),
-            }
-        }
-        unreachable!("the last attempt panics")
-    }
-
-    fn try_start(flavor: Flavor, data: &Path, log: &Path) -> Result<StoreServer, String> {
-        let ports = free_ports(2);
-        let client = format!("http://127.0.0.1:{}", ports[0]);
-        let peer = format!("http://127.0.0.1:{}", ports[1]);
-        let program = match flavor {
-            Flavor::Raftkv => raftkv_binary(),
-            Flavor::Etcd => PathBuf::from("/usr/bin/etcd"),
-        };
-        let mut cmd = Command::new(program);
-        cmd.args(["--name", "m1", "--data-dir"])
-            .arg(data)
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("m1={peer}")]);
-        let proc = spawn_logged(&mut cmd, log);
-        let mut server = StoreServer {
-            endpoint: client,
-            proc,
-        };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ok = rt.block_on(async {
-                let mut c = etcd_client::Client::connect([server.endpoint.as_str()], None)
-                    .await
-                    .ok()?;
-                c.get("probe", None).await.ok()
-            });
-            if ok.is_some() {
-                return Ok(server);
-            }
-            let exited = server.proc.child.try_wait().expect("wait").is_some();
-            if exited || Instant::now() >= deadline {
-                let tail = std::fs::read_to_string(log).unwrap_or_default();
-                let tail: Vec<&str> = tail.lines().rev().take(20).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                return Err(format!(
-                    "store {} within 30s; log {}:\n{}",
-                    if exited { "exited" } else { "did not answer" },
-                    log.display(),
-                    tail.join("\n")
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Compacts the store's history up to its current revision; returns that revision.
-    pub fn compact(&self) -> i64 {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let mut c = etcd_client::Client::connect([self.endpoint.as_str()], None)
-                .await
-                .expect("connect");
-            let rev = c
-                .get("probe", None)
-                .await
-                .expect("get")
-                .header()
-                .expect("header")
-                .revision();
-            c.compact(
-                rev,
-                Some(etcd_client::CompactionOptions::new().with_physical()),
-            )
-            .await
-            .expect("compact");
-            rev
-        })
-    }
-}
+pub use controlplane::testing::{free_port, kubectl_program, Flavor, Proc, StoreServer};
 
 /// One API server replica.
 pub struct ApiServer {
@@ -217,7 +34,7 @@ impl ApiServer {
         }
         let extra = args.as_slice();
         let kubeconfig = dir.join(format!("{name}.kubeconfig"));
-        let port = free_ports(1)[0];
+        let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_controlplane"));
         // HTTPS with a self-signed certificate the written kubeconfig trusts, as a real
         // cluster is reached: kubectl sends tokens over TLS only.
@@ -234,7 +51,7 @@ impl ApiServer {
         .arg(&kubeconfig)
         .args(extra)
         .env("RUST_LOG", "controlplane=debug");
-        let proc = spawn_logged(&mut cmd, &dir.join(format!("{name}.log")));
+        let proc = Proc::spawn(&mut cmd, &dir.join(format!("{name}.log")));
         let url = format!("127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
         while !(kubeconfig.exists() && std::net::TcpStream::connect(&url).is_ok()) {
@@ -258,34 +75,6 @@ pub struct Kubectl {
     pub kubeconfig: PathBuf,
     cache: PathBuf,
     token: Option<String>,
-}
-
-/// Where `scripts/setup.sh` unpacks Debian's kubernetes-client when another kubectl owns
-/// `/usr/bin/kubectl`.
-const UNPACKED_KUBECTL: &str = "/opt/kubectl-1.20/usr/bin/kubectl";
-
-/// kubectl 1.20: `$KUBECTL`, else the unpacked package, else `kubectl` on PATH. Panics if
-/// it is another version: newer kubectl sends protobuf bodies, which this server refuses.
-pub fn kubectl_program() -> String {
-    static CHOSEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    CHOSEN
-        .get_or_init(|| {
-            let program = std::env::var("KUBECTL").ok().unwrap_or_else(|| {
-                if Path::new(UNPACKED_KUBECTL).exists() {
-                    UNPACKED_KUBECTL.to_string()
-                } else {
-                    "kubectl".to_string()
-                }
-            });
-            let out = Command::new(&program)
-                .args(["version", "--client"])
-                .output()
-                .unwrap_or_else(|e| panic!("running {program}: {e}; install kubectl 1.20 (scripts/setup.sh) or set KUBECTL"));
-            let version = String::from_utf8_lossy(&out.stdout);
-            assert!(version.contains("Minor:\"20\""), "{program} is not kubectl 1.20 ({version}); run scripts/setup.sh or set KUBECTL");
-            program
-        })
-        .clone()
 }
 
 impl Kubectl {
@@ -394,7 +183,7 @@ impl Kubectl {
 
     /// A long-running kubectl (e.g. `get -w`) whose stdout goes to a file.
     pub fn spawn(&self, args: &[&str], out: &Path) -> Proc {
-        spawn_logged(&mut self.command(args), out)
+        Proc::spawn(&mut self.command(args), out)
     }
 }
 
@@ -453,5 +242,5 @@ pub fn start_elected(
         .args(["--leader-elect-retry-period", "250ms"])
         .args(extra)
         .env("RUST_LOG", "controlplane=debug");
-    spawn_logged(&mut cmd, &dir.join(format!("{component}-{id}.log")))
+    Proc::spawn(&mut cmd, &dir.join(format!("{component}-{id}.log")))
 }

@@ -1,5 +1,5 @@
-//! A one-node cluster for the node agent's end-to-end tests: a store (the raftkv binary
-//! next to the test executable's directory, as controlplane's tests find it; or real etcd
+//! A one-node cluster for the node agent's end-to-end tests: a store (controlplane's
+//! [`StoreServer`]: the raftkv binary beside the test executable's directory, or real etcd
 //! with `NODEAGENT_E2E_STORE=etcd`), the API server and the scheduler (the `controlplane`
 //! binary beside it; `cargo test --workspace` builds both, or `cargo build -p raftkv -p
 //! controlplane` first), one `nodeagent` and kubectl 1.20.
@@ -8,70 +8,17 @@
 //! under the agent's `--root` killed and deleted and the agent's cgroups removed, so a
 //! failing test leaves no container, mount, cgroup or process behind. Every wait is bounded.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use controlplane::testing::{
+    free_port, kubectl_program, sibling_binary, Flavor, Proc, StoreServer,
+};
+
 use serde_json::Value;
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// target/debug/<name> (the test executable is target/debug/deps/<test>).
-pub fn sibling_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build -p {name}` (cargo test --workspace builds it)",
-        path.display()
-    );
-    path
-}
-
-/// A child process killed and reaped on drop.
-pub struct Proc {
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    pub fn spawn(cmd: &mut Command, log: &Path) -> Proc {
-        let f = std::fs::File::create(log).expect("log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().expect("dup"))
-            .stderr(f)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-        Proc {
-            child,
-            log: log.to_path_buf(),
-        }
-    }
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// Polls `f` every 100 ms until it returns `Some`, for at most `secs`.
 pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -88,19 +35,6 @@ pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T
     }
 }
 
-/// kubectl 1.20: `$KUBECTL`, else where scripts/setup.sh unpacks Debian's package when
-/// another kubectl owns /usr/bin, else `kubectl` on PATH.
-pub fn kubectl_program() -> String {
-    const UNPACKED: &str = "/opt/kubectl-1.20/usr/bin/kubectl";
-    std::env::var("KUBECTL").unwrap_or_else(|_| {
-        if Path::new(UNPACKED).exists() {
-            UNPACKED.to_string()
-        } else {
-            "kubectl".to_string()
-        }
-    })
-}
-
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub node: String,
@@ -110,7 +44,7 @@ pub struct Cluster {
     pub agent: Option<Proc>,
     scheduler: Proc,
     apiserver: Proc,
-    store: Proc,
+    store: StoreServer,
 }
 
 impl Cluster {
@@ -122,35 +56,12 @@ impl Cluster {
         );
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
-        let (client, peer) = (free_port(), free_port());
-        let client_url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let store_bin = match std::env::var("NODEAGENT_E2E_STORE").as_deref() {
-            Ok("etcd") => PathBuf::from("/usr/bin/etcd"),
-            _ => sibling_binary("raftkv"),
+        let flavor = match std::env::var("NODEAGENT_E2E_STORE").as_deref() {
+            Ok("etcd") => Flavor::Etcd,
+            _ => Flavor::Raftkv,
         };
-        let store = Proc::spawn(
-            Command::new(store_bin)
-                .args(["--name", "m1", "--data-dir"])
-                .arg(d.join("store"))
-                .args([
-                    "--listen-client-urls",
-                    &client_url,
-                    "--advertise-client-urls",
-                    &client_url,
-                ])
-                .args([
-                    "--listen-peer-urls",
-                    &peer_url,
-                    "--initial-advertise-peer-urls",
-                    &peer_url,
-                ])
-                .args(["--initial-cluster", &format!("m1={peer_url}")]),
-            &d.join("store.log"),
-        );
-        wait_for(30, "the store", || {
-            std::net::TcpStream::connect(("127.0.0.1", client)).ok()
-        });
+        let store = StoreServer::start(flavor, d);
+        let client_url = store.endpoint.clone();
         std::fs::write(
             d.join("tokens.csv"),
             "admin-token,admin,1,\"system:masters\"\n",
