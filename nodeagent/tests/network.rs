@@ -20,7 +20,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    free_port, kubectl_program, sibling_binary, teardown_agent, wait_for, Flavor, Proc, StoreServer,
+    kubectl_program, sibling_binary, start_apiserver, teardown_agent, wait_for, Flavor, Proc,
+    StoreServer,
 };
 use serde_json::Value;
 
@@ -163,35 +164,10 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         let store = StoreServer::start(Flavor::Raftkv, d);
-        let client_url = store.endpoint.clone();
-        let mut cp = Vec::new();
-        std::fs::write(
-            d.join("tokens.csv"),
-            "admin-token,admin,1,\"system:masters\"\n",
-        )
-        .unwrap();
-        let api_port = free_port();
-        let kubeconfig = d.join("kubeconfig");
-        let controlplane = sibling_binary("controlplane");
         // Bound to the bridge's address: the agents in the node namespaces reach it there.
-        cp.push(Proc::spawn(
-            Command::new(&controlplane)
-                .args(["apiserver", "--etcd-servers", &client_url])
-                .args(["--bind-address", &topo.host_ip()])
-                .args(["--secure-port", &api_port.to_string(), "--cert-dir"])
-                .arg(d.join("certs"))
-                .arg("--kubeconfig-out")
-                .arg(&kubeconfig)
-                .arg("--token-auth-file")
-                .arg(d.join("tokens.csv")),
-            &d.join("apiserver.log"),
-        ));
-        let host_ip = topo.host_ip();
-        wait_for(30, "the API server", || {
-            (kubeconfig.exists()
-                && std::net::TcpStream::connect((host_ip.as_str(), api_port)).is_ok())
-            .then_some(())
-        });
+        let (apiserver, kubeconfig) = start_apiserver(d, &store.endpoint, &topo.host_ip());
+        let mut cp = vec![apiserver];
+        let controlplane = sibling_binary("controlplane");
         for (cmd, log) in [
             ("scheduler", "scheduler.log"),
             ("controller-manager", "cm.log"),

@@ -35,6 +35,35 @@ pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T
     }
 }
 
+/// An API server on the store at `store_url`, listening on `bind` (the address the nodes
+/// reach it at) with a self-signed certificate, whose kubeconfig (returned) holds an admin
+/// token; returns once it accepts connections. Its files go in `dir`.
+pub fn start_apiserver(dir: &Path, store_url: &str, bind: &str) -> (Proc, PathBuf) {
+    std::fs::write(
+        dir.join("tokens.csv"),
+        "admin-token,admin,1,\"system:masters\"\n",
+    )
+    .expect("writing the token file");
+    let port = free_port();
+    let kubeconfig = dir.join("kubeconfig");
+    let apiserver = Proc::spawn(
+        Command::new(sibling_binary("controlplane"))
+            .args(["apiserver", "--etcd-servers", store_url])
+            .args(["--bind-address", bind])
+            .args(["--secure-port", &port.to_string(), "--cert-dir"])
+            .arg(dir.join("certs"))
+            .arg("--kubeconfig-out")
+            .arg(&kubeconfig)
+            .arg("--token-auth-file")
+            .arg(dir.join("tokens.csv")),
+        &dir.join("apiserver.log"),
+    );
+    wait_for(30, "the API server", || {
+        (kubeconfig.exists() && std::net::TcpStream::connect((bind, port)).is_ok()).then_some(())
+    });
+    (apiserver, kubeconfig)
+}
+
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub node: String,
@@ -62,35 +91,8 @@ impl Cluster {
         };
         let store = StoreServer::start(flavor, d);
         let client_url = store.endpoint.clone();
-        std::fs::write(
-            d.join("tokens.csv"),
-            "admin-token,admin,1,\"system:masters\"\n",
-        )
-        .unwrap();
-        let api_port = free_port();
-        let kubeconfig = d.join("kubeconfig");
+        let (apiserver, kubeconfig) = start_apiserver(d, &client_url, "127.0.0.1");
         let controlplane = sibling_binary("controlplane");
-        let apiserver = Proc::spawn(
-            Command::new(&controlplane)
-                .args([
-                    "apiserver",
-                    "--etcd-servers",
-                    &client_url,
-                    "--secure-port",
-                    &api_port.to_string(),
-                    "--cert-dir",
-                ])
-                .arg(d.join("certs"))
-                .arg("--kubeconfig-out")
-                .arg(&kubeconfig)
-                .arg("--token-auth-file")
-                .arg(d.join("tokens.csv")),
-            &d.join("apiserver.log"),
-        );
-        wait_for(30, "the API server", || {
-            (kubeconfig.exists() && std::net::TcpStream::connect(("127.0.0.1", api_port)).is_ok())
-                .then_some(())
-        });
         let scheduler = Proc::spawn(
             Command::new(&controlplane)
                 .arg("scheduler")
