@@ -138,7 +138,7 @@ fn write_loop(
     pending: Pending,
     fsync: bool,
     rx: mpsc::Receiver<Op>,
-    counts: &LogCounters,
+    counters: &LogCounters,
 ) {
     let (mut synced, unsynced) = (WriteOptions::default(), WriteOptions::default());
     synced.set_sync(fsync);
@@ -181,9 +181,9 @@ fn write_loop(
             .any(|op| !matches!(op, Op::Change(Change::Committed(_), _)));
         let opts = if durable { &synced } else { &unsynced };
         let result = db.write_opt(batch, opts).map_err(|e| e.to_string());
-        counts.writes.inc();
+        counters.writes.inc();
         if durable && fsync {
-            counts.syncs.inc();
+            counters.syncs.inc();
         }
         // Written (or failed): from now on readers find the entries in RocksDB. An entry
         // replaced meanwhile (truncated, appended again) stays pending.
