@@ -23,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prost::Message;
 use proto::authpb::{Role as AuthRole, User as AuthUser};
@@ -92,6 +93,10 @@ pub struct KvRow {
 pub struct Backend {
     db: DB,
     path: PathBuf,
+    /// [`Backend::size`] as of the last write: the quota check reads this on every
+    /// proposal, where six RocksDB property reads per write request would show in a profile
+    /// (etcd's check likewise reads a size its backend updates as it commits).
+    size_at_last_write: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -292,10 +297,13 @@ impl Backend {
             .into_iter()
             .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(Self {
+        let backend = Self {
             db,
             path: path.to_path_buf(),
-        })
+            size_at_last_write: AtomicU64::new(0),
+        };
+        backend.note_size();
+        Ok(backend)
     }
 
     pub fn path(&self) -> &Path {
@@ -320,7 +328,19 @@ impl Backend {
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
         self.db.write_opt(wb, &wo)?;
+        self.note_size();
         Ok(())
+    }
+
+    fn note_size(&self) {
+        self.size_at_last_write
+            .store(self.size(), Ordering::Relaxed);
+    }
+
+    /// [`Backend::size`] as it was after the last write (or open); cheap enough for every
+    /// request. Background flushes and compactions show from the next write on.
+    pub fn size_at_last_write(&self) -> u64 {
+        self.size_at_last_write.load(Ordering::Relaxed)
     }
 
     /// Reads live (non-tombstone) rows by revision, in the order asked.
@@ -512,6 +532,7 @@ impl Backend {
             self.db
                 .compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
         }
+        self.note_size();
         Ok(())
     }
 
@@ -547,6 +568,7 @@ impl Backend {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(wb, &wo)?;
+        self.note_size();
         Ok(())
     }
 
@@ -702,6 +724,29 @@ fn decode_alarm(rest: &[u8]) -> Result<(u64, i32), BackendError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_size_the_quota_reads_follows_writes_and_defrag() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Backend::open(dir.path()).unwrap();
+        assert_eq!(b.size_at_last_write(), b.size(), "after open");
+        let mut last = b.size_at_last_write();
+        for i in 0..3 {
+            let mut batch = Batch::default();
+            let kv = KeyValue {
+                key: format!("k{i}").into_bytes(),
+                value: vec![7; 3 << 20],
+                ..Default::default()
+            };
+            batch.put_kv(Revision::new(i + 2, 0), false, &kv);
+            b.write(batch, false).unwrap();
+            assert_eq!(b.size_at_last_write(), b.size(), "after write {i}");
+            assert!(b.size_at_last_write() > last, "write {i} grows it");
+            last = b.size_at_last_write();
+        }
+        b.defragment().unwrap();
+        assert_eq!(b.size_at_last_write(), b.size(), "after defrag");
+    }
 
     #[test]
     fn batch_rows_survive_reopen() {

@@ -242,13 +242,20 @@ pub struct TreeIndex {
 }
 
 impl TreeIndex {
-    pub fn put(&mut self, key: &[u8], rev: Revision) {
+    /// Records a write of `key` at `rev`; returns the key's state at `rev.main` before it
+    /// (what the write's create revision and version follow from), found in the same lookup.
+    pub fn put(&mut self, key: &[u8], rev: Revision) -> Option<KeyAt> {
         match self.keys.get_mut(key) {
-            Some(ki) => ki.put(rev),
+            Some(ki) => {
+                let before = ki.get(rev.main);
+                ki.put(rev);
+                before
+            }
             None => {
                 let mut ki = KeyIndex::default();
                 ki.put(rev);
                 self.keys.insert(key.to_vec(), ki);
+                None
             }
         }
     }
@@ -491,7 +498,8 @@ mod tests {
                 match *o {
                     Op::Put(k) => {
                         rev += 1;
-                        idx.put(&[k], r(rev));
+                        let before = idx.get(&[k], rev);
+                        prop_assert_eq!(idx.put(&[k], r(rev)), before, "put answers the state it replaced");
                         let e = state.entry(k).or_insert((rev, rev, 0));
                         e.1 = rev;
                         e.2 += 1;

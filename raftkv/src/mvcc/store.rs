@@ -303,7 +303,7 @@ impl<'a> WriteTxn<'a> {
     pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> KeyValue {
         let rev = self.begin_rev + 1;
         let idx_rev = Revision::new(rev, self.changes.len() as i64);
-        let (created, ver) = match self.state.index.get(key, rev) {
+        let (created, ver) = match self.state.index.put(key, idx_rev) {
             Some(at) => (at.created.main, at.version),
             None => (rev, 0),
         };
@@ -316,7 +316,6 @@ impl<'a> WriteTxn<'a> {
             lease,
         };
         self.batch.put_kv(idx_rev, false, &kv);
-        self.state.index.put(key, idx_rev);
         self.changes.push(kv.clone());
         kv
     }

@@ -7,12 +7,14 @@
 //! thread, which takes everything queued since its last sync, writes it as one RocksDB batch
 //! and syncs once, then tells openraft (the `LogFlushed` callbacks) — etcd's raft does the
 //! same with all entries of a `Ready`. Until then appended entries are served from memory
-//! ([`Pending`]): openraft requires them readable as soon as `append` returns, and replicates
-//! them to followers while the leader's own fsync runs. Truncation, purge and votes go
-//! through the same queue, so the batch applies every change in the order openraft made it,
-//! and they return only once synced. The committed index rides along unsynced (openraft
-//! treats it as a hint it can rebuild): a group that carries nothing else is written without
-//! a sync, since openraft reports the commit index about as often as it appends.
+//! ([`Pending`]): openraft requires them readable as soon as `append` returns (0.9's core
+//! itself waits for the sync before it replicates them; later versions need not). Truncation,
+//! purge and votes go through the same queue, so the batch applies every change in the order
+//! openraft made it, and they return only once synced. The committed index rides along with
+//! the next group, unsynced (openraft treats it as a hint it can rebuild, and starts from the
+//! state machine's applied index when that is newer): openraft reports it about as often as
+//! it appends, so it neither wakes the writer nor gets a write of its own; the writer keeps
+//! only the newest one ([`Committed`]) and writes what is left of it when it stops.
 //!
 //! Layout (values are bincode 2 "standard" encodings of openraft's serde types; an entry's
 //! request payload inside is its protobuf bytes, see [`super::types::Request`]):
@@ -69,19 +71,18 @@ type Flushed = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
 /// Entries appended but not yet in RocksDB, by index.
 type Pending = Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>;
 
+/// The newest committed index openraft reported that the writer has not written yet.
+type Committed = Arc<Mutex<Option<Option<LogId<u64>>>>>;
+
 /// What the writer thread is asked to do, in openraft's order.
 enum Op {
     Append(Vec<Entry<TypeConfig>>, Flushed),
-    /// `done`, if any, hears once the change is synced.
-    Change(
-        Change,
-        Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
-    ),
+    /// The sender hears once the change is synced.
+    Change(Change, tokio::sync::oneshot::Sender<Result<(), String>>),
 }
 
 enum Change {
     Vote(Vote<u64>),
-    Committed(Option<LogId<u64>>),
     /// Deletes the entries from this index on.
     Truncate(u64),
     /// Records the purge point and deletes the entries up to it, in one batch: after a
@@ -115,8 +116,7 @@ impl Default for LogCounters {
             ),
             syncs: counter(
                 "raftkv_log_syncs_total",
-                "Write batches of the Raft log that were fsynced (not those that carried \
-                 only the committed index).",
+                "Write batches of the Raft log that were fsynced.",
             ),
         }
     }
@@ -131,17 +131,24 @@ impl Drop for Writer {
     }
 }
 
-/// Writes queued operations in groups, one sync per group that holds anything but the
-/// committed index.
+/// The newest committed index not yet written, taken so that it is written once.
+fn take_committed(committed: &Committed) -> Option<Option<LogId<u64>>> {
+    committed.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+/// Writes queued operations in groups, one sync per group, each with the newest committed
+/// index reported meanwhile; when the queue closes, writes (unsynced) a committed index
+/// still left.
 fn write_loop(
     db: Arc<DB>,
     pending: Pending,
+    committed: Committed,
     fsync: bool,
     rx: mpsc::Receiver<Op>,
     counters: &LogCounters,
 ) {
-    let (mut synced, unsynced) = (WriteOptions::default(), WriteOptions::default());
-    synced.set_sync(fsync);
+    let mut opts = WriteOptions::default();
+    opts.set_sync(fsync);
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -161,9 +168,6 @@ fn write_loop(
                     }
                 }
                 Op::Change(Change::Vote(v), _) => batch.put_cf(state, KEY_VOTE, encode(v)),
-                Op::Change(Change::Committed(c), _) => {
-                    batch.put_cf(state, KEY_COMMITTED, encode(c))
-                }
                 // delete_range excludes its end; u64::MAX itself is never a real index.
                 Op::Change(Change::Truncate(from), _) => {
                     batch.delete_range_cf(log, index_key(*from), index_key(u64::MAX))
@@ -174,15 +178,12 @@ fn write_loop(
                 }
             }
         }
-        // openraft reports every advance of the commit index, about as often as it appends;
-        // a sync for those alone would double the syncs, for a hint (see the module doc).
-        let durable = group
-            .iter()
-            .any(|op| !matches!(op, Op::Change(Change::Committed(_), _)));
-        let opts = if durable { &synced } else { &unsynced };
-        let result = db.write_opt(batch, opts).map_err(|e| e.to_string());
+        if let Some(c) = take_committed(&committed) {
+            batch.put_cf(state, KEY_COMMITTED, encode(&c));
+        }
+        let result = db.write_opt(batch, &opts).map_err(|e| e.to_string());
         counters.writes.inc();
-        if durable && fsync {
+        if fsync {
             counters.syncs.inc();
         }
         // Written (or failed): from now on readers find the entries in RocksDB. An entry
@@ -204,11 +205,17 @@ fn write_loop(
         for op in group {
             match op {
                 Op::Append(_, flushed) => flushed(result.clone().map_err(std::io::Error::other)),
-                Op::Change(_, Some(done)) => {
+                Op::Change(_, done) => {
                     let _ = done.send(result.clone());
                 }
-                Op::Change(_, None) => {}
             }
+        }
+    }
+    if let Some(c) = take_committed(&committed) {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&db, CF_STATE), KEY_COMMITTED, encode(&c));
+        if db.write(batch).is_ok() {
+            counters.writes.inc();
         }
     }
 }
@@ -219,6 +226,7 @@ fn write_loop(
 pub struct LogStore {
     db: Arc<DB>,
     pending: Pending,
+    committed: Committed,
     writer: Arc<Writer>,
 }
 
@@ -233,18 +241,19 @@ impl LogStore {
         opts.create_missing_column_families(true);
         let cfs = [CF_LOG, CF_STATE].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
-        let pending = Pending::default();
+        let (pending, committed) = (Pending::default(), Committed::default());
         let (tx, rx) = mpsc::channel();
         let thread = {
-            let (db, pending) = (db.clone(), pending.clone());
+            let (db, pending, committed) = (db.clone(), pending.clone(), committed.clone());
             std::thread::Builder::new()
                 .name("raft-log-writer".into())
-                .spawn(move || write_loop(db, pending, fsync, rx, &counters))
+                .spawn(move || write_loop(db, pending, committed, fsync, rx, &counters))
                 .expect("spawning the log writer")
         };
         Ok(Self {
             db,
             pending,
+            committed,
             writer: Arc::new(Writer {
                 tx: Some(tx),
                 thread: Some(thread),
@@ -271,7 +280,7 @@ impl LogStore {
     /// Queues `change` and waits until it is synced.
     async fn write_synced(&self, change: Change) -> Result<(), String> {
         let (done, wait) = tokio::sync::oneshot::channel();
-        self.send(Op::Change(change, Some(done)))?;
+        self.send(Op::Change(change, done))?;
         wait.await
             .unwrap_or_else(|_| Err("the log writer stopped".into()))
     }
@@ -397,12 +406,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StorageResult<()> {
-        self.send(Op::Change(Change::Committed(committed), None))
-            .map_err(|e| StorageIOError::write(&std::io::Error::other(e)))?;
+        *self.committed.lock().unwrap_or_else(|e| e.into_inner()) = Some(committed);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<u64>>> {
+        if let Some(c) = *self.committed.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Ok(c);
+        }
         let c: Option<Option<LogId<u64>>> = self
             .get_state(KEY_COMMITTED)
             .map_err(|e| StorageIOError::read(&std::io::Error::other(e)))?;
@@ -516,40 +527,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_groups_with_more_than_the_committed_index_are_synced() {
+    async fn the_committed_index_rides_with_the_next_group_and_is_written_at_close() {
         let dir = tempfile::tempdir().unwrap();
         let counts = LogCounters::default();
         let mut s = LogStore::open(dir.path(), true, counts.clone()).unwrap();
-        let done = |n: u64| {
-            let counts = counts.clone();
-            async move {
-                // save_committed returns before the write: wait for the writer.
-                while counts.writes.get() < n {
-                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-                }
-                counts.syncs.get()
-            }
+        let stored = |s: &LogStore| -> Option<LogId<u64>> {
+            s.get_state::<Option<LogId<u64>>>(KEY_COMMITTED)
+                .unwrap()
+                .flatten()
         };
-        let mut want_writes = 0;
-        for (step, synced) in [
-            ("commit alone", false),
-            ("append", true),
-            ("commit alone", false),
-            ("vote", true),
-        ] {
-            let before = counts.syncs.get();
+        // (step, committed index reported before it, groups written and synced after it)
+        for (step, index, writes) in [("nothing", 1, 0), ("append", 2, 1), ("vote", 3, 2)] {
+            s.save_committed(Some(log_id(1, index))).await.unwrap();
             match step {
                 "append" => append(&s, [entry(1, 1)]).await,
                 "vote" => s.save_vote(&Vote::new(1, 1)).await.unwrap(),
-                _ => s.save_committed(Some(log_id(1, 1))).await.unwrap(),
+                _ => {}
             }
-            want_writes += 1;
-            let after = tokio::time::timeout(std::time::Duration::from_secs(10), done(want_writes))
-                .await
-                .expect("the writer wrote");
-            assert_eq!(after - before, u64::from(synced), "{step}");
+            assert_eq!(
+                (counts.writes.get(), counts.syncs.get()),
+                (writes, writes),
+                "{step}: a committed index alone is no write"
+            );
+            assert_eq!(s.read_committed().await.unwrap(), Some(log_id(1, index)));
+            let want = (writes > 0).then(|| log_id(1, index));
+            assert_eq!(stored(&s), want, "{step}: written with the group");
         }
-        assert_eq!(s.read_committed().await.unwrap(), Some(log_id(1, 1)));
+        s.save_committed(Some(log_id(1, 4))).await.unwrap();
+        drop(s);
+        let mut s = LogStore::open(dir.path(), true, LogCounters::default()).unwrap();
+        assert_eq!(s.read_committed().await.unwrap(), Some(log_id(1, 4)));
     }
 
     #[tokio::test]

@@ -845,7 +845,7 @@ impl EtcdServer {
             _ => false,
         };
         if !grows
-            || self.sm.backend().size() + req.encoded_len() as u64
+            || self.sm.backend().size_at_last_write() + req.encoded_len() as u64
                 <= self.limits.quota_backend_bytes
         {
             return false;
