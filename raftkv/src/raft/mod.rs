@@ -22,7 +22,7 @@ mod suite {
     use openraft::testing::{StoreBuilder, Suite};
     use openraft::StorageError;
 
-    use super::state_machine::RaftStateMachine;
+    use super::state_machine::{NoObserver, RaftStateMachine};
     use super::{LogStore, TypeConfig};
     use crate::clock::SystemClock;
     use crate::mvcc::Backend;
@@ -40,7 +40,11 @@ mod suite {
             let backend = Backend::open(&dir.path().join("kv")).expect("open store");
             let sm =
                 StateMachine::open(backend, 2, Arc::new(SystemClock)).expect("open state machine");
-            Ok((dir, log, RaftStateMachine::new(Arc::new(sm))))
+            Ok((
+                dir,
+                log,
+                RaftStateMachine::new(Arc::new(sm), Arc::new(NoObserver)),
+            ))
         }
     }
 

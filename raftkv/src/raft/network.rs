@@ -1,6 +1,6 @@
 //! The client half of the peer transport: openraft's network (AppendEntries, Vote and
 //! InstallSnapshot over the `raftkvpb.Raft` gRPC service) and the calls a member makes to its
-//! leader on a client's behalf (Forward, ReadIndex, LeaseRenew). Connections are made lazily
+//! leader on a client's behalf (Forward, Propose, ReadIndex, LeaseRenew). Connections are made lazily
 //! and kept per peer URL.
 
 use std::collections::HashMap;
@@ -117,6 +117,26 @@ impl Peers {
                 None => Err(ServerError::Internal("empty forward response".into())),
             })
             .collect())
+    }
+
+    /// Hands KV writes to the leader to queue for its next entry (`raftkv.Raft/Propose`):
+    /// the term it stamped them with. An error means the leader did not queue them, except
+    /// [`ServerError::LeaderFail`] and [`ServerError::Timeout`], after which it may have.
+    pub async fn propose(
+        &self,
+        leader: &MemberNode,
+        requests: Vec<InternalRequest>,
+        timeout: Duration,
+    ) -> Result<u64, ServerError> {
+        let mut client = self.client(leader)?;
+        let mut request = tonic::Request::new(InternalBatch { requests });
+        request.set_timeout(timeout);
+        Ok(client
+            .propose(request)
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .term)
     }
 
     /// Asks the leader for a read index.

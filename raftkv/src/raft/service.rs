@@ -1,5 +1,5 @@
 //! The server half of the peer transport: the `raftkvpb.Raft` gRPC service. openraft's RPCs
-//! go straight to the local `Raft`; the client-facing calls (Forward, ReadIndex, LeaseRenew)
+//! go straight to the local `Raft`; the client-facing calls (Forward, Propose, ReadIndex, LeaseRenew)
 //! go to a [`PeerHandler`], which the server implements, so this module knows nothing of it.
 
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use proto::raftkvpb::raft_server;
 use proto::raftkvpb::{
     forward_response, CampaignRequest, CampaignResponse, ClusterInfoRequest, ClusterInfoResponse,
     ForwardBatchResponse, ForwardError, ForwardResponse, InternalBatch, InternalRequest,
-    InternalResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
+    InternalResponse, ProposeResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -34,6 +34,9 @@ pub trait PeerHandler: Send + Sync + 'static {
         &self,
         reqs: Vec<InternalRequest>,
     ) -> Vec<Result<(InternalResponse, u64), ServerError>>;
+    /// Queues writes another member forwarded for this leader's next entry, each stamped
+    /// with this leader's term, which it returns; fails if this member does not lead.
+    fn queue_forwarded(&self, reqs: Vec<InternalRequest>) -> Result<u64, ServerError>;
     /// Confirms leadership and returns the index a linearizable read must wait for.
     async fn read_index(&self) -> Result<u64, ServerError>;
     async fn lease_renew(
@@ -117,6 +120,14 @@ impl<H: PeerHandler> raft_server::Raft for PeerService<H> {
             })
             .collect();
         Ok(Response::new(ForwardBatchResponse { results }))
+    }
+
+    async fn propose(
+        &self,
+        req: Request<InternalBatch>,
+    ) -> Result<Response<ProposeResponse>, Status> {
+        let term = self.0.queue_forwarded(req.into_inner().requests)?;
+        Ok(Response::new(ProposeResponse { term }))
     }
 
     async fn read_index(

@@ -8,10 +8,10 @@ pub mod authn;
 pub mod identity;
 pub mod propose;
 pub mod read_index;
+pub mod wait;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -134,7 +134,9 @@ pub struct EtcdServer {
     request_timeout: Duration,
     /// `--election-timeout`, for leadership transfer.
     election_timeout: Duration,
-    next_request_id: AtomicU64,
+    request_ids: wait::RequestIds,
+    /// Writes handed to the leader wait here to be applied by this member.
+    waits: Arc<wait::Waits>,
     watch_sync: Notify,
     /// The term in which this member, as leader, last restarted the lease deadlines (0 =
     /// never); see [`EtcdServer::lead_leases`]. A mutex, not an atomic: a renewal in a new
@@ -186,13 +188,14 @@ impl EtcdServer {
         let network = Network {
             peers: Peers::with_tls(opts.peer_tls.clone()),
         };
+        let waits = Arc::new(wait::Waits::default());
         let peers = network.peers.clone();
         let raft = Raft::new(
             opts.identity.member_id,
             Arc::new(config),
             network,
             log,
-            RaftStateMachine::new(sm.clone()),
+            RaftStateMachine::new(sm.clone(), waits.clone()),
         )
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -218,6 +221,7 @@ impl EtcdServer {
             opts.limits.max_request_bytes,
             metrics.proposal_stage.with_label_values(&["queued"]),
         );
+        let request_ids = wait::RequestIds::new(opts.identity.member_id, opts.clock.wall());
         let server = Arc::new(Self {
             sm,
             identity: opts.identity,
@@ -228,7 +232,8 @@ impl EtcdServer {
             peers,
             request_timeout: Duration::from_secs(5) + 2 * opts.election_timeout,
             election_timeout: opts.election_timeout,
-            next_request_id: AtomicU64::new(1),
+            request_ids,
+            waits,
             watch_sync: Notify::new(),
             lease_term: std::sync::Mutex::new(0),
             reads: Arc::default(),
@@ -250,9 +255,17 @@ impl EtcdServer {
             proposals
                 .run(
                     || weak.upgrade().map_or(propose::Route::Here, |s| s.route()),
-                    |route, reqs| {
+                    |route, reqs, permit| {
                         let server = weak.upgrade();
-                        async move { Some(server?.write_batch(route, reqs).await) }
+                        async move {
+                            let server = server?;
+                            Some(match route {
+                                propose::Route::Leader(leader) => {
+                                    server.propose_through(leader, reqs, permit).await
+                                }
+                                here => server.write_batch(here, reqs).await,
+                            })
+                        }
                     },
                 )
                 .await
@@ -372,10 +385,11 @@ impl EtcdServer {
     fn request_header(&self, who: Option<&AuthInfo>, internal: bool) -> RequestHeader {
         let who = who.cloned().unwrap_or_default();
         RequestHeader {
-            id: self.next_request_id.fetch_add(1, Ordering::Relaxed),
+            id: self.request_ids.next(),
             username: who.username,
             auth_revision: who.revision,
             internal,
+            term: 0,
         }
     }
 
@@ -534,6 +548,81 @@ impl EtcdServer {
                     .collect(),
             }
         };
+        let mut answered = answered.into_iter();
+        results
+            .into_iter()
+            .map(|r| {
+                r.or_else(|| answered.next())
+                    .unwrap_or_else(|| Err(ServerError::Internal("no result".into())))
+            })
+            .collect()
+    }
+
+    /// Hands queued KV writes to `leader` to put in its next entry, then answers each from
+    /// this member's own apply of it ([`wait`]); the batch's forward slot (`permit`) is free
+    /// again as soon as the leader has queued them. A request another member forwarded here
+    /// is not sent on: it fails with `NotLeader`, and that member learns it was dropped.
+    async fn propose_through(
+        &self,
+        leader: MemberNode,
+        batch: Vec<propose::Proposal>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Vec<propose::Proposed> {
+        let mut results: Vec<Option<propose::Proposed>> = Vec::with_capacity(batch.len());
+        let mut onward = Vec::with_capacity(batch.len());
+        for p in batch {
+            if p.forwarded {
+                results.push(Some(Err(ServerError::NotLeader)));
+            } else {
+                results.push(None);
+                onward.push(p.req);
+            }
+        }
+        let ids: Vec<u64> = onward
+            .iter()
+            .map(|r| r.header.as_ref().map_or(0, |h| h.id))
+            .collect();
+        let waiting: Vec<_> = ids.iter().map(|id| self.waits.register(*id)).collect();
+        let sent = if onward.is_empty() {
+            Ok(0)
+        } else {
+            let _timer = self.batch_timer("forward", onward.len());
+            self.peers
+                .propose(&leader, onward, self.request_timeout)
+                .await
+        };
+        drop(permit);
+        let mut answered = Vec::with_capacity(ids.len());
+        match sent {
+            Ok(term) => {
+                for id in &ids {
+                    self.waits.queued(*id, term);
+                }
+                let _timer = self.stage_timer("follower_apply");
+                let deadline = tokio::time::Instant::now() + self.request_timeout;
+                for (id, rx) in ids.iter().zip(waiting) {
+                    match tokio::time::timeout_at(deadline, wait::wait(rx)).await {
+                        // Applied here already: nothing left to catch up with.
+                        Ok(outcome) => answered.push(outcome.map(|r| (r, 0))),
+                        Err(_) => {
+                            self.waits.cancel(*id);
+                            answered.push(Err(ServerError::Timeout));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                for id in &ids {
+                    self.waits.cancel(*id);
+                }
+                // The same error for each request: its kind survives the wire's round trip.
+                let (code, message) = (e.code() as i32, e.to_string());
+                answered.extend(
+                    ids.iter()
+                        .map(|_| Err(ServerError::from_wire(code, message.clone()))),
+                );
+            }
+        }
         let mut answered = answered.into_iter();
         results
             .into_iter()
@@ -975,6 +1064,35 @@ impl PeerHandler for EtcdServer {
             })
         }))
         .await
+    }
+
+    /// A follower's KV writes: queued with this leader's own, stamped with this term.
+    fn queue_forwarded(&self, reqs: Vec<InternalRequest>) -> Result<u64, ServerError> {
+        let term = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            if m.state != ServerState::Leader {
+                return Err(ServerError::NotLeader);
+            }
+            m.current_term
+        };
+        if let Some(r) = reqs
+            .iter()
+            .find(|r| !propose::ProposalBatcher::batchable(r))
+        {
+            return Err(ServerError::Internal(format!(
+                "only KV writes are queued for another member, not {:?}",
+                r.request
+            )));
+        }
+        self.proposals.enqueue(reqs.into_iter().map(|mut req| {
+            req.header.get_or_insert_with(Default::default).term = term;
+            propose::Proposal {
+                req,
+                forwarded: true,
+            }
+        }));
+        Ok(term)
     }
 
     /// A follower's read: batched with this leader's own reads.
