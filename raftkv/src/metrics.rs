@@ -12,9 +12,11 @@ pub struct Metrics {
     pub proposals_failed: IntCounter,
     pub apply_duration: Histogram,
     /// Where a write's time goes, by `stage`: per write, `queued` (waiting for the next
-    /// entry or forward call) and `catch_up` (a follower applying up to the entry after the
-    /// leader answered); per batch, `entry` (an entry proposed, committed and applied on the
-    /// leader) and `forward` (a follower's call to the leader).
+    /// entry or forward call, lingering included) and `catch_up` (a follower applying up to
+    /// the entry after the leader answered a forwarded lease, compaction or auth request);
+    /// per batch, `entry` (an entry proposed, committed and applied on the leader), `forward`
+    /// (a follower's call to the leader) and `follower_apply` (a follower waiting, after the
+    /// leader queued its KV writes, until it has applied them itself).
     pub proposal_stage: HistogramVec,
     /// Requests per entry (`path="entry"`) or per forward call (`path="forward"`).
     pub proposal_batch: HistogramVec,
@@ -93,7 +95,7 @@ impl Metrics {
                 HistogramVec::new(
                     HistogramOpts::new(
                         "raftkv_proposal_stage_duration_seconds",
-                        "Time writes spend in each stage of their way through the log (queued and catch_up per write, entry and forward per batch).",
+                        "Time writes spend in each stage of their way through the log (queued and catch_up per write; entry, forward and follower_apply per batch).",
                     )
                     .buckets(
                         prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets"),

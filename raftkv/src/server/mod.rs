@@ -504,9 +504,9 @@ impl EtcdServer {
         }
     }
 
-    /// Proposes `batch` as one entry, or forwards it to the leader in one call ([`Self::route`]).
-    /// A request another member forwarded here is not sent on: it fails with `NotLeader`,
-    /// and that member asks again.
+    /// Proposes `batch` as one entry, or forwards it to the leader in one call ([`Self::route`])
+    /// and waits for the leader's answers ([`propose::refuse_forwarded`] says what is not sent
+    /// on).
     async fn write_batch(
         &self,
         route: propose::Route<MemberNode>,
@@ -521,16 +521,7 @@ impl EtcdServer {
                     .await;
             }
         };
-        let mut results: Vec<Option<propose::Proposed>> = Vec::with_capacity(batch.len());
-        let mut onward = Vec::with_capacity(batch.len());
-        for p in batch {
-            if p.forwarded {
-                results.push(Some(Err(ServerError::NotLeader)));
-            } else {
-                results.push(None);
-                onward.push(p.req);
-            }
-        }
+        let (refused, onward) = propose::refuse_forwarded(batch);
         let n = onward.len();
         let answered = if n == 0 {
             Vec::new()
@@ -542,20 +533,10 @@ impl EtcdServer {
                 .await
             {
                 Ok(answered) => answered,
-                // The same error for each request: its kind survives the wire's round trip.
-                Err(e) => (0..n)
-                    .map(|_| Err(ServerError::from_wire(e.code() as i32, e.to_string())))
-                    .collect(),
+                Err(e) => propose::each_fails(&e, n),
             }
         };
-        let mut answered = answered.into_iter();
-        results
-            .into_iter()
-            .map(|r| {
-                r.or_else(|| answered.next())
-                    .unwrap_or_else(|| Err(ServerError::Internal("no result".into())))
-            })
-            .collect()
+        propose::merge(refused, answered)
     }
 
     /// Hands queued KV writes to `leader` to put in its next entry, then answers each from
@@ -568,16 +549,7 @@ impl EtcdServer {
         batch: Vec<propose::Proposal>,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Vec<propose::Proposed> {
-        let mut results: Vec<Option<propose::Proposed>> = Vec::with_capacity(batch.len());
-        let mut onward = Vec::with_capacity(batch.len());
-        for p in batch {
-            if p.forwarded {
-                results.push(Some(Err(ServerError::NotLeader)));
-            } else {
-                results.push(None);
-                onward.push(p.req);
-            }
-        }
+        let (refused, onward) = propose::refuse_forwarded(batch);
         let ids: Vec<u64> = onward
             .iter()
             .map(|r| r.header.as_ref().map_or(0, |h| h.id))
@@ -592,14 +564,14 @@ impl EtcdServer {
                 .await
         };
         drop(permit);
-        let mut answered = Vec::with_capacity(ids.len());
-        match sent {
+        let answered = match sent {
             Ok(term) => {
                 for id in &ids {
                     self.waits.queued(*id, term);
                 }
                 let _timer = self.stage_timer("follower_apply");
                 let deadline = tokio::time::Instant::now() + self.request_timeout;
+                let mut answered = Vec::with_capacity(ids.len());
                 for (id, rx) in ids.iter().zip(waiting) {
                     match tokio::time::timeout_at(deadline, wait::wait(rx)).await {
                         // Applied here already: nothing left to catch up with.
@@ -610,27 +582,16 @@ impl EtcdServer {
                         }
                     }
                 }
+                answered
             }
             Err(e) => {
                 for id in &ids {
                     self.waits.cancel(*id);
                 }
-                // The same error for each request: its kind survives the wire's round trip.
-                let (code, message) = (e.code() as i32, e.to_string());
-                answered.extend(
-                    ids.iter()
-                        .map(|_| Err(ServerError::from_wire(code, message.clone()))),
-                );
+                propose::each_fails(&e, ids.len())
             }
-        }
-        let mut answered = answered.into_iter();
-        results
-            .into_iter()
-            .map(|r| {
-                r.or_else(|| answered.next())
-                    .unwrap_or_else(|| Err(ServerError::Internal("no result".into())))
-            })
-            .collect()
+        };
+        propose::merge(refused, answered)
     }
 
     /// Proposes one entry carrying `reqs` (as it is if it is one, as an `InternalBatch`

@@ -15,8 +15,8 @@
 //! waiting out the other's entry. So the next entry waits until most of them are back
 //! ([`RETURNING`]), but no longer than the last entry took (never worse for those coming
 //! back than the entry they would otherwise wait out), and at most [`MAX_LINGER`]. Puts from
-//! 64 clients on 3 members: 1.4x the throughput with 25% less CPU per put (a third fewer
-//! entries), p99 no worse.
+//! 64 clients on 3 members: entries of 51 writes instead of 28, 20-25% less CPU per put and
+//! 5-15% more throughput, p99 no worse.
 //!
 //! A follower queues its clients' writes the same way and hands each batch to the leader in
 //! one peer call ([`Route::Leader`], up to [`MAX_FORWARDS`] calls at once), where they join
@@ -229,6 +229,44 @@ impl ProposalBatcher {
             }
         }
     }
+}
+
+/// Splits a batch bound for the leader into a slot per request and the requests to send
+/// on: a request another member forwarded here is not sent on (so two members that each
+/// think the other leads cannot pass it back and forth) and fails with `NotLeader`.
+pub fn refuse_forwarded(batch: Vec<Proposal>) -> (Vec<Option<Proposed>>, Vec<InternalRequest>) {
+    let mut slots = Vec::with_capacity(batch.len());
+    let mut onward = Vec::with_capacity(batch.len());
+    for p in batch {
+        if p.forwarded {
+            slots.push(Some(Err(ServerError::NotLeader)));
+        } else {
+            slots.push(None);
+            onward.push(p.req);
+        }
+    }
+    (slots, onward)
+}
+
+/// Fills the empty slots [`refuse_forwarded`] left with the leader's answers, in order.
+pub fn merge(slots: Vec<Option<Proposed>>, answered: Vec<Proposed>) -> Vec<Proposed> {
+    let mut answered = answered.into_iter();
+    slots
+        .into_iter()
+        .map(|r| {
+            r.or_else(|| answered.next())
+                .unwrap_or_else(|| Err(ServerError::Internal("no result".into())))
+        })
+        .collect()
+}
+
+/// `n` results that each fail with `e`, a failed call's error: the same error for each
+/// request, rebuilt from the wire so that its kind survives.
+pub fn each_fails(e: &ServerError, n: usize) -> Vec<Proposed> {
+    let (code, message) = (e.code() as i32, e.to_string());
+    (0..n)
+        .map(|_| Err(ServerError::from_wire(code, message.clone())))
+        .collect()
 }
 
 /// Where a batch goes: into an entry of this member's log, or to leader `L`.
@@ -474,25 +512,32 @@ mod tests {
         assert!(n < 50, "200 concurrent requests took {n} entries");
     }
 
-    /// A forwarded batch's slot is free once its permit is dropped (the leader has queued
-    /// it), though its results come later: batches keep flowing while earlier ones wait.
-    #[tokio::test(start_paused = true)]
-    async fn a_slot_is_held_by_the_permit_not_by_the_results() {
+    /// Most batches on their way at once, with eight requests proposed 2 ms apart towards
+    /// `route`, each batch's write lasting 21 ms and giving its slot back after `held`.
+    async fn most_batches_at_once(route: Route<()>, held: std::time::Duration) -> usize {
+        let ms = std::time::Duration::from_millis;
+        let to_leader = matches!(route, Route::Leader(()));
         let b = Arc::new(ProposalBatcher::new(1 << 20, histogram()));
         let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         {
             let (b, now, most) = (b.clone(), now.clone(), most.clone());
             tokio::spawn(async move {
                 b.run(
-                    || Route::Leader(()),
+                    move || {
+                        if to_leader {
+                            Route::Leader(())
+                        } else {
+                            Route::Here
+                        }
+                    },
                     |_, reqs, permit| {
                         let (now, most) = (now.clone(), most.clone());
                         async move {
                             let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
                             most.fetch_max(at_once, Ordering::SeqCst);
-                            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                            tokio::time::sleep(held).await;
                             drop(permit);
-                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                            tokio::time::sleep(ms(21) - held).await;
                             now.fetch_sub(1, Ordering::SeqCst);
                             Some(
                                 reqs.iter()
@@ -505,22 +550,28 @@ mod tests {
                 .await
             });
         }
+        // One request after another, each while the batches before it are still out.
         let mut tasks = Vec::new();
         for i in 0..8 {
             let b = b.clone();
             tasks.push(tokio::spawn(async move {
                 b.propose(local(put(&format!("k{i}")))).await
             }));
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            tokio::time::sleep(ms(2)).await;
         }
         for t in tasks {
             t.await.unwrap().unwrap();
         }
-        assert!(
-            most.load(Ordering::SeqCst) > MAX_FORWARDS,
-            "only {} batches were out at once",
-            most.load(Ordering::SeqCst)
-        );
+        most.load(Ordering::SeqCst)
+    }
+
+    /// A forwarded batch's slot is free once its permit is dropped (the leader has queued
+    /// it), though its results come later: batches keep flowing while earlier ones wait.
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_is_held_by_the_permit_not_by_the_results() {
+        let most =
+            most_batches_at_once(Route::Leader(()), std::time::Duration::from_millis(1)).await;
+        assert!(most > MAX_FORWARDS, "only {most} batches were out at once");
     }
 
     /// Requests queued for another member are proposed like the rest; nobody waits for them.
@@ -564,56 +615,12 @@ mod tests {
     /// leader, [`MAX_FORWARDS`] forward calls on a follower; every request still answered once.
     #[tokio::test(start_paused = true)]
     async fn batches_on_their_way_at_once_are_bounded_by_route() {
-        for (to_leader, want) in [(false, MAX_IN_FLIGHT), (true, MAX_FORWARDS)] {
-            let b = Arc::new(ProposalBatcher::new(1 << 20, histogram()));
-            let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-            {
-                let (b, now, most) = (b.clone(), now.clone(), most.clone());
-                tokio::spawn(async move {
-                    b.run(
-                        || {
-                            if to_leader {
-                                Route::Leader(())
-                            } else {
-                                Route::Here
-                            }
-                        },
-                        |_, reqs, permit| {
-                            let (now, most) = (now.clone(), most.clone());
-                            async move {
-                                let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
-                                most.fetch_max(at_once, Ordering::SeqCst);
-                                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                                now.fetch_sub(1, Ordering::SeqCst);
-                                drop(permit);
-                                Some(
-                                    reqs.iter()
-                                        .map(|_| Ok((InternalResponse::default(), 1)))
-                                        .collect(),
-                                )
-                            }
-                        },
-                    )
-                    .await
-                });
-            }
-            // One request after another, each while the batches before it are still out.
-            let mut tasks = Vec::new();
-            for i in 0..8 {
-                let b = b.clone();
-                tasks.push(tokio::spawn(async move {
-                    b.propose(local(put(&format!("k{i}")))).await
-                }));
-                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-            }
-            for t in tasks {
-                t.await.unwrap().unwrap();
-            }
-            assert_eq!(
-                most.load(Ordering::SeqCst),
-                want,
-                "batches at once with to_leader={to_leader}"
-            );
+        let whole = std::time::Duration::from_millis(21);
+        for (route, want) in [
+            (Route::Here, MAX_IN_FLIGHT),
+            (Route::Leader(()), MAX_FORWARDS),
+        ] {
+            assert_eq!(most_batches_at_once(route, whole).await, want);
         }
     }
 }
