@@ -419,12 +419,20 @@ impl EtcdServer {
     }
 
     /// Writes through the local Raft, or through the leader's when this member does not lead.
-    async fn replicate(&self, req: InternalRequest) -> Result<InternalResponse, ServerError> {
+    async fn replicate(&self, mut req: InternalRequest) -> Result<InternalResponse, ServerError> {
         let deadline = Instant::now() + self.request_timeout;
+        let mut first = true;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(ServerError::Timeout);
+            }
+            if !std::mem::take(&mut first) {
+                // A new id for each attempt: a dropped one may still reach the log, skipped
+                // there for its stamp, and must not be taken for this one ([`wait`]).
+                if let Some(h) = req.header.as_mut() {
+                    h.id = self.request_ids.next();
+                }
             }
             // Bounded: a leader cut off from its quorum would wait for the commit forever,
             // where etcd answers "request timed out" (the entry may still commit later).

@@ -4,7 +4,9 @@
 //! it only from an entry of that term (see [`crate::raft::state_machine`]), so once an
 //! entry of a later term is applied, a request still waiting was dropped (its leader lost
 //! office before committing it) and will never apply: it fails with `NotLeader`, which
-//! tells the proposer that nothing happened and it may ask the new leader.
+//! tells the proposer that nothing happened and it may ask the new leader. Each attempt goes
+//! under a new id (`EtcdServer::replicate`): a dropped attempt can still reach the log in an
+//! entry of a later term, skipped there, and that must not answer the attempt after it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
