@@ -80,6 +80,31 @@ pub async fn run_bounded(cfg: RunConfig) -> runner::RunOutcome {
         .unwrap_or_else(|e| panic!("{name}: run failed: {e}"))
 }
 
+/// Copies a failed run's directory (history, member logs) out of the test's temporary store,
+/// which is deleted when the test unwinds, to `$CARGO_TARGET_DIR/jepsen-failures/` (the
+/// system's temporary directory without it), so that the failing history can be read.
+pub fn keep(run_dir: &Path) -> PathBuf {
+    let root = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("jepsen-failures");
+    let to = root.join(run_dir.file_name().unwrap_or_default());
+    let copied = std::fs::create_dir_all(&root).and_then(|()| {
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(run_dir)
+            .arg(&to)
+            .status()
+    });
+    match copied {
+        Ok(s) if s.success() => to,
+        other => {
+            println!("could not keep {}: {other:?}", run_dir.display());
+            run_dir.to_path_buf()
+        }
+    }
+}
+
 pub async fn run_expecting_valid(cfg: RunConfig, fault: &str, min_ok: usize) {
     let name = format!("{} x{}", cfg.target.name(), cfg.members);
     let outcome = run_bounded(cfg).await;
@@ -93,6 +118,12 @@ pub async fn run_expecting_valid(cfg: RunConfig, fault: &str, min_ok: usize) {
         outcome.faults(),
         outcome.report.notes
     );
+    if outcome.report.verdict != Verdict::Valid {
+        println!(
+            "{name}: history and logs kept in {}",
+            keep(&outcome.dir).display()
+        );
+    }
     assert_eq!(
         outcome.report.verdict,
         Verdict::Valid,
