@@ -1,7 +1,7 @@
 //! The client half of the peer transport: openraft's network (AppendEntries, Vote and
 //! InstallSnapshot over the `raftkvpb.Raft` gRPC service) and the calls a member makes to its
-//! leader on a client's behalf (Forward, Propose, ReadIndex, LeaseRenew). Connections are made lazily
-//! and kept per peer URL.
+//! leader on a client's behalf (Forward, Propose, ReadIndex, LeaseRenew). Connections are
+//! made lazily and kept per peer URL.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

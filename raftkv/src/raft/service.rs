@@ -1,6 +1,7 @@
 //! The server half of the peer transport: the `raftkvpb.Raft` gRPC service. openraft's RPCs
-//! go straight to the local `Raft`; the client-facing calls (Forward, Propose, ReadIndex, LeaseRenew)
-//! go to a [`PeerHandler`], which the server implements, so this module knows nothing of it.
+//! go straight to the local `Raft`; the client-facing calls (Forward, Propose, ReadIndex,
+//! LeaseRenew) go to a [`PeerHandler`], which the server implements, so this module knows
+//! nothing of it.
 
 use std::sync::Arc;
 

@@ -107,25 +107,21 @@ impl ProposalBatcher {
     /// Queues `p` for the next entry and waits for its result.
     pub async fn propose(&self, p: Proposal) -> Proposed {
         let (tx, rx) = oneshot::channel();
-        self.push(p, Some(tx));
+        self.push([(p, Some(tx))]);
         rx.await.unwrap_or(Err(ServerError::Stopped))
     }
 
     /// Queues requests for the next entry without waiting for their results.
     pub fn enqueue(&self, ps: impl IntoIterator<Item = Proposal>) {
+        self.push(ps.into_iter().map(|p| (p, None)));
+    }
+
+    fn push(&self, items: impl IntoIterator<Item = (Proposal, Option<oneshot::Sender<Proposed>>)>) {
         let now = Instant::now();
         self.queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .extend(ps.into_iter().map(|p| (p, now, None)));
-        self.wake.notify_one();
-    }
-
-    fn push(&self, p: Proposal, tx: Option<oneshot::Sender<Proposed>>) {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((p, Instant::now(), tx));
+            .extend(items.into_iter().map(|(p, tx)| (p, now, tx)));
         self.wake.notify_one();
     }
 
